@@ -1,0 +1,266 @@
+"""Everything that differs between SQLite and PostgreSQL, in one place.
+
+The rest of kvstore writes one SQL text per statement (``INSERT ... ON CONFLICT`` and
+``RETURNING`` exist on both dialects) and asks this module for the few things that differ:
+placeholders, how a write transaction begins, row locks, connection set-up, triggers, and
+which driver errors mean "unique violation" or "try again". Nothing else checks the dialect.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from sqlalchemy import DDL
+from sqlalchemy.engine import Engine
+
+__all__ = ["Dialect", "for_name", "trigger_ddl"]
+
+_PARAM_RE = re.compile(r"(?<![:\w]):(\w+)")
+
+SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class Dialect:
+    """SQLite's behaviour; :class:`PostgresDialect` overrides what PostgreSQL does otherwise."""
+
+    name = "sqlite"
+    #: appended to a SELECT that reads a row it is about to rewrite
+    for_update = ""
+    #: PostgreSQL needs an explicit lock so index creation and writers serialise (see store)
+    lock_entries_for_write: str | None = None
+    lock_entries_for_index_build: str | None = None
+    isolation_levels: dict[str, str] = {
+        "DEFERRED": "BEGIN DEFERRED",
+        "IMMEDIATE": "BEGIN IMMEDIATE",
+        "EXCLUSIVE": "BEGIN EXCLUSIVE",
+        # SQLite transactions are serializable; accept the portable names too.
+        "SERIALIZABLE": "BEGIN IMMEDIATE",
+        "REPEATABLE READ": "BEGIN IMMEDIATE",
+        "READ COMMITTED": "BEGIN IMMEDIATE",
+    }
+    # A write transaction must take the write lock up front: a deferred transaction that reads
+    # and then writes fails with SQLITE_BUSY_SNAPSHOT when another writer got in between, and
+    # the busy timeout cannot help it.
+    default_begin = "BEGIN IMMEDIATE"
+    read_snapshot_begin = "BEGIN DEFERRED"
+    max_params = 900
+
+    def sql(self, text: str) -> str:
+        """Driver-ready SQL for a statement written with ``:name`` placeholders."""
+        return text
+
+    def begin_sql(self, isolation: str | None) -> str:
+        if isolation is None:
+            return self.default_begin
+        level = " ".join(str(isolation).upper().replace("_", " ").split())
+        try:
+            return self.isolation_levels[level]
+        except KeyError:
+            raise ValueError(
+                f"isolation level {isolation!r} is not offered by {self.name}; "
+                f"choose one of {sorted(self.isolation_levels)}"
+            ) from None
+
+    # -- connections -------------------------------------------------------------------------
+    def prepare_connection(self, dbapi_conn: Any, options: dict[str, Any]) -> None:
+        """Run once per DBAPI connection kvstore uses."""
+        cur = dbapi_conn.cursor()
+        try:
+            busy_ms = int(options.get("busy_timeout", 30.0) * 1000)
+            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cur.execute("PRAGMA foreign_keys = ON")
+            if not dbapi_conn.in_transaction:
+                # WAL lets readers and one writer work at once across processes, and costs
+                # one fsync per commit where the rollback journal costs four.
+                mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode != "memory" and mode != "wal":
+                    cur.execute("PRAGMA journal_mode = WAL")
+                sync = options.get("synchronous", "FULL")
+                cur.execute(f"PRAGMA synchronous = {sync}")
+        finally:
+            cur.close()
+
+    def set_autocommit(self, dbapi_conn: Any, on: bool) -> Any:
+        """Switch the driver's implicit transactions off (or back); return the old setting."""
+        old = dbapi_conn.isolation_level
+        dbapi_conn.isolation_level = None if on else ""
+        return old
+
+    def restore_autocommit(self, dbapi_conn: Any, old: Any) -> None:
+        dbapi_conn.isolation_level = old
+
+    def in_driver_transaction(self, dbapi_conn: Any) -> bool:
+        return bool(dbapi_conn.in_transaction)
+
+    # -- values ------------------------------------------------------------------------------
+    def load_json(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str | bytes | bytearray):
+            return json.loads(value)
+        return value
+
+    # -- errors ------------------------------------------------------------------------------
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        orig = _orig(exc)
+        return type(orig).__name__ == "IntegrityError" and "UNIQUE constraint failed" in str(orig)
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        orig = _orig(exc)
+        msg = str(orig)
+        return type(orig).__name__ == "OperationalError" and (
+            "database is locked" in msg or "database table is locked" in msg or "busy" in msg
+        )
+
+    def is_bad_integer(self, exc: BaseException) -> bool:
+        return False
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    for_update = " FOR UPDATE"
+    # Taken first by every multi-statement write: it conflicts with the SHARE lock that
+    # create_index/rebuild_index hold while back-filling, so no write can slip between the
+    # back-fill's scan and its commit with a stale view of the namespace's indexes.
+    lock_entries_for_write = "LOCK TABLE {entries} IN ROW EXCLUSIVE MODE"
+    lock_entries_for_index_build = "LOCK TABLE {entries} IN SHARE MODE"
+    isolation_levels = {
+        "READ COMMITTED": "BEGIN ISOLATION LEVEL READ COMMITTED",
+        "REPEATABLE READ": "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        "SERIALIZABLE": "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    }
+    default_begin = "BEGIN"
+    read_snapshot_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    max_params = 5000
+
+    def sql(self, text: str) -> str:
+        return _PARAM_RE.sub(r"%(\1)s", text.replace("%", "%%"))
+
+    def prepare_connection(self, dbapi_conn: Any, options: dict[str, Any]) -> None:
+        pass
+
+    def set_autocommit(self, dbapi_conn: Any, on: bool) -> Any:
+        old = dbapi_conn.autocommit
+        dbapi_conn.autocommit = on
+        return old
+
+    def restore_autocommit(self, dbapi_conn: Any, old: Any) -> None:
+        dbapi_conn.autocommit = old
+
+    def in_driver_transaction(self, dbapi_conn: Any) -> bool:
+        return True  # psycopg begins implicitly before any statement, SAVEPOINT included
+
+    def _sqlstate(self, exc: BaseException) -> str | None:
+        return getattr(_orig(exc), "sqlstate", None)
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return self._sqlstate(exc) == "23505"
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return self._sqlstate(exc) in ("40001", "40P01", "55P03")
+
+    def is_bad_integer(self, exc: BaseException) -> bool:
+        return self._sqlstate(exc) in ("22P02", "22003")
+
+
+def _orig(exc: BaseException) -> BaseException:
+    return getattr(exc, "orig", None) or exc
+
+
+_DIALECTS: dict[str, Dialect] = {"sqlite": Dialect(), "postgresql": PostgresDialect()}
+
+
+def for_name(name: str) -> Dialect:
+    try:
+        return _DIALECTS[name]
+    except KeyError:
+        raise ValueError(
+            f"kvstore supports SQLite and PostgreSQL, not {name!r}"
+        ) from None
+
+
+def for_engine(engine: Engine) -> Dialect:
+    return for_name(engine.dialect.name)
+
+
+def check_synchronous(value: str) -> str:
+    up = str(value).upper()
+    if up not in SQLITE_SYNCHRONOUS:
+        raise ValueError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}, got {value!r}")
+    return up
+
+
+# -- triggers ---------------------------------------------------------------------------------
+# Deleting an entry, or pointing it at another blob, must drop the old blob's chunks and the
+# entry's index entries in the same transaction, whoever issues the statement (kvstore, the
+# application's own SQL, a purge). Triggers do that in the database; foreign-key cascades
+# would not, because SQLite enforces them only on connections that enabled them, and a
+# replaced blob is an UPDATE, not a DELETE.
+
+
+def _sqlite_triggers(p: str) -> list[str]:
+    return [
+        f"""CREATE TRIGGER {p}entries_ad AFTER DELETE ON {p}entries
+BEGIN
+  DELETE FROM {p}chunks WHERE OLD.blob_id IS NOT NULL AND blob_id = OLD.blob_id;
+  DELETE FROM {p}index_entries WHERE key = OLD.key
+    AND index_id IN (SELECT id FROM {p}indexes WHERE namespace = OLD.namespace);
+END""",
+        f"""CREATE TRIGGER {p}entries_au AFTER UPDATE OF blob_id ON {p}entries
+WHEN OLD.blob_id IS NOT NULL AND OLD.blob_id IS NOT NEW.blob_id
+BEGIN
+  DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+END""",
+    ]
+
+
+def _pg_triggers(p: str) -> list[str]:
+    return [
+        f"""CREATE FUNCTION {p}entries_cleanup() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.blob_id IS NOT NULL AND (TG_OP = 'DELETE' OR OLD.blob_id IS DISTINCT FROM NEW.blob_id) THEN
+    DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    DELETE FROM {p}index_entries WHERE key = OLD.key
+      AND index_id IN (SELECT id FROM {p}indexes WHERE namespace = OLD.namespace);
+  END IF;
+  RETURN NULL;
+END $$""",
+        f"""CREATE TRIGGER {p}entries_cleanup AFTER DELETE OR UPDATE OF blob_id ON {p}entries
+FOR EACH ROW EXECUTE FUNCTION {p}entries_cleanup()""",
+    ]
+
+
+def trigger_sql(dialect_name: str, prefix: str) -> list[str]:
+    """The CREATE statements of kvstore's triggers (used by models and migrations)."""
+    return _pg_triggers(prefix) if dialect_name == "postgresql" else _sqlite_triggers(prefix)
+
+
+def drop_trigger_sql(dialect_name: str, prefix: str) -> list[str]:
+    p = prefix
+    if dialect_name == "postgresql":
+        return [
+            f"DROP TRIGGER IF EXISTS {p}entries_cleanup ON {p}entries",
+            f"DROP FUNCTION IF EXISTS {p}entries_cleanup()",
+        ]
+    return [f"DROP TRIGGER IF EXISTS {p}entries_ad", f"DROP TRIGGER IF EXISTS {p}entries_au"]
+
+
+def trigger_ddl(prefix: str) -> list[DDL]:
+    out = []
+    for name in ("sqlite", "postgresql"):
+        for stmt in trigger_sql(name, prefix):
+            # "%" would be taken for a DBAPI placeholder by SQLAlchemy's DDL compiler
+            out.append(DDL(stmt.replace("%", "%%")).execute_if(dialect=name))
+    return out
+
+
+def drop_trigger_ddl(prefix: str) -> list[DDL]:
+    out = []
+    for name in ("sqlite", "postgresql"):
+        for stmt in drop_trigger_sql(name, prefix):
+            out.append(DDL(stmt).execute_if(dialect=name))
+    return out

@@ -1,0 +1,197 @@
+"""The abstract key-value store: minimalkv's ``KeyValueStore`` interface, extended.
+
+Public methods validate their arguments once and then do the work (or call a protected hook);
+decorators override the public methods they change and forward the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any, BinaryIO
+
+from ._keys import NOT_SET, check_key, check_prefix
+
+__all__ = ["EntryInfo", "KeyValueStore"]
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """What :meth:`KeyValueStore.stat` tells about one key."""
+
+    key: str
+    size: int
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expires_at: dt.datetime | None
+    content_type: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    checksum: str = ""
+
+
+class KeyValueStore(ABC):
+    """Base class of every kvstore store and decorator (minimalkv-compatible)."""
+
+    ttl_support = True
+    default_ttl_secs: Any = NOT_SET
+
+    # -- validation ----------------------------------------------------------------------------
+    def _check_valid_key(self, key: object) -> None:
+        """Raise ``ValueError`` (:class:`kvstore.InvalidKeyError`) if ``key`` is not valid."""
+        check_key(key)
+
+    # -- the core every store implements -----------------------------------------------------
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the value of ``key``; ``KeyError`` when it is missing or expired."""
+
+    @abstractmethod
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        ttl_secs: Any = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+        expected_version: int | None = None,
+    ) -> str:
+        """Store ``data`` under ``key`` (insert or replace) and return the key."""
+
+    @abstractmethod
+    def delete(self, key: str, *, expected_version: int | None = None) -> None:
+        """Delete ``key``; no error when it is missing."""
+
+    @abstractmethod
+    def iter_keys(self, prefix: str = "") -> Iterator[str]:
+        """Iterate over the keys starting with ``prefix``, in code-point order."""
+
+    @abstractmethod
+    def __contains__(self, key: object) -> bool: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """A readable, seekable binary file object over the value of ``key``."""
+
+    @abstractmethod
+    def put_file(
+        self,
+        key: str,
+        file: str | os.PathLike[str] | IO[bytes],
+        ttl_secs: Any = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """Store the contents of a path or readable binary file under ``key``."""
+
+    @abstractmethod
+    def stat(self, key: str) -> EntryInfo:
+        """Size, version, timestamps, content type, metadata and checksum of ``key``."""
+
+    # -- derived operations (stores override them with one-round-trip versions) ---------------
+    def keys(self, prefix: str = "") -> list[str]:
+        """All keys starting with ``prefix``, sorted."""
+        return list(self.iter_keys(prefix))
+
+    def __iter__(self) -> Iterator[str]:
+        return self.iter_keys()
+
+    def iter_prefixes(self, delimiter: str, prefix: str = "") -> Iterator[str]:
+        """minimalkv's ``iter_prefixes``: each key's part up to and including the first
+        ``delimiter`` after ``prefix`` (or the whole key), without repetition."""
+        check_prefix(prefix)
+        if not delimiter:
+            raise ValueError("delimiter must be a non-empty string")
+        seen: set[str] = set()
+        for key in self.iter_keys(prefix):
+            pos = key.find(delimiter, len(prefix))
+            out = key if pos == -1 else key[: pos + len(delimiter)]
+            if out not in seen:
+                seen.add(out)
+                yield out
+
+    def get_file(self, key: str, file: str | os.PathLike[str] | IO[bytes]) -> str:
+        """Write the value of ``key`` to a path or writable binary file, in chunks."""
+        self._check_valid_key(key)
+        with self.open(key) as src:
+            if isinstance(file, str | os.PathLike):
+                with open(file, "wb") as dst:
+                    _copy(src, dst)
+            else:
+                _copy(src, file)
+        return key
+
+    def copy(self, source: str, dest: str) -> str:
+        self.put(dest, self.get(source))
+        return dest
+
+    def move(self, source: str, dest: str) -> str:
+        self.copy(source, dest)
+        if source != dest:
+            self.delete(source)
+        return dest
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for key in keys:
+            try:
+                out[key] = self.get(key)
+            except KeyError:
+                pass
+        return out
+
+    def put_many(
+        self, items: Mapping[str, bytes] | Iterable[tuple[str, bytes]], ttl_secs: Any = None
+    ) -> list[str]:
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        return [self.put(k, v, ttl_secs) for k, v in pairs]
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+    def incr(self, key: str, delta: int = 1, initial: int = 0) -> int:
+        raise NotImplementedError(f"{type(self).__name__} does not support incr")
+
+    def decr(self, key: str, delta: int = 1, initial: int = 0) -> int:
+        return self.incr(key, -delta, initial)
+
+    def purge_expired(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Release the store's resources."""
+
+    def __enter__(self) -> KeyValueStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _copy(src: IO[bytes], dst: IO[bytes], bufsize: int = 1 << 20) -> None:
+    while True:
+        buf = src.read(bufsize)
+        if not buf:
+            return
+        dst.write(buf)
+
+
+def read_source(file: str | os.PathLike[str] | IO[bytes]) -> tuple[IO[bytes], bool]:
+    """Open a path for reading, or check a file object is readable binary; (file, we_own_it)."""
+    if isinstance(file, str | os.PathLike):
+        return open(file, "rb"), True
+    if not hasattr(file, "read"):
+        raise TypeError(f"expected a path or a readable binary file, not {type(file).__name__}")
+    if isinstance(file, io.TextIOBase):
+        raise TypeError("the file must be opened in binary mode ('rb'), not text mode")
+    return file, False

@@ -1,0 +1,1332 @@
+"""The SQL key-value store: connection handling, the key-value API and transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+from . import _dialect
+from ._conn import Conn, ExternalConn, RawConn
+from ._keys import MAX_KEY_LENGTH, NOT_SET, TTL, check_key, check_prefix, ttl_to_seconds
+from .base import EntryInfo, KeyValueStore, read_source
+from .errors import (
+    ConflictError,
+    IndexNotDeclaredError,
+    InvalidValueError,
+    KVStoreError,
+    NotFoundError,
+    TransactionError,
+    UniqueViolation,
+)
+from .models import Tables, check_table_prefix, from_micros, tables
+
+if TYPE_CHECKING:
+    from .collections import PersistentDict, PersistentList, PersistentSet
+    from .indexes import IndexInfo, NamespaceIndexes
+
+__all__ = ["Store", "Transaction", "connect"]
+
+T = TypeVar("T")
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+_BATCH = 1000
+_NAMESPACE_MAX = 100
+
+_LIVE = "(expires_at IS NULL OR expires_at > :now)"
+_GUARD = "COALESCE((SELECT index_generation FROM {n} WHERE namespace = :ns), 0) = :gen"
+_COLUMNS = (
+    "namespace, key, value, blob_id, size, version, created_at, updated_at, expires_at, "
+    "content_type, metadata, checksum"
+)
+_NEW_ROW = (
+    "CAST(:ns AS {text}), CAST(:key AS {text}), CAST(:value AS {bytea}), CAST(:blob_id AS {bigint}), :size, 1, :now, :now, "
+    "CAST(:exp AS {bigint}), CAST(:ct AS {text}), CAST(:meta AS {json}), :sum"
+)
+_ON_CONFLICT = """ON CONFLICT (namespace, key) DO UPDATE SET
+  value = excluded.value, blob_id = excluded.blob_id, size = excluded.size,
+  version = {e}.version + 1,
+  created_at = CASE WHEN {e}.expires_at IS NOT NULL AND {e}.expires_at <= excluded.updated_at
+                    THEN excluded.created_at ELSE {e}.created_at END,
+  updated_at = excluded.updated_at, expires_at = excluded.expires_at,
+  content_type = excluded.content_type, metadata = excluded.metadata,
+  checksum = excluded.checksum"""
+
+# Every statement kvstore runs, written once for both dialects. ``{e}`` and friends are table
+# names, ``{bytea}`` and friends type names (see _dialect); values are always bound parameters.
+_SQL: dict[str, str] = {
+    "get": f"SELECT value, blob_id, size FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE}",
+    "has": f"SELECT 1 FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE}",
+    "chunks": "SELECT data FROM {c} WHERE blob_id = :blob ORDER BY n",
+    "chunk": "SELECT data FROM {c} WHERE blob_id = :blob AND n = :n",
+    "put_chunk": "INSERT INTO {c} (blob_id, n, data) VALUES (:blob, :n, :data)",
+    "copy_chunks": "INSERT INTO {c} (blob_id, n, data) SELECT :new, n, data FROM {c} WHERE blob_id = :old",
+    # guarded upsert: writes nothing when the namespace's index set changed since we looked
+    "upsert": f"INSERT INTO {{e}} ({_COLUMNS}) SELECT {_NEW_ROW} WHERE {_GUARD} {_ON_CONFLICT}",
+    "insert_new": f"INSERT INTO {{e}} ({_COLUMNS}) SELECT {_NEW_ROW} WHERE {_GUARD} {_ON_CONFLICT}"
+    " WHERE {e}.expires_at IS NOT NULL AND {e}.expires_at <= excluded.updated_at",
+    "update_cas": """UPDATE {e} SET value = CAST(:value AS {bytea}), blob_id = CAST(:blob_id AS {bigint}),
+  size = :size, version = version + 1, updated_at = :now, expires_at = CAST(:exp AS {bigint}),
+  content_type = CAST(:ct AS {text}), metadata = CAST(:meta AS {json}), checksum = :sum
+  WHERE namespace = :ns AND key = :key AND version = :ev AND """
+    + _LIVE
+    + " AND "
+    + _GUARD,
+    "version": f"SELECT version FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE}",
+    "generation": "SELECT index_generation FROM {n} WHERE namespace = :ns",
+    "delete": "DELETE FROM {e} WHERE namespace = :ns AND key = :key",
+    "delete_cas": f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND version = :ev AND {_LIVE}",
+    "count": f"SELECT COUNT(*) FROM {{e}} WHERE namespace = :ns AND {_LIVE}",
+    "stat": f"""SELECT key, size, version, created_at, updated_at, expires_at, content_type,
+  metadata, checksum FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE}""",
+    "lock_row": f"""SELECT value, blob_id, version, expires_at, size, metadata, content_type
+  FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE}""",
+    "purge_batch": """DELETE FROM {e} WHERE namespace = :ns AND key IN (
+  SELECT key FROM {e} WHERE namespace = :ns AND expires_at <= :now ORDER BY key LIMIT :limit)""",
+    "copy_entry": f"""INSERT INTO {{e}} ({_COLUMNS})
+  SELECT namespace, :dest, value, CAST(:new_blob AS {{bigint}}), size, 1, :now, :now, expires_at,
+         content_type, metadata, checksum
+  FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE} {_ON_CONFLICT}""",
+    "rename": "UPDATE {e} SET key = :dest, version = :version, updated_at = :now "
+    "WHERE namespace = :ns AND key = :key",
+    "index_entries_delete": "DELETE FROM {ie} WHERE key = :key AND index_id IN "
+    "(SELECT id FROM {ix} WHERE namespace = :ns)",
+    "index_entries_copy": "INSERT INTO {ie} (index_id, ivalue, uvalue, key) "
+    "SELECT index_id, ivalue, uvalue, :dest FROM {ie} WHERE key = :key AND index_id IN "
+    "(SELECT id FROM {ix} WHERE namespace = :ns)",
+    "index_entries_rename": "UPDATE {ie} SET key = :dest WHERE key = :key AND index_id IN "
+    "(SELECT id FROM {ix} WHERE namespace = :ns)",
+    "index_entry_insert": "INSERT INTO {ie} (index_id, ivalue, uvalue, key) "
+    "VALUES (:index_id, :ivalue, :uvalue, :key)",
+}
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class _Backend:
+    """What every store object on one ``connect()`` shares: connections, SQL, index state."""
+
+    def __init__(
+        self,
+        bind: Engine | Connection | Session,
+        *,
+        owns_engine: bool,
+        table_prefix: str,
+        sqlite_synchronous: str,
+        busy_timeout: float,
+        chunk_size: int,
+    ) -> None:
+        self.tables: Tables = tables(check_table_prefix(table_prefix))
+        self.owns_engine = owns_engine
+        self.chunk_size = chunk_size
+        self.options = {"synchronous": sqlite_synchronous, "busy_timeout": busy_timeout}
+        self.external: ExternalConn | None = None
+        self.engine: Engine | None = None
+        if isinstance(bind, Engine):
+            self.engine = bind
+            self.dialect = _dialect.for_engine(bind)
+        elif isinstance(bind, Connection | Session):
+            sa_bind = bind.get_bind() if isinstance(bind, Session) else bind
+            self.dialect = _dialect.for_name(sa_bind.dialect.name)
+            self.external = ExternalConn(bind, self.dialect)
+        else:
+            raise TypeError(
+                "connect() takes a database URL, an Engine, a Connection or a Session, "
+                f"not {type(bind).__name__}"
+            )
+        memory = self.engine is not None and _is_memory(self.engine)
+        # An in-memory SQLite database exists once per connection: everything must share one.
+        self._slots = threading.BoundedSemaphore(1) if memory else None
+        self.single_connection = memory or self.external is not None
+        self._idle: list[RawConn] = []
+        self._lock = threading.Lock()
+        self.local = threading.local()
+        self.closed = False
+        self._sql: dict[str, str] = {}
+        t = self.tables
+        types = self._type_names()
+        self._fmt = {
+            "e": t.entries.name,
+            "c": t.chunks.name,
+            "n": t.namespaces.name,
+            "ix": t.indexes.name,
+            "ie": t.index_entries.name,
+            "l": t.lists.name,
+            "li": t.list_items.name,
+            "entries": t.entries.name,
+            **types,
+        }
+        # index state, per namespace: see indexes.NamespaceIndexes
+        self.index_state: dict[str, NamespaceIndexes] = {}
+        self.declared: dict[tuple[str, str], Callable[[bytes], Any]] = {}
+
+    def _type_names(self) -> dict[str, str]:
+        if self.dialect.name == "postgresql":
+            return {"bytea": "BYTEA", "bigint": "BIGINT", "text": "TEXT", "json": "JSONB"}
+        return {"bytea": "BLOB", "bigint": "INTEGER", "text": "TEXT", "json": "TEXT"}
+
+    def sql(self, name: str, template: str | None = None) -> str:
+        """Driver-ready SQL for a named statement, rendered once per backend."""
+        try:
+            return self._sql[name]
+        except KeyError:
+            text = (template if template is not None else _SQL[name]).format(**self._fmt)
+            out = self._sql[name] = self.dialect.sql(text)
+            return out
+
+    # -- connections ---------------------------------------------------------------------------
+    def checkout(self) -> Conn:
+        if self.external is not None:
+            return self.external
+        if self.closed:
+            raise KVStoreError("this store is closed")
+        if self._slots is not None:
+            if not self._slots.acquire(timeout=60):
+                raise TransactionError(
+                    "timed out waiting for the in-memory database's only connection; is "
+                    "another thread holding a transaction or an open() reader?"
+                )
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        assert self.engine is not None
+        try:
+            return RawConn(self.engine.raw_connection(), self.dialect, self.options)
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+
+    def checkin(self, conn: Conn) -> None:
+        if conn is self.external:
+            return
+        assert isinstance(conn, RawConn)
+        if conn.in_tx:
+            conn.rollback()
+        with self._lock:
+            keep = not conn.broken and not self.closed and len(self._idle) < 8
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            conn.close()
+        if self._slots is not None:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        if self.owns_engine and self.engine is not None:
+            self.engine.dispose()
+
+
+def _is_memory(engine: Engine) -> bool:
+    url = engine.url
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+class Store(KeyValueStore):
+    """A key-value store in SQL tables, for one namespace. Create it with :func:`connect`."""
+
+    def __init__(self, backend: _Backend, namespace: str, *, root: bool = False) -> None:
+        self._b = backend
+        self._ns = namespace
+        self._root = root
+        self.default_ttl_secs = NOT_SET
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def namespace_name(self) -> str:
+        return self._ns
+
+    @property
+    def dialect_name(self) -> str:
+        return self._b.dialect.name
+
+    @property
+    def tables(self) -> Tables:
+        return self._b.tables
+
+    def namespace(self, name: str) -> Store:
+        """A store on the same tables and connection for another namespace."""
+        store = Store(self._b, _check_namespace(name))
+        store.default_ttl_secs = self.default_ttl_secs
+        return store
+
+    def _acquire(self) -> tuple[Conn, bool]:
+        """The connection to use, and whether to give it back afterwards."""
+        active = self._b.local.__dict__.get("conn")
+        if active is not None:
+            return active, False
+        return self._b.checkout(), True
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Conn]:
+        conn, release = self._acquire()
+        try:
+            yield conn
+        finally:
+            if release:
+                self._b.checkin(conn)
+
+    @contextlib.contextmanager
+    def _atomic(self, conn: Conn, *, write: bool = True) -> Iterator[None]:
+        d = self._b.dialect
+        with conn.atomic():
+            if write and d.lock_entries_for_write:
+                conn.execute(d.lock_entries_for_write.format(entries=self._b.tables.entries.name))
+            yield
+
+    def _run_atomic(self, fn: Callable[[Conn], T], *, write: bool = True) -> T:
+        """Run ``fn`` in one transaction (a savepoint inside an open one), retrying on lock
+        contention when we own the transaction."""
+        attempt = 0
+        while True:
+            with self._connection() as conn:
+                owned = not conn.in_tx
+                try:
+                    with self._atomic(conn, write=write):
+                        return fn(conn)
+                except Exception as exc:
+                    if owned and attempt < 8 and self._b.dialect.is_retryable(exc):
+                        attempt += 1
+                        time.sleep(min(0.5, 0.01 * 2**attempt) * random.random())
+                        continue
+                    raise
+
+    def close(self) -> None:
+        """Release the store's connections (and its engine, if it created it)."""
+        if self._root:
+            self._b.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __repr__(self) -> str:
+        where = self._b.engine.url.render_as_string(hide_password=True) if self._b.engine else "external connection"
+        return f"<kvstore.Store {where} namespace={self._ns!r}>"
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, key: str) -> bytes:
+        """Return the value of ``key``; ``KeyError`` when it is missing or expired."""
+        key = check_key(key)
+        b = self._b
+        params = {"ns": self._ns, "key": key, "now": _now_us()}
+        conn, release = self._acquire()
+        try:
+            row = conn.execute(b.sql("get"), params).fetchone()
+            if row is None:
+                raise NotFoundError(key)
+            if row[1] is None:
+                return bytes(row[0])
+            return self._read_blob(conn, key, row[1], row[2])
+        finally:
+            if release:
+                b.checkin(conn)
+
+    def _read_blob(self, conn: Conn, key: str, blob_id: int, size: int) -> bytes:
+        rows = conn.execute(self._b.sql("chunks"), {"blob": blob_id}).fetchall()
+        data = b"".join(bytes(r[0]) for r in rows)
+        if len(data) != size:
+            # Blob ids are never reused, so a short read means the value was replaced (and its
+            # chunks deleted) between our two statements: read the new value instead.
+            return self.get(key)
+        return data
+
+    def __contains__(self, key: object) -> bool:
+        key = check_key(key)
+        with self._connection() as conn:
+            params = {"ns": self._ns, "key": key, "now": _now_us()}
+            return conn.execute(self._b.sql("has"), params).fetchone() is not None
+
+    def __len__(self) -> int:
+        with self._connection() as conn:
+            row = conn.execute(self._b.sql("count"), {"ns": self._ns, "now": _now_us()}).fetchone()
+            return int(row[0])
+
+    def iter_keys(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with ``prefix`` in code-point order, fetched in batches by key range
+        (keyset pagination), so memory stays flat and no connection is held between batches."""
+        check_prefix(prefix)
+        after: str | None = None
+        while True:
+            batch = self._key_batch(prefix, after, _BATCH)
+            yield from batch
+            if len(batch) < _BATCH:
+                return
+            after = batch[-1]
+
+    def _key_batch(self, prefix: str, after: str | None, limit: int, inclusive: bool = False) -> list[str]:
+        hi = _prefix_upper(prefix) if prefix else None
+        conds = ["namespace = :ns", _LIVE]
+        params: dict[str, Any] = {"ns": self._ns, "now": _now_us(), "limit": limit}
+        if after is not None:
+            conds.append("key >= :after" if inclusive else "key > :after")
+            params["after"] = after
+        if prefix:
+            conds.append("key >= :lo")
+            params["lo"] = prefix
+        if hi is not None:
+            conds.append("key < :hi")
+            params["hi"] = hi
+        name = f"keys:{after is not None}:{inclusive}:{bool(prefix)}:{hi is not None}"
+        sql = self._b.sql(
+            name, "SELECT key FROM {e} WHERE " + " AND ".join(conds) + " ORDER BY key LIMIT :limit"
+        )
+        with self._connection() as conn:
+            return [r[0] for r in conn.execute(sql, params).fetchall()]
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """All live keys starting with ``prefix`` (exact, case-sensitive), sorted."""
+        return list(self.iter_keys(prefix))
+
+    def iter_prefixes(self, delimiter: str, prefix: str = "") -> Iterator[str]:
+        """minimalkv's ``iter_prefixes``, as a skip scan: after yielding a common prefix the
+        next query starts past every key that shares it, so a namespace of many keys under
+        few prefixes costs a few index seeks, not a scan."""
+        check_prefix(prefix)
+        if not isinstance(delimiter, str) or not delimiter:
+            raise ValueError("delimiter must be a non-empty string")
+        after: str | None = None
+        inclusive = False
+        while True:
+            batch = self._key_batch(prefix, after, 100, inclusive)
+            skip_to: str | None = None
+            for key in batch:
+                pos = key.find(delimiter, len(prefix))
+                if pos == -1:
+                    yield key
+                    continue
+                common = key[: pos + len(delimiter)]
+                yield common
+                skip_to = _prefix_upper(common)
+                break
+            if skip_to is not None:
+                after, inclusive = skip_to, True
+            elif len(batch) < 100:
+                return
+            else:
+                after, inclusive = batch[-1], False
+
+    def stat(self, key: str) -> EntryInfo:
+        key = check_key(key)
+        with self._connection() as conn:
+            params = {"ns": self._ns, "key": key, "now": _now_us()}
+            row = conn.execute(self._b.sql("stat"), params).fetchone()
+        if row is None:
+            raise NotFoundError(key)
+        return EntryInfo(
+            key=row[0],
+            size=int(row[1]),
+            version=int(row[2]),
+            created_at=from_micros(row[3]),
+            updated_at=from_micros(row[4]),
+            expires_at=None if row[5] is None else from_micros(row[5]),
+            content_type=row[6],
+            metadata=self._b.dialect.load_json(row[7]) or {},
+            checksum=row[8],
+        )
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """Values of the given keys that exist, in one query per batch of keys."""
+        wanted = list(dict.fromkeys(check_key(k) for k in _iterable(keys, "keys")))
+        out: dict[str, bytes] = {}
+        step = self._b.dialect.max_params - 10
+        with self._connection() as conn:
+            for i in range(0, len(wanted), step):
+                part = wanted[i : i + step]
+                marks = ", ".join(f":k{j}" for j in range(len(part)))
+                sql = self._b.sql(
+                    f"get_many:{len(part)}",
+                    f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {_LIVE}"
+                    f" AND key IN ({marks})",
+                )
+                params: dict[str, Any] = {f"k{j}": k for j, k in enumerate(part)}
+                params.update(ns=self._ns, now=_now_us())
+                for key, value, blob_id, size in conn.execute(sql, params).fetchall():
+                    out[key] = bytes(value) if blob_id is None else self._read_blob(conn, key, blob_id, size)
+        return {k: out[k] for k in wanted if k in out}
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable, seekable binary file over the value of ``key``, streamed from the
+        database chunk by chunk. Large values are read from one snapshot: replacing the value
+        while the file is open does not change what it reads."""
+        key = check_key(key)
+        b = self._b
+        conn, release = self._acquire()
+        snapshot = release and not b.single_connection
+        try:
+            if snapshot:
+                conn.begin(b.dialect.read_snapshot_begin)
+            params = {"ns": self._ns, "key": key, "now": _now_us()}
+            row = conn.execute(b.sql("get"), params).fetchone()
+            if row is None:
+                raise NotFoundError(key)
+            if row[1] is None:
+                return io.BytesIO(bytes(row[0]))  # type: ignore[return-value]
+            if not snapshot:
+                # No connection to spare for a snapshot: read it all (the value is replaced
+                # atomically, so this is consistent too).
+                return io.BytesIO(self._read_blob(conn, key, row[1], row[2]))  # type: ignore[return-value]
+            raw = _BlobRaw(self, conn, key, row[1], row[2])
+            release = False  # the reader gives the connection back when it closes
+            return io.BufferedReader(raw, buffer_size=min(b.chunk_size, 1 << 16))  # type: ignore[return-value]
+        finally:
+            if release:
+                b.checkin(conn)
+
+    # -- writing -------------------------------------------------------------------------------
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        ttl_secs: TTL = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+        expected_version: int | None = None,
+    ) -> str:
+        """Store ``data`` under ``key`` (one upsert statement) and return the key.
+
+        ``expected_version`` makes it a compare-and-set: ``0`` means "must not exist", ``n``
+        means "must be at version n", else :class:`ConflictError` and nothing is written.
+        """
+        key = check_key(key)
+        data = _check_value(key, data)
+        fields = self._fields(ttl_secs, metadata, content_type)
+        ev = _check_version(expected_version)
+        if len(data) > self._b.chunk_size:
+            self._put_stream(key, io.BytesIO(data), fields, ev)
+            return key
+        fields.update(value=data, blob_id=None, size=len(data), sum=hashlib.sha256(data).hexdigest())
+        self._write(key, fields, ev, lambda: data)
+        return key
+
+    def _fields(self, ttl_secs: Any, metadata: Any, content_type: Any) -> dict[str, Any]:
+        ttl = ttl_to_seconds(ttl_secs, self.default_ttl_secs)
+        now = _now_us()
+        return {
+            "now": now,
+            "exp": None if ttl is None else now + int(ttl * 1_000_000),
+            "meta": _check_metadata(metadata),
+            "ct": _check_content_type(content_type),
+        }
+
+    def _write(
+        self,
+        key: str,
+        fields: dict[str, Any],
+        expected_version: int | None,
+        value: Callable[[], bytes],
+        conn: Conn | None = None,
+    ) -> None:
+        """Write one entry, keeping the namespace's indexes in step.
+
+        The common case (no indexes, no open transaction) is a single guarded statement: it
+        writes only if the namespace's index generation is still the one we know, so another
+        process's ``create_index`` can never be missed. Otherwise the write, its compare-and-set
+        check and its index entries run in one transaction (or savepoint).
+        """
+        b = self._b
+        params = dict(fields, ns=self._ns, key=key)
+        if conn is None and expected_version is None:
+            state = self._index_state()
+            if not state.specs and not state.undeclared:
+                with self._connection() as c:
+                    if not c.in_tx:
+                        params["gen"] = state.generation
+                        if c.execute(b.sql("upsert"), params).rowcount == 1:
+                            return
+                        self._refresh_index_state()
+        if conn is not None:
+            self._write_in(conn, key, params, expected_version, value)
+            return
+        self._run_atomic(lambda c: self._write_in(c, key, params, expected_version, value))
+
+    def _write_in(
+        self,
+        conn: Conn,
+        key: str,
+        params: dict[str, Any],
+        expected_version: int | None,
+        value: Callable[[], bytes],
+    ) -> None:
+        b = self._b
+        state = self._index_state(conn, check=True)
+        if state.undeclared:
+            raise IndexNotDeclaredError(self._ns, state.undeclared)
+        rows = state.rows_for(key, value) if state.specs else []
+        params["gen"] = state.generation
+        if expected_version is None:
+            n = conn.execute(b.sql("upsert"), params).rowcount
+        elif expected_version == 0:
+            n = conn.execute(b.sql("insert_new"), params).rowcount
+        else:
+            n = conn.execute(b.sql("update_cas"), dict(params, ev=expected_version)).rowcount
+        if n != 1:
+            actual = self._version(conn, key)
+            raise ConflictError(key, expected_version or 0, actual)
+        if state.specs:
+            conn.execute(b.sql("index_entries_delete"), {"ns": self._ns, "key": key})
+            self._insert_index_rows(conn, state, key, rows)
+
+    def _insert_index_rows(self, conn: Conn, state: NamespaceIndexes, key: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        for attempt in range(2):
+            try:
+                with conn.savepoint():
+                    conn.executemany(self._b.sql("index_entry_insert"), rows)
+                return
+            except Exception as exc:
+                if not self._b.dialect.is_unique_violation(exc):
+                    raise
+                # An expired entry keeps its index entries until it is purged; it must not
+                # hold a unique value against a live one, so purge it and try again.
+                expired = state.expired_holders(self, conn, key, rows) if attempt == 0 else []
+                for holder in expired:
+                    conn.execute(self._b.sql("delete"), {"ns": self._ns, "key": holder})
+                if not expired:
+                    raise state.unique_violation(self, conn, key, rows) from None
+
+    def _version(self, conn: Conn, key: str) -> int:
+        row = conn.execute(
+            self._b.sql("version"), {"ns": self._ns, "key": key, "now": _now_us()}
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _index_state(self, conn: Conn | None = None, check: bool = False) -> NamespaceIndexes:
+        """The namespace's indexes as this process knows them; with ``check``, confirmed
+        against the database inside the caller's transaction."""
+        state = self._b.index_state.get(self._ns)
+        if state is None or check:
+            if check and state is not None and conn is not None:
+                row = conn.execute(self._b.sql("generation"), {"ns": self._ns}).fetchone()
+                if (0 if row is None else int(row[0])) == state.generation:
+                    return state
+            state = self._refresh_index_state(conn)
+        return state
+
+    def _refresh_index_state(self, conn: Conn | None = None) -> NamespaceIndexes:
+        from .indexes import load_state
+
+        if conn is None:
+            with self._connection() as c:
+                state = load_state(self, c)
+        else:
+            state = load_state(self, conn)
+        self._b.index_state[self._ns] = state
+        return state
+
+    def put_file(
+        self,
+        key: str,
+        file: str | os.PathLike[str] | IO[bytes],
+        ttl_secs: TTL = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """Store a file's contents, streamed in chunks: memory stays flat whatever its size."""
+        key = check_key(key)
+        fields = self._fields(ttl_secs, metadata, content_type)
+        src, own = read_source(file)
+        try:
+            self._put_stream(key, src, fields, None)
+        finally:
+            if own:
+                src.close()
+        return key
+
+    def _put_stream(
+        self, key: str, src: IO[bytes], fields: dict[str, Any], expected_version: int | None
+    ) -> None:
+        b = self._b
+        size = b.chunk_size
+        first = _read_exactly(src, size + 1)
+        if len(first) <= size:  # small: one inline statement, like put()
+            fields.update(value=first, blob_id=None, size=len(first), sum=hashlib.sha256(first).hexdigest())
+            self._write(key, fields, expected_version, lambda: first)
+            return
+
+        def write(conn: Conn) -> None:
+            blob_id = secrets.randbits(62) + 1
+            digest = hashlib.sha256()
+            total = 0
+            n = 0
+            pending: bytes | None = first
+            sql = b.sql("put_chunk")
+            while True:
+                buf = pending if pending is not None else _read_exactly(src, size)
+                pending = None
+                if not buf:
+                    break
+                if len(buf) > size:
+                    buf, pending = buf[:size], buf[size:]
+                if not isinstance(buf, bytes):
+                    raise TypeError(f"file for key {key!r} returned {type(buf).__name__}, not bytes")
+                digest.update(buf)
+                total += len(buf)
+                conn.execute(sql, {"blob": blob_id, "n": n, "data": buf})
+                n += 1
+            fields.update(value=None, blob_id=blob_id, size=total, sum=digest.hexdigest())
+            params = dict(fields, ns=self._ns, key=key)
+            # Index extractors see the whole value: only namespaces with indexes pay for it.
+            self._write_in(conn, key, params, expected_version, lambda: self._read_blob(conn, key, blob_id, total))
+
+        if not src.seekable():
+            # A stream cannot be replayed, so no retry: run it once.
+            with self._connection() as conn, self._atomic(conn):
+                write(conn)
+            return
+        start = src.tell() - len(first)
+
+        def attempt(conn: Conn) -> None:
+            nonlocal first
+            src.seek(start)
+            first = _read_exactly(src, size + 1)
+            write(conn)
+
+        self._run_atomic(attempt)
+
+    def delete(self, key: str, *, expected_version: int | None = None) -> None:
+        """Delete ``key`` (no error when it is missing); its chunks and index entries go with it
+        in the same statement, by trigger."""
+        key = check_key(key)
+        ev = _check_version(expected_version)
+        with self._connection() as conn:
+            if ev is None:
+                conn.execute(self._b.sql("delete"), {"ns": self._ns, "key": key})
+                return
+        if ev == 0:
+            with self._connection() as conn:
+                actual = self._version(conn, key)
+            if actual:
+                raise ConflictError(key, 0, actual)
+            return
+
+        def cas(conn: Conn) -> None:
+            params = {"ns": self._ns, "key": key, "ev": ev, "now": _now_us()}
+            if conn.execute(self._b.sql("delete_cas"), params).rowcount != 1:
+                raise ConflictError(key, ev, self._version(conn, key))
+
+        self._run_atomic(cas)
+
+    def put_many(
+        self,
+        items: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
+        ttl_secs: TTL = None,
+    ) -> list[str]:
+        """Write many entries in one transaction: all of them, or (on any error) none."""
+        pairs = list(items.items() if isinstance(items, Mapping) else _iterable(items, "items"))
+        checked: list[tuple[str, bytes]] = []
+        for pair in pairs:
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise TypeError(f"put_many takes (key, value) pairs, got {pair!r}")
+            key = check_key(pair[0])
+            checked.append((key, _check_value(key, pair[1])))
+        fields = self._fields(ttl_secs, None, None)
+        if not checked:
+            return []
+
+        def write(conn: Conn) -> None:
+            state = self._index_state(conn, check=True)
+            if state.undeclared:
+                raise IndexNotDeclaredError(self._ns, state.undeclared)
+            big = [(k, v) for k, v in checked if len(v) > self._b.chunk_size]
+            small = [(k, v) for k, v in checked if len(v) <= self._b.chunk_size]
+            rows = []
+            for k, v in small:
+                rows.append(
+                    dict(fields, ns=self._ns, key=k, value=v, blob_id=None, size=len(v),
+                         sum=hashlib.sha256(v).hexdigest(), gen=state.generation)
+                )
+            index_rows = {k: state.rows_for(k, lambda v=v: v) for k, v in small} if state.specs else {}
+            conn.executemany(self._b.sql("upsert"), rows)
+            for k, v in big:
+                self._put_stream_in(conn, k, v, fields)
+            if state.specs:
+                for k, r in index_rows.items():
+                    conn.execute(self._b.sql("index_entries_delete"), {"ns": self._ns, "key": k})
+                    self._insert_index_rows(conn, state, k, r)
+
+        self._run_atomic(write)
+        return [k for k, _ in checked]
+
+    def _put_stream_in(self, conn: Conn, key: str, data: bytes, fields: dict[str, Any]) -> None:
+        size = self._b.chunk_size
+        blob_id = secrets.randbits(62) + 1
+        view = memoryview(data)
+        for n, start in enumerate(range(0, len(data), size)):
+            conn.execute(self._b.sql("put_chunk"), {"blob": blob_id, "n": n, "data": bytes(view[start : start + size])})
+        params = dict(fields, ns=self._ns, key=key, value=None, blob_id=blob_id, size=len(data),
+                      sum=hashlib.sha256(data).hexdigest())
+        self._write_in(conn, key, params, None, lambda: data)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete many keys in one transaction."""
+        wanted = list(dict.fromkeys(check_key(k) for k in _iterable(keys, "keys")))
+        if not wanted:
+            return
+        step = self._b.dialect.max_params - 10
+
+        def run(conn: Conn) -> None:
+            for i in range(0, len(wanted), step):
+                part = wanted[i : i + step]
+                marks = ", ".join(f":k{j}" for j in range(len(part)))
+                sql = self._b.sql(
+                    f"delete_many:{len(part)}",
+                    f"DELETE FROM {{e}} WHERE namespace = :ns AND key IN ({marks})",
+                )
+                params: dict[str, Any] = {f"k{j}": k for j, k in enumerate(part)}
+                params["ns"] = self._ns
+                conn.execute(sql, params)
+
+        self._run_atomic(run)
+
+    def copy(self, source: str, dest: str) -> str:
+        """Copy ``source`` to ``dest`` (value, metadata, content type, expiry) atomically."""
+        source, dest = check_key(source), check_key(dest)
+        if source == dest:
+            if source not in self:
+                raise NotFoundError(source)
+            return dest
+
+        def run(conn: Conn) -> None:
+            b = self._b
+            params = {"ns": self._ns, "key": source, "now": _now_us()}
+            row = conn.execute(b.sql("lock_row") + b.dialect.for_update, params).fetchone()
+            if row is None:
+                raise NotFoundError(source)
+            new_blob = None
+            if row[1] is not None:
+                new_blob = secrets.randbits(62) + 1
+                conn.execute(b.sql("copy_chunks"), {"new": new_blob, "old": row[1]})
+            conn.execute(b.sql("copy_entry"), dict(params, dest=dest, new_blob=new_blob))
+            self._copy_index_entries(conn, source, dest, "index_entries_copy")
+
+        self._run_atomic(run)
+        return dest
+
+    def _copy_index_entries(self, conn: Conn, source: str, dest: str, how: str) -> None:
+        # The value is the same, so its index entries are too: copy them rather than running
+        # the extractors, which also keeps indexes this process has not declared exact.
+        state = self._index_state(conn, check=True)
+        if not state.specs and not state.undeclared:
+            return
+        b = self._b
+        conn.execute(b.sql("index_entries_delete"), {"ns": self._ns, "key": dest})
+        try:
+            with conn.savepoint():
+                conn.execute(b.sql(how), {"ns": self._ns, "key": source, "dest": dest})
+        except Exception as exc:
+            if not b.dialect.is_unique_violation(exc):
+                raise
+            raise state.unique_violation(self, conn, dest, None) from None
+
+    def move(self, source: str, dest: str) -> str:
+        """Rename ``source`` to ``dest`` atomically (replacing ``dest``)."""
+        source, dest = check_key(source), check_key(dest)
+        if source == dest:
+            if source not in self:
+                raise NotFoundError(source)
+            return dest
+
+        def run(conn: Conn) -> None:
+            b = self._b
+            now = _now_us()
+            params = {"ns": self._ns, "key": source, "now": now}
+            row = conn.execute(b.sql("lock_row") + b.dialect.for_update, params).fetchone()
+            if row is None:
+                raise NotFoundError(source)
+            # dest's version keeps rising even though the row is new, so a compare-and-set
+            # holder of dest's old version cannot mistake the moved value for the one it saw.
+            dest_row = conn.execute(b.sql("lock_row") + b.dialect.for_update, dict(params, key=dest)).fetchone()
+            version = max(int(row[2]), int(dest_row[2]) if dest_row else 0) + 1
+            conn.execute(b.sql("delete"), {"ns": self._ns, "key": dest})
+            conn.execute(b.sql("rename"), dict(params, dest=dest, version=version))
+            conn.execute(b.sql("index_entries_rename"), {"ns": self._ns, "key": source, "dest": dest})
+
+        self._run_atomic(run)
+        return dest
+
+    def incr(self, key: str, delta: int = 1, initial: int = 0) -> int:
+        """Add ``delta`` to the integer stored at ``key`` and return the result, atomically.
+        A missing (or expired) key starts at ``initial``. Values are ASCII decimal bytes."""
+        key = check_key(key)
+        for name, v in (("delta", delta), ("initial", initial)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"incr {name} must be an int, not {type(v).__name__}")
+        for _ in range(20):
+            try:
+                return self._run_atomic(lambda conn: self._incr_in(conn, key, delta, initial))
+            except ConflictError:
+                continue  # another writer created the key first: add to its value instead
+        raise TransactionError(f"incr of {key!r} kept conflicting with concurrent writers")
+
+    def _incr_in(self, conn: Conn, key: str, delta: int, initial: int) -> int:
+        b = self._b
+        params = {"ns": self._ns, "key": key, "now": _now_us()}
+        row = conn.execute(b.sql("lock_row") + b.dialect.for_update, params).fetchone()
+        if row is None:
+            new = initial + delta
+            fields = self._fields(None, None, None)
+        else:
+            raw = bytes(row[0]) if row[1] is None else self._read_blob(conn, key, row[1], row[4])
+            try:
+                new = int(raw.decode("ascii").strip()) + delta
+            except (UnicodeDecodeError, ValueError):
+                raise ValueError(f"value of {key!r} is not an integer: {raw[:40]!r}") from None
+            # an increment keeps the entry's expiry, metadata and content type
+            meta = b.dialect.load_json(row[5])
+            fields = {
+                "now": _now_us(),
+                "exp": row[3],
+                "meta": None if meta is None else json.dumps(meta),
+                "ct": row[6],
+            }
+        data = str(new).encode("ascii")
+        fields.update(value=data, blob_id=None, size=len(data), sum=hashlib.sha256(data).hexdigest())
+        params = dict(fields, ns=self._ns, key=key)
+        self._write_in(conn, key, params, 0 if row is None else None, lambda: data)
+        return new
+
+    def purge_expired(self) -> int:
+        """Delete expired entries of this namespace in bounded batches; return how many."""
+        total = 0
+        while True:
+            with self._connection() as conn:
+                params = {"ns": self._ns, "now": _now_us(), "limit": _BATCH}
+                n = conn.execute(self._b.sql("purge_batch"), params).rowcount
+            total += max(n, 0)
+            if n < _BATCH:
+                return total
+
+    # -- transactions ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, isolation: str | None = None) -> Iterator[Transaction]:
+        """A transaction with the whole store API; nested ones are savepoints."""
+        b = self._b
+        active = b.local.__dict__.get("conn")
+        if active is not None or b.external is not None:
+            if isolation is not None and active is not None:
+                raise TransactionError("the isolation level can only be set on the outermost transaction")
+            conn = active if active is not None else b.external
+            assert conn is not None
+            tx = Transaction(self, conn)
+            try:
+                with conn.savepoint():
+                    yield tx
+            finally:
+                tx._closed = True
+            return
+        begin_sql = b.dialect.begin_sql(isolation)
+        conn = b.checkout()
+        tx = Transaction(self, conn)
+        try:
+            conn.begin(begin_sql)
+            b.local.conn = conn
+            try:
+                yield tx
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            tx._closed = True
+            b.local.conn = None
+            b.checkin(conn)
+
+    def run_in_transaction(
+        self,
+        fn: Callable[[Transaction], T],
+        retries: int = 5,
+        isolation: str | None = None,
+        backoff: float = 0.02,
+    ) -> T:
+        """Call ``fn(tx)`` in a transaction, retrying on serialization failures, deadlocks and
+        "database is locked" with jittered exponential backoff."""
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+        if self._b.local.__dict__.get("conn") is not None or self._b.external is not None:
+            with self.transaction() as tx:  # nested: the outer transaction decides
+                return fn(tx)
+        last: BaseException | None = None
+        for attempt in range(retries + 1):
+            try:
+                with self.transaction(isolation) as tx:
+                    return fn(tx)
+            except Exception as exc:
+                if not self._b.dialect.is_retryable(exc):
+                    raise
+                last = exc
+                time.sleep(backoff * (2**attempt) * random.random())
+        raise TransactionError(
+            f"transaction failed after {retries + 1} attempts: {last}"
+        ) from last
+
+    # -- indexes (see kvstore.indexes) ---------------------------------------------------------
+    def create_index(
+        self,
+        name: str,
+        extractor: Any,
+        unique: bool = False,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> IndexInfo:
+        from .indexes import create_index
+
+        return create_index(self, name, extractor, unique=unique, progress=progress)
+
+    def drop_index(self, name: str) -> None:
+        from .indexes import drop_index
+
+        drop_index(self, name)
+
+    def rebuild_index(self, name: str, *, progress: Callable[[int, int], None] | None = None) -> IndexInfo:
+        from .indexes import rebuild_index
+
+        return rebuild_index(self, name, progress=progress)
+
+    def indexes(self) -> list[IndexInfo]:
+        from .indexes import list_indexes
+
+        return list_indexes(self)
+
+    def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[str]:
+        """Keys whose index value matches (see :mod:`kvstore.indexes` for the arguments)."""
+        from .indexes import find
+
+        return [k for k, _ in find(self, index, value, items=False, **query)]
+
+    def find_items(self, index: str, value: Any = NOT_SET, **query: Any) -> list[tuple[str, bytes]]:
+        from .indexes import find
+
+        return [(k, v) for k, v in find(self, index, value, items=True, **query)]
+
+    def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
+        from .indexes import count
+
+        return count(self, index, value, **query)
+
+    # -- collections (see kvstore.collections) -------------------------------------------------
+    def dict(self, name: str, serializer: Any = "json") -> PersistentDict:
+        from .collections import PersistentDict
+
+        return PersistentDict(self, name, serializer=serializer)
+
+    def list(self, name: str, serializer: Any = "json") -> PersistentList:
+        from .collections import PersistentList
+
+        return PersistentList(self, name, serializer=serializer)
+
+    def set(self, name: str, serializer: Any = "json") -> PersistentSet:
+        from .collections import PersistentSet
+
+        return PersistentSet(self, name, serializer=serializer)
+
+
+class Transaction(Store):
+    """A store bound to one open transaction; valid only inside its ``with`` block and only
+    in the thread that opened it."""
+
+    def __init__(self, parent: Store, conn: Conn) -> None:
+        super().__init__(parent._b, parent._ns)
+        self.default_ttl_secs = parent.default_ttl_secs
+        self._conn = conn
+        self._closed = False
+        self._thread = threading.get_ident()
+
+    def _acquire(self) -> tuple[Conn, bool]:
+        if self._closed:
+            raise TransactionError("this transaction has ended; use it only inside its with block")
+        if threading.get_ident() != self._thread:
+            raise TransactionError("a transaction can only be used by the thread that opened it")
+        return self._conn, False
+
+    def namespace(self, name: str) -> Transaction:
+        tx = Transaction(Store(self._b, _check_namespace(name)), self._conn)
+        tx._thread = self._thread
+        return tx
+
+    @contextlib.contextmanager
+    def transaction(self, isolation: str | None = None) -> Iterator[Transaction]:
+        self._acquire()
+        if isolation is not None:
+            raise TransactionError("the isolation level can only be set on the outermost transaction")
+        tx = Transaction(self, self._conn)
+        try:
+            with self._conn.savepoint():
+                yield tx
+        finally:
+            tx._closed = True
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<kvstore.Transaction namespace={self._ns!r}>"
+
+
+class _BlobRaw(io.RawIOBase):
+    """Raw reader over a chunked value, on a connection holding a read snapshot."""
+
+    def __init__(self, store: Store, conn: Conn, key: str, blob_id: int, size: int) -> None:
+        self._store = store
+        self._conn: Conn | None = conn
+        self._key = key
+        self._blob = blob_id
+        self._size = size
+        self._pos = 0
+        self._chunk_no = -1
+        self._chunk = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        if pos < 0:
+            raise OSError(22, "Invalid argument: negative seek position")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buf: Any) -> int:
+        self._check()
+        if self._pos >= self._size:
+            return 0
+        size = self._store._b.chunk_size
+        n, off = divmod(self._pos, size)
+        if n != self._chunk_no:
+            assert self._conn is not None
+            row = self._conn.execute(self._store._b.sql("chunk"), {"blob": self._blob, "n": n}).fetchone()
+            if row is None:
+                raise KVStoreError(f"value of {self._key!r} changed while it was being read")
+            self._chunk, self._chunk_no = bytes(row[0]), n
+        piece = self._chunk[off : off + len(buf)]
+        buf[: len(piece)] = piece
+        self._pos += len(piece)
+        return len(piece)
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                if conn.in_tx:
+                    conn.rollback()
+            finally:
+                self._store._b.checkin(conn)
+        super().close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _prefix_upper(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (code points),
+    so a prefix match is the index range [prefix, upper) and needs no LIKE escaping."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars[-1])
+        if last < 0x10FFFF:
+            chars[-1] = chr(last + 1)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def _check_value(key: str, data: object) -> bytes:
+    if type(data) is bytes:
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise InvalidValueError(key, data)
+
+
+def _check_version(v: object) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"expected_version must be a non-negative int, got {v!r}")
+    return v
+
+
+def _check_metadata(metadata: object) -> str | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+    for k in metadata:
+        if not isinstance(k, str):
+            raise TypeError(f"metadata keys must be str, got {k!r}")
+    try:
+        return json.dumps(dict(metadata), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+
+
+def _check_content_type(ct: object) -> str | None:
+    if ct is None:
+        return None
+    if not isinstance(ct, str) or len(ct) > 255:
+        raise ValueError(f"content_type must be a str of at most 255 characters, got {ct!r}")
+    return ct
+
+
+def _check_namespace(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"namespace must be a non-empty str, got {name!r}")
+    if len(name) > _NAMESPACE_MAX or "/" in name:
+        raise ValueError(
+            f"invalid namespace {name!r}: namespaces use the key alphabet and are at most "
+            f"{_NAMESPACE_MAX} characters"
+        )
+    check_key(name)
+    return name
+
+
+def _iterable(obj: Any, what: str) -> Iterable[Any]:
+    if isinstance(obj, str | bytes):
+        raise TypeError(f"{what} must be an iterable of keys, not a single {type(obj).__name__}")
+    try:
+        iter(obj)
+    except TypeError:
+        raise TypeError(f"{what} must be iterable, not {type(obj).__name__}") from None
+    return obj  # type: ignore[no-any-return]
+
+
+def _read_exactly(src: IO[bytes], n: int) -> bytes:
+    """Read up to ``n`` bytes, looping over short reads (pipes, sockets)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        buf = src.read(n - got)
+        if not buf:
+            break
+        if not isinstance(buf, bytes | bytearray | memoryview):
+            raise TypeError(f"expected a binary file, read returned {type(buf).__name__}")
+        parts.append(bytes(buf))
+        got += len(buf)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+# -- connect ---------------------------------------------------------------------------------
+def connect(
+    bind: str | Engine | Connection | Session = "sqlite:///kvstore.db",
+    *,
+    namespace: str = "default",
+    table_prefix: str = "kv_",
+    create: bool = True,
+    default_ttl_secs: TTL = NOT_SET,
+    sqlite_synchronous: str = "FULL",
+    busy_timeout: float = 30.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    engine_options: Mapping[str, Any] | None = None,
+) -> Store:
+    """Open a key-value store.
+
+    ``bind`` is a database URL (the store creates and owns its engine), an ``Engine`` (the
+    store uses its pool), or a ``Connection``/``Session`` (the store joins the caller's
+    transaction and never commits it). See ``docs/getting-started.md``.
+    """
+    namespace = _check_namespace(namespace)
+    sync = _dialect.check_synchronous(sqlite_synchronous)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1024 <= chunk_size <= 1 << 28:
+        raise ValueError(f"chunk_size must be an int between 1 KiB and 256 MiB, got {chunk_size!r}")
+    owns = isinstance(bind, str)
+    if isinstance(bind, str):
+        bind = _engine_from_url(bind, dict(engine_options or {}))
+    ttl_to_seconds(default_ttl_secs, NOT_SET)  # validate early
+    backend = _Backend(
+        bind,
+        owns_engine=owns,
+        table_prefix=table_prefix,
+        sqlite_synchronous=sync,
+        busy_timeout=float(busy_timeout),
+        chunk_size=chunk_size,
+    )
+    try:
+        if create:
+            _create_tables(backend, bind)
+    except BaseException:
+        backend.close()
+        raise
+    store = Store(backend, namespace, root=True)
+    store.default_ttl_secs = default_ttl_secs
+    return store
+
+
+def _engine_from_url(url: str, options: dict[str, Any]) -> Engine:
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ValueError(f"not a database URL: {url!r} ({exc})") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    _dialect.for_name(backend)  # refuse unsupported databases with a clear message
+    if backend == "sqlite":
+        connect_args = dict(options.pop("connect_args", {}))
+        connect_args.setdefault("check_same_thread", False)
+        options["connect_args"] = connect_args
+        if parsed.database in (None, "", ":memory:"):
+            options.setdefault("poolclass", StaticPool)
+    engine = create_engine(parsed, **options)
+    return engine
+
+
+def _create_tables(backend: _Backend, bind: Engine | Connection | Session) -> None:
+    md = backend.tables.metadata
+    if isinstance(bind, Engine):
+        for attempt in range(3):
+            try:
+                with bind.begin() as conn:
+                    md.create_all(conn)
+                return
+            except Exception:
+                # Several processes may create the tables at once; the loser sees them exist.
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+    elif isinstance(bind, Session):
+        md.create_all(bind.connection())
+    else:
+        md.create_all(bind)
