@@ -1,0 +1,156 @@
+"""The shared conformance fixtures: every test that takes ``store`` runs on each backend.
+
+Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory`` and ``postgresql``.
+PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
+PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
+visible reason (except under ``CI=true``, where that is an error). A URL that is set but
+unreachable is always an error. Each PostgreSQL test gets its own namespace and removes it
+afterwards; nothing else in the database is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import kvstore
+
+BACKENDS = ["sqlite-file", "sqlite-memory", "postgresql"]
+# Backends where several connections (threads, processes) see one database.
+SHARED_BACKENDS = ["sqlite-file", "postgresql"]
+
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = os.environ.get("KVSTORE_TEST_POSTGRES_URL")
+    if url:
+        engine = sa.create_engine(_psycopg(url))
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # set but unreachable: an error, never a skip
+            pytest.fail(f"KVSTORE_TEST_POSTGRES_URL={url!r} is set but unreachable: {exc}", pytrace=False)
+        finally:
+            engine.dispose()
+        yield _psycopg(url)
+        return
+    container = None
+    try:
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:16-alpine", driver="psycopg")
+        container.start()
+    except Exception as exc:
+        reason = f"PostgreSQL tests need KVSTORE_TEST_POSTGRES_URL or a working Docker ({exc.__class__.__name__})"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " - under CI=true this is an error", pytrace=False)
+        pytest.skip(reason)
+    try:
+        yield container.get_connection_url()
+    finally:
+        container.stop()
+
+
+def _psycopg(url: str) -> str:
+    u = sa.make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(pg_url, pool_size=10)
+    kvstore.connect(engine).close()  # create the tables once
+    yield engine
+    engine.dispose()
+
+
+@dataclass
+class Backend:
+    """How a test can reach the database of its backend from elsewhere (threads, processes)."""
+
+    name: str
+    url: str
+    namespace: str
+    engine: sa.Engine | None
+
+    @property
+    def shared(self) -> bool:
+        return self.name != "sqlite-memory"
+
+    def connect(self, **kw: Any) -> kvstore.Store:
+        kw.setdefault("namespace", self.namespace)
+        if self.engine is not None and not kw.pop("own_engine", False):
+            return kvstore.connect(self.engine, **kw)
+        kw.pop("own_engine", None)
+        return kvstore.connect(self.url, **kw)
+
+
+def _cleanup_pg(engine: sa.Engine, namespace: str) -> None:
+    t = kvstore.models.tables()
+    like = namespace + "/%"
+    with engine.begin() as conn:
+        for ns_cond in (t.entries.c.namespace == namespace, t.entries.c.namespace.like(like)):
+            conn.execute(t.entries.delete().where(ns_cond))
+        for tab in (t.indexes, t.lists, t.namespaces):
+            conn.execute(tab.delete().where(sa.or_(tab.c.namespace == namespace, tab.c.namespace.like(like))))
+
+
+def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    namespace = "t" + uuid.uuid4().hex[:12]
+    if name == "sqlite-file":
+        yield Backend(name, f"sqlite:///{tmp_path / 'kv.db'}", namespace, None)
+    elif name == "sqlite-memory":
+        yield Backend(name, "sqlite://", namespace, None)
+    else:
+        engine: sa.Engine = request.getfixturevalue("pg_engine")
+        url = request.getfixturevalue("pg_url")
+        try:
+            yield Backend(name, url, namespace, engine)
+        finally:
+            _cleanup_pg(engine, namespace)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _make_backend(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=SHARED_BACKENDS)
+def shared_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A backend that several connections, threads and processes can share."""
+    yield from _make_backend(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def store(backend: Backend) -> Iterator[kvstore.Store]:
+    s = backend.connect()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def shared_store(shared_backend: Backend) -> Iterator[kvstore.Store]:
+    s = shared_backend.connect()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(doctest_namespace: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Docs examples run in a scratch directory, so "sqlite:///kv.db" never touches the repo.
+    doctest_namespace["kvstore"] = kvstore
+    monkeypatch.chdir(tmp_path)
