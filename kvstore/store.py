@@ -245,6 +245,9 @@ def _is_memory(engine: Engine) -> bool:
 class Store(KeyValueStore):
     """A key-value store in SQL tables, for one namespace. Create it with :func:`connect`."""
 
+    #: validates a key at the public boundary; collections swap in their own rule
+    _key = staticmethod(check_key)
+
     def __init__(self, backend: _Backend, namespace: str, *, root: bool = False) -> None:
         self._b = backend
         self._ns = namespace
@@ -268,6 +271,17 @@ class Store(KeyValueStore):
         """A store on the same tables and connection for another namespace."""
         store = Store(self._b, _check_namespace(name))
         store.default_ttl_secs = self.default_ttl_secs
+        return store
+
+    def _derived(self, kind: str, name: str) -> Store:
+        """The store behind a collection: its own namespace ``<namespace>/<kind>/<name>``
+        (unreachable through :meth:`namespace`, whose names cannot contain ``/``), the same
+        tables, connections, transactions and indexes, and the collection key rule."""
+        if not isinstance(name, str) or not name or len(name) > 120 or "\x00" in name:
+            raise ValueError(f"collection names are 1-120 characters without NUL, got {name!r}")
+        store = _CollectionStore(self._b, f"{self._ns}/{kind}/{name}")
+        if isinstance(self, Transaction):
+            return store._bind_transaction(self)
         return store
 
     def _acquire(self) -> tuple[Conn, bool]:
@@ -326,7 +340,7 @@ class Store(KeyValueStore):
     # -- reading -------------------------------------------------------------------------------
     def get(self, key: str) -> bytes:
         """Return the value of ``key``; ``KeyError`` when it is missing or expired."""
-        key = check_key(key)
+        key = self._key(key)
         b = self._b
         params = {"ns": self._ns, "key": key, "now": _now_us()}
         conn, release = self._acquire()
@@ -351,7 +365,7 @@ class Store(KeyValueStore):
         return data
 
     def __contains__(self, key: object) -> bool:
-        key = check_key(key)
+        key = self._key(key)
         with self._connection() as conn:
             params = {"ns": self._ns, "key": key, "now": _now_us()}
             return conn.execute(self._b.sql("has"), params).fetchone() is not None
@@ -426,7 +440,7 @@ class Store(KeyValueStore):
                 after, inclusive = batch[-1], False
 
     def stat(self, key: str) -> EntryInfo:
-        key = check_key(key)
+        key = self._key(key)
         with self._connection() as conn:
             params = {"ns": self._ns, "key": key, "now": _now_us()}
             row = conn.execute(self._b.sql("stat"), params).fetchone()
@@ -446,7 +460,7 @@ class Store(KeyValueStore):
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         """Values of the given keys that exist, in one query per batch of keys."""
-        wanted = list(dict.fromkeys(check_key(k) for k in _iterable(keys, "keys")))
+        wanted = list(dict.fromkeys(self._key(k) for k in _iterable(keys, "keys")))
         out: dict[str, bytes] = {}
         step = self._b.dialect.max_params - 10
         with self._connection() as conn:
@@ -468,7 +482,7 @@ class Store(KeyValueStore):
         """A readable, seekable binary file over the value of ``key``, streamed from the
         database chunk by chunk. Large values are read from one snapshot: replacing the value
         while the file is open does not change what it reads."""
-        key = check_key(key)
+        key = self._key(key)
         b = self._b
         conn, release = self._acquire()
         snapshot = release and not b.single_connection
@@ -508,7 +522,7 @@ class Store(KeyValueStore):
         ``expected_version`` makes it a compare-and-set: ``0`` means "must not exist", ``n``
         means "must be at version n", else :class:`ConflictError` and nothing is written.
         """
-        key = check_key(key)
+        key = self._key(key)
         data = _check_value(key, data)
         fields = self._fields(ttl_secs, metadata, content_type)
         ev = _check_version(expected_version)
@@ -645,7 +659,7 @@ class Store(KeyValueStore):
         content_type: str | None = None,
     ) -> str:
         """Store a file's contents, streamed in chunks: memory stays flat whatever its size."""
-        key = check_key(key)
+        key = self._key(key)
         fields = self._fields(ttl_secs, metadata, content_type)
         src, own = read_source(file)
         try:
@@ -709,7 +723,7 @@ class Store(KeyValueStore):
     def delete(self, key: str, *, expected_version: int | None = None) -> None:
         """Delete ``key`` (no error when it is missing); its chunks and index entries go with it
         in the same statement, by trigger."""
-        key = check_key(key)
+        key = self._key(key)
         ev = _check_version(expected_version)
         with self._connection() as conn:
             if ev is None:
@@ -740,7 +754,7 @@ class Store(KeyValueStore):
         for pair in pairs:
             if not isinstance(pair, tuple | list) or len(pair) != 2:
                 raise TypeError(f"put_many takes (key, value) pairs, got {pair!r}")
-            key = check_key(pair[0])
+            key = self._key(pair[0])
             checked.append((key, _check_value(key, pair[1])))
         fields = self._fields(ttl_secs, None, None)
         if not checked:
@@ -782,7 +796,7 @@ class Store(KeyValueStore):
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Delete many keys in one transaction."""
-        wanted = list(dict.fromkeys(check_key(k) for k in _iterable(keys, "keys")))
+        wanted = list(dict.fromkeys(self._key(k) for k in _iterable(keys, "keys")))
         if not wanted:
             return
         step = self._b.dialect.max_params - 10
@@ -803,7 +817,7 @@ class Store(KeyValueStore):
 
     def copy(self, source: str, dest: str) -> str:
         """Copy ``source`` to ``dest`` (value, metadata, content type, expiry) atomically."""
-        source, dest = check_key(source), check_key(dest)
+        source, dest = self._key(source), self._key(dest)
         if source == dest:
             if source not in self:
                 raise NotFoundError(source)
@@ -843,7 +857,7 @@ class Store(KeyValueStore):
 
     def move(self, source: str, dest: str) -> str:
         """Rename ``source`` to ``dest`` atomically (replacing ``dest``)."""
-        source, dest = check_key(source), check_key(dest)
+        source, dest = self._key(source), self._key(dest)
         if source == dest:
             if source not in self:
                 raise NotFoundError(source)
@@ -870,7 +884,7 @@ class Store(KeyValueStore):
     def incr(self, key: str, delta: int = 1, initial: int = 0) -> int:
         """Add ``delta`` to the integer stored at ``key`` and return the result, atomically.
         A missing (or expired) key starts at ``initial``. Values are ASCII decimal bytes."""
-        key = check_key(key)
+        key = self._key(key)
         for name, v in (("delta", delta), ("initial", initial)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"incr {name} must be an int, not {type(v).__name__}")
@@ -1053,9 +1067,11 @@ class Transaction(Store):
         self._conn = conn
         self._closed = False
         self._thread = threading.get_ident()
+        self._key = parent._key  # type: ignore[method-assign]
+        self._parent_tx: Transaction | None = parent if isinstance(parent, Transaction) else None
 
     def _acquire(self) -> tuple[Conn, bool]:
-        if self._closed:
+        if self._closed or (self._parent_tx is not None and self._parent_tx._closed):
             raise TransactionError("this transaction has ended; use it only inside its with block")
         if threading.get_ident() != self._thread:
             raise TransactionError("a transaction can only be used by the thread that opened it")
@@ -1083,6 +1099,36 @@ class Transaction(Store):
 
     def __repr__(self) -> str:
         return f"<kvstore.Transaction namespace={self._ns!r}>"
+
+
+def check_collection_key(key: object) -> str:
+    """Collection keys are any str that SQL text can hold (no NUL, valid UTF-8), up to
+    1,000 UTF-8 bytes so the primary-key B-tree accepts them on PostgreSQL."""
+    if not isinstance(key, str):
+        raise TypeError(f"collection keys are str here, not {type(key).__name__}")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"key {key!r} is not valid Unicode text (lone surrogate)") from None
+    if "\x00" in key:
+        raise ValueError(f"key {key!r} contains NUL, which SQL text columns cannot store")
+    if size > 1000:
+        raise ValueError(f"key is too long: {size} UTF-8 bytes, at most 1000")
+    return key
+
+
+class _CollectionStore(Store):
+    """A store over a collection's derived namespace, with collection key rules."""
+
+    _key = staticmethod(check_collection_key)
+    _tx: Transaction | None = None
+
+    def _bind_transaction(self, tx: Transaction) -> Store:
+        bound = Transaction(self, tx._conn)
+        bound._thread = tx._thread
+        bound._key = staticmethod(check_collection_key)  # type: ignore[method-assign]
+        bound._parent_tx = tx
+        return bound
 
 
 class _BlobRaw(io.RawIOBase):
