@@ -35,7 +35,8 @@ from .errors import (
 from .models import Tables, check_table_prefix, from_micros, tables
 
 if TYPE_CHECKING:
-    from .collections import PersistentDict, PersistentList, PersistentSet
+    from .lists import PersistentList
+    from .collections import PersistentDict, PersistentSet
     from .indexes import IndexInfo, NamespaceIndexes
 
 __all__ = ["Store", "Transaction", "connect"]
@@ -1047,7 +1048,7 @@ class Store(KeyValueStore):
         return PersistentDict(self, name, serializer=serializer)
 
     def list(self, name: str, serializer: Any = "json") -> PersistentList:
-        from .collections import PersistentList
+        from .lists import PersistentList
 
         return PersistentList(self, name, serializer=serializer)
 
