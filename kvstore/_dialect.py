@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import DDL
 from sqlalchemy.engine import Engine
@@ -31,7 +31,7 @@ class Dialect:
     #: PostgreSQL needs an explicit lock so index creation and writers serialise (see store)
     lock_entries_for_write: str | None = None
     lock_entries_for_index_build: str | None = None
-    isolation_levels: dict[str, str] = {
+    isolation_levels: ClassVar[dict[str, str]] = {
         "DEFERRED": "BEGIN DEFERRED",
         "IMMEDIATE": "BEGIN IMMEDIATE",
         "EXCLUSIVE": "BEGIN EXCLUSIVE",
@@ -126,7 +126,7 @@ class PostgresDialect(Dialect):
     # back-fill's scan and its commit with a stale view of the namespace's indexes.
     lock_entries_for_write = "LOCK TABLE {entries} IN ROW EXCLUSIVE MODE"
     lock_entries_for_index_build = "LOCK TABLE {entries} IN SHARE MODE"
-    isolation_levels = {
+    isolation_levels: ClassVar[dict[str, str]] = {
         "READ COMMITTED": "BEGIN ISOLATION LEVEL READ COMMITTED",
         "REPEATABLE READ": "BEGIN ISOLATION LEVEL REPEATABLE READ",
         "SERIALIZABLE": "BEGIN ISOLATION LEVEL SERIALIZABLE",
@@ -176,9 +176,7 @@ def for_name(name: str) -> Dialect:
     try:
         return _DIALECTS[name]
     except KeyError:
-        raise ValueError(
-            f"kvstore supports SQLite and PostgreSQL, not {name!r}"
-        ) from None
+        raise ValueError(f"kvstore supports SQLite and PostgreSQL, not {name!r}") from None
 
 
 def for_engine(engine: Engine) -> Dialect:
@@ -254,7 +252,7 @@ def trigger_ddl(prefix: str) -> list[DDL]:
     for name in ("sqlite", "postgresql"):
         for stmt in trigger_sql(name, prefix):
             # "%" would be taken for a DBAPI placeholder by SQLAlchemy's DDL compiler
-            out.append(DDL(stmt.replace("%", "%%")).execute_if(dialect=name))
+            out.append(DDL(stmt.replace("%", "%%")).execute_if(dialect=name))  # type: ignore[no-untyped-call]
     return out
 
 
@@ -262,5 +260,5 @@ def drop_trigger_ddl(prefix: str) -> list[DDL]:
     out = []
     for name in ("sqlite", "postgresql"):
         for stmt in drop_trigger_sql(name, prefix):
-            out.append(DDL(stmt).execute_if(dialect=name))
+            out.append(DDL(stmt).execute_if(dialect=name))  # type: ignore[no-untyped-call]
     return out

@@ -49,7 +49,7 @@ def ttl_to_seconds(ttl_secs: object, default: object) -> float | None:
     """Normalise minimalkv's ``ttl_secs`` argument to seconds, or ``None`` for "never expires"."""
     if ttl_secs is None:
         ttl_secs = default
-    if ttl_secs is None or ttl_secs == FOREVER or ttl_secs == NOT_SET:
+    if ttl_secs is None or ttl_secs in (FOREVER, NOT_SET):
         return None
     if isinstance(ttl_secs, dt.timedelta):
         ttl_secs = ttl_secs.total_seconds()

@@ -6,6 +6,7 @@ decorators override the public methods they change and forward the rest.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import os
@@ -143,10 +144,8 @@ class KeyValueStore(ABC):
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for key in keys:
-            try:
+            with contextlib.suppress(KeyError):
                 out[key] = self.get(key)
-            except KeyError:
-                pass
         return out
 
     def put_many(
@@ -168,7 +167,7 @@ class KeyValueStore(ABC):
     def purge_expired(self) -> int:
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most stores hold nothing
         """Release the store's resources."""
 
     def __enter__(self) -> KeyValueStore:

@@ -78,9 +78,7 @@ class UniqueViolation(KVStoreError):
 
     def __init__(self, index: str, value: Any, key: str, existing_key: str | None) -> None:
         held = f" (already held by {existing_key!r})" if existing_key is not None else ""
-        super().__init__(
-            f"unique index {index!r}: value {value!r} for key {key!r} is taken{held}"
-        )
+        super().__init__(f"unique index {index!r}: value {value!r} for key {key!r} is taken{held}")
         self.index = index
         self.value = value
         self.key = key

@@ -117,12 +117,12 @@ def _key_type() -> String:
     # Code-point order on every dialect: SQLite's default BINARY collation already is; on
     # PostgreSQL the "C" collation makes ORDER BY and range scans byte-wise, whatever the
     # database's default collation, so a prefix scan is a B-tree range scan.
-    return String().with_variant(String(collation="C"), "postgresql")  # type: ignore[return-value]
+    return String().with_variant(String(collation="C"), "postgresql")
 
 
 def _id_type() -> BigInteger:
     # SQLite only auto-assigns INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
-    return BigInteger().with_variant(Integer(), "sqlite")  # type: ignore[return-value]
+    return BigInteger().with_variant(Integer(), "sqlite")
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ class _Json:
 
     def dumps(self, obj: Any) -> bytes:
         try:
-            return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
-                "utf-8", "surrogatepass"
-            )
+            return json.dumps(
+                obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            ).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError) as exc:
             raise TypeError(f"cannot serialize {type(obj).__name__} as JSON: {exc}") from None
 
@@ -47,7 +47,7 @@ class _Pickle:
             raise TypeError(f"cannot pickle {type(obj).__name__}: {exc}") from None
 
     def loads(self, data: bytes) -> Any:
-        return pickle.loads(data)  # noqa: S301 - opt-in only, documented as unsafe
+        return pickle.loads(data)
 
 
 class _Marshal:
@@ -86,11 +86,15 @@ class _Custom:
         except TypeError:
             raise
         except Exception as exc:
-            raise TypeError(f"serializer {self.name} cannot encode {type(value).__name__}: {exc}") from exc
+            raise TypeError(
+                f"serializer {self.name} cannot encode {type(value).__name__}: {exc}"
+            ) from exc
         if isinstance(out, str):
             return out.encode("utf-8")
         if not isinstance(out, bytes | bytearray | memoryview):
-            raise TypeError(f"serializer {self.name}.dumps returned {type(out).__name__}, not bytes or str")
+            raise TypeError(
+                f"serializer {self.name}.dumps returned {type(out).__name__}, not bytes or str"
+            )
         return bytes(out)
 
     def loads(self, data: bytes) -> Any:
@@ -108,7 +112,11 @@ def get_serializer(spec: Any) -> Any:
         try:
             return _BY_NAME[spec]
         except KeyError:
-            raise ValueError(f"unknown serializer {spec!r}; use one of {sorted(_BY_NAME)} or an object with dumps/loads") from None
+            raise ValueError(
+                f"unknown serializer {spec!r}; use one of {sorted(_BY_NAME)} or an object with dumps/loads"
+            ) from None
     if callable(getattr(spec, "dumps", None)) and callable(getattr(spec, "loads", None)):
         return spec if spec in _BY_NAME.values() else _Custom(spec)
-    raise TypeError(f"a serializer is a name or an object with dumps() and loads(), not {type(spec).__name__}")
+    raise TypeError(
+        f"a serializer is a name or an object with dumps() and loads(), not {type(spec).__name__}"
+    )

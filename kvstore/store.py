@@ -21,7 +21,7 @@ from sqlalchemy.pool import StaticPool
 
 from . import _dialect
 from ._conn import Conn, ExternalConn, RawConn
-from ._keys import MAX_KEY_LENGTH, NOT_SET, TTL, check_key, check_prefix, ttl_to_seconds
+from ._keys import NOT_SET, TTL, check_key, check_prefix, ttl_to_seconds
 from .base import EntryInfo, KeyValueStore, read_source
 from .errors import (
     ConflictError,
@@ -30,14 +30,13 @@ from .errors import (
     KVStoreError,
     NotFoundError,
     TransactionError,
-    UniqueViolation,
 )
 from .models import Tables, check_table_prefix, from_micros, tables
 
 if TYPE_CHECKING:
-    from .lists import PersistentList
     from .collections import PersistentDict, PersistentSet
     from .indexes import IndexInfo, NamespaceIndexes
+    from .lists import PersistentList
 
 __all__ = ["Store", "Transaction", "connect"]
 
@@ -196,12 +195,11 @@ class _Backend:
             return self.external
         if self.closed:
             raise KVStoreError("this store is closed")
-        if self._slots is not None:
-            if not self._slots.acquire(timeout=60):
-                raise TransactionError(
-                    "timed out waiting for the in-memory database's only connection; is "
-                    "another thread holding a transaction or an open() reader?"
-                )
+        if self._slots is not None and not self._slots.acquire(timeout=60):
+            raise TransactionError(
+                "timed out waiting for the in-memory database's only connection; is "
+                "another thread holding a transaction or an open() reader?"
+            )
         with self._lock:
             if self._idle:
                 return self._idle.pop()
@@ -335,7 +333,11 @@ class Store(KeyValueStore):
         return self
 
     def __repr__(self) -> str:
-        where = self._b.engine.url.render_as_string(hide_password=True) if self._b.engine else "external connection"
+        where = (
+            self._b.engine.url.render_as_string(hide_password=True)
+            if self._b.engine
+            else "external connection"
+        )
         return f"<kvstore.Store {where} namespace={self._ns!r}>"
 
     # -- reading -------------------------------------------------------------------------------
@@ -388,7 +390,9 @@ class Store(KeyValueStore):
                 return
             after = batch[-1]
 
-    def _key_batch(self, prefix: str, after: str | None, limit: int, inclusive: bool = False) -> list[str]:
+    def _key_batch(
+        self, prefix: str, after: str | None, limit: int, inclusive: bool = False
+    ) -> list[str]:
         hi = _prefix_upper(prefix) if prefix else None
         conds = ["namespace = :ns", _LIVE]
         params: dict[str, Any] = {"ns": self._ns, "now": _now_us(), "limit": limit}
@@ -476,7 +480,11 @@ class Store(KeyValueStore):
                 params: dict[str, Any] = {f"k{j}": k for j, k in enumerate(part)}
                 params.update(ns=self._ns, now=_now_us())
                 for key, value, blob_id, size in conn.execute(sql, params).fetchall():
-                    out[key] = bytes(value) if blob_id is None else self._read_blob(conn, key, blob_id, size)
+                    out[key] = (
+                        bytes(value)
+                        if blob_id is None
+                        else self._read_blob(conn, key, blob_id, size)
+                    )
         return {k: out[k] for k in wanted if k in out}
 
     def open(self, key: str) -> BinaryIO:
@@ -495,14 +503,14 @@ class Store(KeyValueStore):
             if row is None:
                 raise NotFoundError(key)
             if row[1] is None:
-                return io.BytesIO(bytes(row[0]))  # type: ignore[return-value]
+                return io.BytesIO(bytes(row[0]))
             if not snapshot:
                 # No connection to spare for a snapshot: read it all (the value is replaced
                 # atomically, so this is consistent too).
-                return io.BytesIO(self._read_blob(conn, key, row[1], row[2]))  # type: ignore[return-value]
+                return io.BytesIO(self._read_blob(conn, key, row[1], row[2]))
             raw = _BlobRaw(self, conn, key, row[1], row[2])
             release = False  # the reader gives the connection back when it closes
-            return io.BufferedReader(raw, buffer_size=min(b.chunk_size, 1 << 16))  # type: ignore[return-value]
+            return io.BufferedReader(raw, buffer_size=min(b.chunk_size, 1 << 16))
         finally:
             if release:
                 b.checkin(conn)
@@ -530,7 +538,9 @@ class Store(KeyValueStore):
         if len(data) > self._b.chunk_size:
             self._put_stream(key, io.BytesIO(data), fields, ev)
             return key
-        fields.update(value=data, blob_id=None, size=len(data), sum=hashlib.sha256(data).hexdigest())
+        fields.update(
+            value=data, blob_id=None, size=len(data), sum=hashlib.sha256(data).hexdigest()
+        )
         self._write(key, fields, ev, lambda: data)
         return key
 
@@ -602,7 +612,9 @@ class Store(KeyValueStore):
             conn.execute(b.sql("index_entries_delete"), {"ns": self._ns, "key": key})
             self._insert_index_rows(conn, state, key, rows)
 
-    def _insert_index_rows(self, conn: Conn, state: NamespaceIndexes, key: str, rows: list[dict[str, Any]]) -> None:
+    def _insert_index_rows(
+        self, conn: Conn, state: NamespaceIndexes, key: str, rows: list[dict[str, Any]]
+    ) -> None:
         if not rows:
             return
         for attempt in range(2):
@@ -677,7 +689,9 @@ class Store(KeyValueStore):
         size = b.chunk_size
         first = _read_exactly(src, size + 1)
         if len(first) <= size:  # small: one inline statement, like put()
-            fields.update(value=first, blob_id=None, size=len(first), sum=hashlib.sha256(first).hexdigest())
+            fields.update(
+                value=first, blob_id=None, size=len(first), sum=hashlib.sha256(first).hexdigest()
+            )
             self._write(key, fields, expected_version, lambda: first)
             return
 
@@ -696,7 +710,9 @@ class Store(KeyValueStore):
                 if len(buf) > size:
                     buf, pending = buf[:size], buf[size:]
                 if not isinstance(buf, bytes):
-                    raise TypeError(f"file for key {key!r} returned {type(buf).__name__}, not bytes")
+                    raise TypeError(
+                        f"file for key {key!r} returned {type(buf).__name__}, not bytes"
+                    )
                 digest.update(buf)
                 total += len(buf)
                 conn.execute(sql, {"blob": blob_id, "n": n, "data": buf})
@@ -704,7 +720,13 @@ class Store(KeyValueStore):
             fields.update(value=None, blob_id=blob_id, size=total, sum=digest.hexdigest())
             params = dict(fields, ns=self._ns, key=key)
             # Index extractors see the whole value: only namespaces with indexes pay for it.
-            self._write_in(conn, key, params, expected_version, lambda: self._read_blob(conn, key, blob_id, total))
+            self._write_in(
+                conn,
+                key,
+                params,
+                expected_version,
+                lambda: self._read_blob(conn, key, blob_id, total),
+            )
 
         if not src.seekable():
             # A stream cannot be replayed, so no retry: run it once.
@@ -770,10 +792,18 @@ class Store(KeyValueStore):
             rows = []
             for k, v in small:
                 rows.append(
-                    dict(fields, ns=self._ns, key=k, value=v, blob_id=None, size=len(v),
-                         sum=hashlib.sha256(v).hexdigest(), gen=state.generation)
+                    dict(
+                        fields,
+                        ns=self._ns,
+                        key=k,
+                        value=v,
+                        blob_id=None,
+                        size=len(v),
+                        sum=hashlib.sha256(v).hexdigest(),
+                        gen=state.generation,
+                    )
                 )
-            index_rows = {k: state.rows_for(k, lambda v=v: v) for k, v in small} if state.specs else {}
+            index_rows = {k: state.rows_for(k, _const(v)) for k, v in small} if state.specs else {}
             conn.executemany(self._b.sql("upsert"), rows)
             for k, v in big:
                 self._put_stream_in(conn, k, v, fields)
@@ -790,9 +820,19 @@ class Store(KeyValueStore):
         blob_id = secrets.randbits(62) + 1
         view = memoryview(data)
         for n, start in enumerate(range(0, len(data), size)):
-            conn.execute(self._b.sql("put_chunk"), {"blob": blob_id, "n": n, "data": bytes(view[start : start + size])})
-        params = dict(fields, ns=self._ns, key=key, value=None, blob_id=blob_id, size=len(data),
-                      sum=hashlib.sha256(data).hexdigest())
+            conn.execute(
+                self._b.sql("put_chunk"),
+                {"blob": blob_id, "n": n, "data": bytes(view[start : start + size])},
+            )
+        params = dict(
+            fields,
+            ns=self._ns,
+            key=key,
+            value=None,
+            blob_id=blob_id,
+            size=len(data),
+            sum=hashlib.sha256(data).hexdigest(),
+        )
         self._write_in(conn, key, params, None, lambda: data)
 
     def delete_many(self, keys: Iterable[str]) -> None:
@@ -873,11 +913,15 @@ class Store(KeyValueStore):
                 raise NotFoundError(source)
             # dest's version keeps rising even though the row is new, so a compare-and-set
             # holder of dest's old version cannot mistake the moved value for the one it saw.
-            dest_row = conn.execute(b.sql("lock_row") + b.dialect.for_update, dict(params, key=dest)).fetchone()
+            dest_row = conn.execute(
+                b.sql("lock_row") + b.dialect.for_update, dict(params, key=dest)
+            ).fetchone()
             version = max(int(row[2]), int(dest_row[2]) if dest_row else 0) + 1
             conn.execute(b.sql("delete"), {"ns": self._ns, "key": dest})
             conn.execute(b.sql("rename"), dict(params, dest=dest, version=version))
-            conn.execute(b.sql("index_entries_rename"), {"ns": self._ns, "key": source, "dest": dest})
+            conn.execute(
+                b.sql("index_entries_rename"), {"ns": self._ns, "key": source, "dest": dest}
+            )
 
         self._run_atomic(run)
         return dest
@@ -918,7 +962,9 @@ class Store(KeyValueStore):
                 "ct": row[6],
             }
         data = str(new).encode("ascii")
-        fields.update(value=data, blob_id=None, size=len(data), sum=hashlib.sha256(data).hexdigest())
+        fields.update(
+            value=data, blob_id=None, size=len(data), sum=hashlib.sha256(data).hexdigest()
+        )
         params = dict(fields, ns=self._ns, key=key)
         self._write_in(conn, key, params, 0 if row is None else None, lambda: data)
         return new
@@ -942,7 +988,9 @@ class Store(KeyValueStore):
         active = b.local.__dict__.get("conn")
         if active is not None or b.external is not None:
             if isolation is not None and active is not None:
-                raise TransactionError("the isolation level can only be set on the outermost transaction")
+                raise TransactionError(
+                    "the isolation level can only be set on the outermost transaction"
+                )
             conn = active if active is not None else b.external
             assert conn is not None
             tx = Transaction(self, conn)
@@ -993,9 +1041,7 @@ class Store(KeyValueStore):
                     raise
                 last = exc
                 time.sleep(backoff * (2**attempt) * random.random())
-        raise TransactionError(
-            f"transaction failed after {retries + 1} attempts: {last}"
-        ) from last
+        raise TransactionError(f"transaction failed after {retries + 1} attempts: {last}") from last
 
     # -- indexes (see kvstore.indexes) ---------------------------------------------------------
     def create_index(
@@ -1015,7 +1061,9 @@ class Store(KeyValueStore):
 
         drop_index(self, name)
 
-    def rebuild_index(self, name: str, *, progress: Callable[[int, int], None] | None = None) -> IndexInfo:
+    def rebuild_index(
+        self, name: str, *, progress: Callable[[int, int], None] | None = None
+    ) -> IndexInfo:
         from .indexes import rebuild_index
 
         return rebuild_index(self, name, progress=progress)
@@ -1034,7 +1082,7 @@ class Store(KeyValueStore):
     def find_items(self, index: str, value: Any = NOT_SET, **query: Any) -> list[tuple[str, bytes]]:
         from .indexes import find
 
-        return [(k, v) for k, v in find(self, index, value, items=True, **query)]
+        return [(k, v or b"") for k, v in find(self, index, value, items=True, **query)]
 
     def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
         from .indexes import count
@@ -1068,7 +1116,7 @@ class Transaction(Store):
         self._conn = conn
         self._closed = False
         self._thread = threading.get_ident()
-        self._key = parent._key  # type: ignore[method-assign]
+        self._key = parent._key
         self._parent_tx: Transaction | None = parent if isinstance(parent, Transaction) else None
 
     def _acquire(self) -> tuple[Conn, bool]:
@@ -1087,7 +1135,9 @@ class Transaction(Store):
     def transaction(self, isolation: str | None = None) -> Iterator[Transaction]:
         self._acquire()
         if isolation is not None:
-            raise TransactionError("the isolation level can only be set on the outermost transaction")
+            raise TransactionError(
+                "the isolation level can only be set on the outermost transaction"
+            )
         tx = Transaction(self, self._conn)
         try:
             with self._conn.savepoint():
@@ -1127,7 +1177,7 @@ class _CollectionStore(Store):
     def _bind_transaction(self, tx: Transaction) -> Store:
         bound = Transaction(self, tx._conn)
         bound._thread = tx._thread
-        bound._key = staticmethod(check_collection_key)  # type: ignore[method-assign]
+        bound._key = staticmethod(check_collection_key)
         bound._parent_tx = tx
         return bound
 
@@ -1178,7 +1228,9 @@ class _BlobRaw(io.RawIOBase):
         n, off = divmod(self._pos, size)
         if n != self._chunk_no:
             assert self._conn is not None
-            row = self._conn.execute(self._store._b.sql("chunk"), {"blob": self._blob, "n": n}).fetchone()
+            row = self._conn.execute(
+                self._store._b.sql("chunk"), {"blob": self._blob, "n": n}
+            ).fetchone()
             if row is None:
                 raise KVStoreError(f"value of {self._key!r} changed while it was being read")
             self._chunk, self._chunk_no = bytes(row[0]), n
@@ -1218,6 +1270,10 @@ def _prefix_upper(prefix: str) -> str | None:
             return "".join(chars)
         chars.pop()
     return None
+
+
+def _const(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
 
 
 def _check_value(key: str, data: object) -> bytes:
@@ -1316,7 +1372,11 @@ def connect(
     """
     namespace = _check_namespace(namespace)
     sync = _dialect.check_synchronous(sqlite_synchronous)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1024 <= chunk_size <= 1 << 28:
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or not 1024 <= chunk_size <= 1 << 28
+    ):
         raise ValueError(f"chunk_size must be an int between 1 KiB and 256 MiB, got {chunk_size!r}")
     owns = isinstance(bind, str)
     if isinstance(bind, str):
