@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._keys import NOT_SET, check_key
 from .errors import KVStoreError, UniqueViolation, UnknownIndexError
-from .models import from_micros
+from ._schema import from_micros
 
 if TYPE_CHECKING:
     from ._conn import Conn

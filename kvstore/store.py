@@ -16,7 +16,6 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from . import _dialect
@@ -31,9 +30,11 @@ from .errors import (
     NotFoundError,
     TransactionError,
 )
-from .models import Tables, check_table_prefix, from_micros, tables
+from ._schema import Tables, check_table_prefix, from_micros, tables
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from .collections import PersistentDict, PersistentSet
     from .indexes import IndexInfo, NamespaceIndexes
     from .lists import PersistentList
@@ -140,8 +141,8 @@ class _Backend:
         if isinstance(bind, Engine):
             self.engine = bind
             self.dialect = _dialect.for_engine(bind)
-        elif isinstance(bind, Connection | Session):
-            sa_bind = bind.get_bind() if isinstance(bind, Session) else bind
+        elif isinstance(bind, Connection) or _is_session(bind):
+            sa_bind = bind.get_bind() if _is_session(bind) else bind
             self.dialect = _dialect.for_name(sa_bind.dialect.name)
             self.external = ExternalConn(bind, self.dialect)
         else:
@@ -234,6 +235,11 @@ class _Backend:
             conn.close()
         if self.owns_engine and self.engine is not None:
             self.engine.dispose()
+
+
+def _is_session(bind: object) -> bool:
+    # Checked by name so that stores bound to engines never import sqlalchemy.orm.
+    return any(c.__name__ == "Session" and c.__module__.startswith("sqlalchemy.orm") for c in type(bind).__mro__)
 
 
 def _is_memory(engine: Engine) -> bool:
@@ -700,23 +706,17 @@ class Store(KeyValueStore):
             digest = hashlib.sha256()
             total = 0
             n = 0
-            pending: bytes | None = first
             sql = b.sql("put_chunk")
-            while True:
-                buf = pending if pending is not None else _read_exactly(src, size)
-                pending = None
-                if not buf:
-                    break
-                if len(buf) > size:
-                    buf, pending = buf[:size], buf[size:]
-                if not isinstance(buf, bytes):
-                    raise TypeError(
-                        f"file for key {key!r} returned {type(buf).__name__}, not bytes"
-                    )
+            # Every chunk but the last is exactly chunk_size: readers find byte i in chunk
+            # i // chunk_size without an offset table.
+            buf, rest = first[:size], first[size:]
+            while buf:
                 digest.update(buf)
                 total += len(buf)
                 conn.execute(sql, {"blob": blob_id, "n": n, "data": buf})
                 n += 1
+                buf = rest + _read_exactly(src, size - len(rest))
+                rest = b""
             fields.update(value=None, blob_id=blob_id, size=total, sum=digest.hexdigest())
             params = dict(fields, ns=self._ns, key=key)
             # Index extractors see the whole value: only namespaces with indexes pay for it.
@@ -1433,7 +1433,7 @@ def _create_tables(backend: _Backend, bind: Engine | Connection | Session) -> No
                 if attempt == 2:
                     raise
                 time.sleep(0.05 * (attempt + 1))
-    elif isinstance(bind, Session):
-        md.create_all(bind.connection())
+    elif _is_session(bind):
+        md.create_all(bind.connection())  # type: ignore[union-attr]
     else:
         md.create_all(bind)

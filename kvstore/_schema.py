@@ -1,0 +1,246 @@
+"""kvstore's tables in SQLAlchemy Core (the ORM models in :mod:`kvstore.models` map them).
+
+Kept free of ``sqlalchemy.orm`` so that using a store does not pay for importing the ORM.
+
+Schema (see ``docs/schema.md`` for the reasoning):
+
+``kv_namespaces``
+    One row per namespace that has ever had an index; ``index_generation`` changes whenever the
+    namespace's set of indexes changes, and every write checks it in the same statement.
+``kv_entries``
+    One row per key: the value inline (``value``) or, for large values, in ``kv_chunks`` under
+    ``blob_id``; size, version, timestamps (microseconds since the Unix epoch, UTC), expiry,
+    content type, user metadata (JSON) and a SHA-256 checksum. Persistent dicts and sets live
+    here too, in derived namespaces (``<namespace>/d/<name>``), so they share indexes and TTL.
+``kv_chunks``
+    Large values, split in fixed-size chunks. A ``blob_id`` is never reused, so a reader that
+    holds a snapshot never sees a mix of two values. Triggers delete a blob's chunks when its
+    entry is deleted or points at another blob.
+``kv_indexes`` / ``kv_index_entries``
+    Secondary index definitions and their entries. Index values are stored in an
+    order-preserving binary encoding (``ivalue``), so one B-tree serves every value type;
+    ``uvalue`` repeats it for unique indexes only, under a unique constraint.
+``kv_lists`` / ``kv_list_items``
+    Persistent lists: a header row with the length, and items at contiguous positions so
+    ``l[i]`` is one primary-key lookup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from . import _dialect
+
+__all__ = [
+    "DEFAULT_TABLE_PREFIX",
+    "Tables",
+    "Timestamp",
+    "metadata",
+    "naming_convention",
+    "tables",
+]
+
+DEFAULT_TABLE_PREFIX = "kv_"
+_PREFIX_RE = re.compile(r"[a-z_][a-z0-9_]{0,29}")
+
+naming_convention: dict[str, str] = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class Timestamp(TypeDecorator[dt.datetime]):
+    """A UTC instant stored as integer microseconds since the Unix epoch.
+
+    Integers compare and index the same way on every dialect and cost nothing to convert on
+    the hot path; ORM users still read and write timezone-aware ``datetime`` objects.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        if not isinstance(value, dt.datetime) or value.tzinfo is None:
+            raise TypeError("Timestamp columns take timezone-aware datetimes")
+        return (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        return None if value is None else from_micros(value)
+
+
+def from_micros(value: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=value)
+
+
+def _key_type() -> String:
+    # Code-point order on every dialect: SQLite's default BINARY collation already is; on
+    # PostgreSQL the "C" collation makes ORDER BY and range scans byte-wise, whatever the
+    # database's default collation, so a prefix scan is a B-tree range scan.
+    return String().with_variant(String(collation="C"), "postgresql")
+
+
+def _id_type() -> BigInteger:
+    # SQLite only auto-assigns INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """kvstore's tables for one table prefix, with their own :class:`MetaData`."""
+
+    prefix: str
+    metadata: MetaData
+    namespaces: Table
+    entries: Table
+    chunks: Table
+    indexes: Table
+    index_entries: Table
+    lists: Table
+    list_items: Table
+
+
+def _define(prefix: str, md: MetaData) -> Tables:
+    p = prefix
+    namespaces = Table(
+        f"{p}namespaces",
+        md,
+        Column("namespace", String(255), primary_key=True),
+        Column("index_generation", BigInteger, nullable=False, default=0),
+    )
+    entries = Table(
+        f"{p}entries",
+        md,
+        Column("namespace", String(255), nullable=False),
+        Column("key", _key_type(), nullable=False),
+        Column("value", LargeBinary, nullable=True),
+        Column("blob_id", BigInteger, nullable=True),
+        Column("size", BigInteger, nullable=False),
+        Column("version", BigInteger, nullable=False),
+        Column("created_at", Timestamp, nullable=False),
+        Column("updated_at", Timestamp, nullable=False),
+        Column("expires_at", Timestamp, nullable=True),
+        Column("content_type", String(255), nullable=True),
+        Column("metadata", JSON().with_variant(JSONB(), "postgresql"), nullable=True),
+        Column("checksum", String(64), nullable=False),
+        PrimaryKeyConstraint("namespace", "key"),
+        Index(None, "namespace", "expires_at"),
+        Index(None, "blob_id"),
+    )
+    chunks = Table(
+        f"{p}chunks",
+        md,
+        Column("blob_id", BigInteger, nullable=False),
+        Column("n", Integer, nullable=False),
+        Column("data", LargeBinary, nullable=False),
+        PrimaryKeyConstraint("blob_id", "n"),
+    )
+    indexes = Table(
+        f"{p}indexes",
+        md,
+        Column("id", _id_type(), primary_key=True, autoincrement=True),
+        Column("namespace", String(255), nullable=False),
+        Column("name", String(255), nullable=False),
+        Column("kind", String(16), nullable=False),
+        Column("definition", String(1024), nullable=False),
+        Column("is_unique", Boolean, nullable=False),
+        Column("created_at", Timestamp, nullable=False),
+        UniqueConstraint("namespace", "name"),
+    )
+    index_entries = Table(
+        f"{p}index_entries",
+        md,
+        Column(
+            "index_id",
+            BigInteger,
+            ForeignKey(indexes.c.id, ondelete="CASCADE"),
+            nullable=False,
+        ),
+        Column("ivalue", LargeBinary, nullable=False),
+        Column("uvalue", LargeBinary, nullable=True),
+        Column("key", _key_type(), nullable=False),
+        PrimaryKeyConstraint("index_id", "ivalue", "key"),
+        UniqueConstraint("index_id", "uvalue"),
+        Index(None, "index_id", "key"),
+    )
+    lists = Table(
+        f"{p}lists",
+        md,
+        Column("id", _id_type(), primary_key=True, autoincrement=True),
+        Column("namespace", String(255), nullable=False),
+        Column("name", String(255), nullable=False),
+        Column("length", BigInteger, nullable=False),
+        UniqueConstraint("namespace", "name"),
+    )
+    list_items = Table(
+        f"{p}list_items",
+        md,
+        Column(
+            "list_id",
+            BigInteger,
+            ForeignKey(lists.c.id, ondelete="CASCADE"),
+            nullable=False,
+        ),
+        Column("pos", BigInteger, nullable=False),
+        Column("value", LargeBinary, nullable=False),
+        PrimaryKeyConstraint("list_id", "pos"),
+    )
+    for ddl in _dialect.trigger_ddl(prefix):
+        event.listen(entries, "after_create", ddl)
+    for ddl in _dialect.drop_trigger_ddl(prefix):
+        event.listen(entries, "before_drop", ddl)
+    return Tables(p, md, namespaces, entries, chunks, indexes, index_entries, lists, list_items)
+
+
+def check_table_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or _PREFIX_RE.fullmatch(prefix) is None:
+        raise ValueError(
+            f"table_prefix must be lower-case letters, digits and '_' (at most 30, not "
+            f"starting with a digit), got {prefix!r}"
+        )
+    return prefix
+
+
+metadata = MetaData(naming_convention=naming_convention)
+_default = _define(DEFAULT_TABLE_PREFIX, metadata)
+
+
+@functools.cache
+def tables(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
+    """Return kvstore's tables for ``prefix`` (the models' own tables for the default)."""
+    check_table_prefix(prefix)
+    if prefix == DEFAULT_TABLE_PREFIX:
+        return _default
+    return _define(prefix, MetaData(naming_convention=naming_convention))
+
+
