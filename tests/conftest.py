@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 import kvstore
+import kvstore.models
 
 BACKENDS = ["sqlite-file", "sqlite-memory", "postgresql"]
 # Backends where several connections (threads, processes) see one database.
