@@ -43,7 +43,9 @@ __all__ = ["Store", "Transaction", "connect"]
 
 T = TypeVar("T")
 
-DEFAULT_CHUNK_SIZE = 1 << 20
+# 256 KiB: large enough that per-statement overhead is noise, small enough that the driver
+# buffers (libpq keeps its largest message buffer) and allocator slack stay a few MiB.
+DEFAULT_CHUNK_SIZE = 256 << 10
 _BATCH = 1000
 _NAMESPACE_MAX = 100
 
@@ -509,11 +511,11 @@ class Store(KeyValueStore):
             if row is None:
                 raise NotFoundError(key)
             if row[1] is None:
-                return io.BytesIO(bytes(row[0]))
+                return _ValueReader(bytes(row[0]))
             if not snapshot:
                 # No connection to spare for a snapshot: read it all (the value is replaced
                 # atomically, so this is consistent too).
-                return io.BytesIO(self._read_blob(conn, key, row[1], row[2]))
+                return _ValueReader(self._read_blob(conn, key, row[1], row[2]))
             raw = _BlobRaw(self, conn, key, row[1], row[2])
             release = False  # the reader gives the connection back when it closes
             return io.BufferedReader(raw, buffer_size=min(b.chunk_size, 1 << 16))
@@ -1180,6 +1182,31 @@ class _CollectionStore(Store):
         bound._key = staticmethod(check_collection_key)
         bound._parent_tx = tx
         return bound
+
+
+class _ValueReader(io.BytesIO):
+    """A small value as a read-only file, with a real file's seek errors."""
+
+    def writable(self) -> bool:
+        return False
+
+    def write(self, b: Any) -> int:
+        raise io.UnsupportedOperation("not writable")
+
+    def writelines(self, lines: Any) -> None:
+        raise io.UnsupportedOperation("not writable")
+
+    def truncate(self, size: int | None = None) -> int:
+        raise io.UnsupportedOperation("not writable")
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset, whence = self.tell() + offset, io.SEEK_SET
+        elif whence == io.SEEK_END:
+            offset, whence = len(self.getbuffer()) + offset, io.SEEK_SET
+        if whence == io.SEEK_SET and offset < 0:
+            raise OSError(22, "Invalid argument: negative seek position")
+        return super().seek(offset, whence)
 
 
 class _BlobRaw(io.RawIOBase):
