@@ -1,0 +1,794 @@
+"""Persistent lists: a ``MutableSequence`` stored in two SQL tables.
+
+``{l}`` (``kv_lists``) holds one header row per list, ``(id, namespace, name, length)``;
+``{li}`` (``kv_list_items``) holds the items at contiguous positions ``0 .. length - 1`` under
+the primary key ``(list_id, pos)``. So ``len(l)`` reads one row, ``l[i]`` is one primary-key
+lookup, an append writes two rows, and a slice is one index range scan. Inserting or deleting
+in the middle renumbers the items after it, in the database, in the same transaction.
+
+Rejected alternatives: sparse positions (gaps, or fractional keys) would make a middle insert
+O(1) but ``l[i]`` a scan or an ``OFFSET``; a linked list (diskcache's ``Deque`` indexes by
+walking) makes ``l[i]`` O(n); one JSON array in one row rewrites the whole list on every
+append. Contiguous positions keep the operations users call most (``len``, ``l[i]``,
+``append``, ``pop()``, slices, iteration) cheap, and say plainly what a middle insert costs.
+
+Every mutating method is one transaction that first locks the list's header row, so writers of
+one list (threads, processes) are serialised and never lose or duplicate an item. Reads take
+no lock: each read statement sees one committed state. See ``docs/lists.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import operator
+import reprlib
+import sys
+from collections.abc import Callable, Iterable, Iterator, MutableSequence
+from typing import TYPE_CHECKING, Any, Self, SupportsIndex, TypeVar, overload
+
+from sqlalchemy.engine import Connection, Engine
+
+from ._conn import Conn
+from .errors import KVStoreError
+from .serializers import get_serializer
+from .store import Store, connect
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = ["PersistentList"]
+
+T = TypeVar("T")
+
+_MAX = sys.maxsize  # positions are BIGINT: every bound we send fits in 64 bits
+_NAME_MAX = 255
+
+_HEAD = "h.namespace = :ns AND h.name = :name"
+
+# Statements, written once for both dialects (``{l}``/``{li}`` are the table names). Reads
+# address the header by (namespace, name) through its unique index rather than by a cached
+# id: an id cached from a transaction that later rolled back would point at nothing, or (SQLite
+# reuses rowids) at another list.
+_SQL: dict[str, str] = {
+    "len": "SELECT length FROM {l} WHERE namespace = :ns AND name = :name",
+    # one round trip for l[i]: the header gives the length (for negative indices and the
+    # IndexError), the item comes from the primary key
+    "get": "SELECT h.length, i.value FROM {l} h LEFT JOIN {li} i ON i.list_id = h.id"
+    " AND i.pos = CASE WHEN :i < 0 THEN h.length + :i ELSE :i END WHERE " + _HEAD,
+    # a slice is one range scan; the length comes back with it so the caller can check that
+    # the bounds it computed from an earlier len() still hold in this statement's snapshot
+    "slice": "SELECT h.length, i.value FROM {l} h LEFT JOIN {li} i ON i.list_id = h.id"
+    " AND i.pos >= :lo AND i.pos < :hi AND (i.pos - :lo) % :st = 0 WHERE "
+    + _HEAD
+    + " ORDER BY i.pos",
+    "slice_desc": "SELECT h.length, i.value FROM {l} h LEFT JOIN {li} i ON i.list_id = h.id"
+    " AND i.pos >= :lo AND i.pos < :hi AND (i.pos - :lo) % :st = 0 WHERE "
+    + _HEAD
+    + " ORDER BY i.pos DESC",
+    "batch": "SELECT i.pos, i.value FROM {l} h JOIN {li} i ON i.list_id = h.id WHERE "
+    + _HEAD
+    + " AND i.pos > :after AND i.pos < :hi ORDER BY i.pos LIMIT :n",
+    "batch_desc": "SELECT i.pos, i.value FROM {l} h JOIN {li} i ON i.list_id = h.id WHERE "
+    + _HEAD
+    + " AND i.pos < :before ORDER BY i.pos DESC LIMIT :n",
+    # -- writes (always inside a transaction that holds the header row) --
+    "lock": "SELECT id, length FROM {l} WHERE namespace = :ns AND name = :name",
+    "create": "INSERT INTO {l} (namespace, name, length) VALUES (:ns, :name, 0)"
+    " ON CONFLICT (namespace, name) DO NOTHING",
+    # UPDATE ... RETURNING takes the row lock and reserves the new positions in one statement
+    "bump": "UPDATE {l} SET length = length + :n WHERE namespace = :ns AND name = :name"
+    " RETURNING id, length",
+    "set_length": "UPDATE {l} SET length = :length WHERE id = :id",
+    "insert": "INSERT INTO {li} (list_id, pos, value) VALUES (:id, :pos, :value)",
+    "update": "UPDATE {li} SET value = :value WHERE list_id = :id AND pos = :pos",
+    "all": "SELECT i.value FROM {l} h JOIN {li} i ON i.list_id = h.id WHERE "
+    + _HEAD
+    + " ORDER BY i.pos",
+    "values": "SELECT value FROM {li} WHERE list_id = :id ORDER BY pos",
+    "pop": "DELETE FROM {li} WHERE list_id = :id AND pos = :pos RETURNING value",
+    "delete": "DELETE FROM {li} WHERE list_id = :id AND pos >= :lo AND pos < :hi"
+    " AND (pos - :lo) % :st = 0",
+    "clear": "DELETE FROM {li} WHERE list_id = :id",
+    # Renumbering under the primary key (list_id, pos). Both SQLite and PostgreSQL check a
+    # primary key row by row as an UPDATE proceeds, in whatever order it visits the rows, so
+    # "SET pos = pos + 1" can collide with the neighbour it has not moved yet (and a deferred
+    # constraint is not an option for a primary key on SQLite). Every renumbering therefore
+    # first moves the rows to distinct negative positions (-new - 1, never used by a live
+    # row), then flips them back with "flip": two statements, each touching only moved rows.
+    "shift": "UPDATE {li} SET pos = -(pos + :delta) - 1 WHERE list_id = :id AND pos >= :lo",
+    # after deleting n positions lo, lo+st, ...: a row above lo moves down by the number of
+    # deleted positions below it, min(n, (pos - lo - 1) / st + 1)
+    "compact": "UPDATE {li} SET pos = -(pos - CASE WHEN (pos - :lo - 1) / :st + 1 < :n"
+    " THEN (pos - :lo - 1) / :st + 1 ELSE :n END) - 1 WHERE list_id = :id AND pos > :lo",
+    "reverse": "UPDATE {li} SET pos = -(:last - pos) - 1 WHERE list_id = :id AND pos >= 0",
+    "move": "UPDATE {li} SET pos = :new WHERE list_id = :id AND pos = :old",
+    "flip": "UPDATE {li} SET pos = -pos - 1 WHERE list_id = :id AND pos < 0",
+    # l *= n copies the list inside the database, doubling, so n copies cost log2(n) statements
+    "repeat": "INSERT INTO {li} (list_id, pos, value) SELECT list_id, pos + :off, value FROM {li}"
+    " WHERE list_id = :id AND pos >= 0 AND pos < :k",
+}
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a list name is a str, not {type(name).__name__}")
+    if not 0 < len(name) <= _NAME_MAX or "\x00" in name:
+        raise ValueError(f"list names are 1-{_NAME_MAX} characters without NUL, got {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"list name {name!r} is not valid Unicode text (lone surrogate)") from None
+    return name
+
+
+def _item_index(index: object) -> int:
+    """An int index as ``list.__getitem__`` takes it, with the built-in's TypeError."""
+    try:
+        i = operator.index(index)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"list indices must be integers or slices, not {type(index).__name__}"
+        ) from None
+    if not -_MAX - 1 <= i <= _MAX:
+        raise IndexError("cannot fit 'int' into an index-sized integer")
+    return i
+
+
+def _slice_index(value: object) -> int:
+    """A ``start``/``stop`` argument of ``list.index``: clamped like CPython's ssize_t."""
+    try:
+        i = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError("slice indices must be integers or have an __index__ method") from None
+    return min(max(i, -_MAX - 1), _MAX)
+
+
+def _progression(r: range) -> tuple[int, int, int, bool]:
+    """``(lo, hi, step, descending)``: the positions of ``r`` as an ascending progression
+    ``lo, lo + step, ... < hi`` (what the SQL filters on) and the order to return them in."""
+    if len(r) == 0:
+        return 0, 0, 1, False
+    step = abs(r.step) if len(r) > 1 else 1  # a lone position needs no (maybe huge) step
+    lo, last = (r[0], r[-1]) if r.step > 0 else (r[-1], r[0])
+    return lo, last + 1, step, r.step < 0
+
+
+def _length_free(s: slice) -> bool:
+    """True when ``s`` selects the same positions whatever the list's length
+    (``l[a:b]``, ``l[a:b:k]`` with non-negative bounds), so no ``len()`` is needed first."""
+    try:
+        start = None if s.start is None else operator.index(s.start)
+        stop = None if s.stop is None else operator.index(s.stop)
+        step = None if s.step is None else operator.index(s.step)
+    except TypeError:
+        return False  # slice.indices() raises the built-in's error later
+    return (
+        start is not None
+        and stop is not None
+        and start >= 0
+        and stop >= 0
+        and (step is None or step > 0)
+    )
+
+
+class _Digest:
+    """A hash of a sequence of values (length-prefixed, so ``[b"ab"]`` differs from
+    ``[b"a", b"b"]``): how ``sort`` tells whether the list changed while it sorted."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.blake2b(digest_size=32)
+
+    def update(self, values: Iterable[Any]) -> None:
+        for v in values:
+            data = v if type(v) is bytes else bytes(v)
+            self._h.update(len(data).to_bytes(8, "big"))
+            self._h.update(data)
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+class PersistentList(MutableSequence[Any]):
+    """A list stored in SQL: ``store.list(name)`` or ``PersistentList(url, name)``.
+
+    A live view: every call reads or writes the database (nothing is cached), a write is
+    committed and durable when it returns (or joins the open transaction), and other store
+    objects and processes see it at once. It behaves like the built-in ``list``, with its
+    exceptions and messages; operators that build a new list (``+``, ``*``, slicing,
+    ``copy()``) return plain lists. Values go through ``serializer`` (``"json"`` by default).
+
+    ``store`` is a :class:`kvstore.Store` (or a transaction), or a database URL or Engine
+    (anything :func:`kvstore.connect` takes), in which case the list opens its own store with
+    ``namespace`` and ``options`` and closes it in :meth:`close` (or at the end of a ``with``
+    block).
+    """
+
+    #: items fetched per statement while iterating or searching
+    batch_size: int = 1000
+
+    def __init__(
+        self,
+        store: Store | str | Engine | Connection | Session,
+        name: str,
+        *,
+        serializer: Any = "json",
+        namespace: str | None = None,
+        **options: Any,
+    ) -> None:
+        name = _check_name(name)
+        ser = get_serializer(serializer)
+        if isinstance(store, Store):
+            if options:
+                raise TypeError(
+                    f"connection options {sorted(options)} only apply when PersistentList opens its "
+                    "own store from a URL or Engine"
+                )
+            self._store = store if namespace is None else store.namespace(namespace)
+            self._owns = False
+        else:
+            if namespace is not None:
+                options["namespace"] = namespace
+            self._store = connect(store, **options)
+            self._owns = True
+        self._name = name
+        self._ser = ser
+        self._p = {"ns": self._store._ns, "name": name}
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def namespace(self) -> str:
+        return self._store._ns
+
+    @property
+    def serializer(self) -> Any:
+        return self._ser
+
+    def close(self) -> None:
+        """Close the store this list opened itself (a no-op for a store you passed in)."""
+        if self._owns:
+            self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a PersistentList is a live view on a database connection and cannot be pickled; "
+            "pickle list(l) for a copy, or its name to reopen it elsewhere"
+        )
+
+    def _sql(self, name: str) -> str:
+        b = self._store._b
+        template = _SQL[name] + (b.dialect.for_update if name == "lock" else "")
+        return b.sql("lists." + name, template)
+
+    def _dumps(self, value: Any) -> bytes:
+        data = self._ser.dumps(value)
+        return data if type(data) is bytes else bytes(data)
+
+    def _loads(self, data: Any) -> Any:
+        return self._ser.loads(data if type(data) is bytes else bytes(data))
+
+    def _write(self, fn: Callable[[Conn], T]) -> T:
+        # write=False: the store's extra PostgreSQL table lock orders *entry* writes against
+        # index back-fills; list writes touch neither, and lock their own header row instead.
+        return self._store._run_atomic(fn, write=False)
+
+    def _lock(self, conn: Conn, *, create: bool) -> tuple[int, int] | None:
+        """Lock the header row (``FOR UPDATE`` on PostgreSQL; SQLite's write transaction is
+        already exclusive) and return ``(id, length)``; create it first if asked."""
+        row = conn.execute(self._sql("lock"), self._p).fetchone()
+        if row is None:
+            if not create:
+                return None
+            conn.execute(self._sql("create"), self._p)
+            row = conn.execute(self._sql("lock"), self._p).fetchone()
+            if row is None:  # pragma: no cover - the INSERT above or a concurrent one made it
+                raise KVStoreError(
+                    f"list {self._name!r}: header row vanished while it was being created"
+                )
+        return int(row[0]), int(row[1])
+
+    def _bump(self, conn: Conn, n: int) -> tuple[int, int]:
+        """Lock the header, add ``n`` to the length, and return ``(id, new length)``."""
+        params = {**self._p, "n": n}
+        rows = conn.execute(self._sql("bump"), params).fetchall()
+        if not rows:
+            conn.execute(self._sql("create"), self._p)
+            rows = conn.execute(self._sql("bump"), params).fetchall()
+        return int(rows[0][0]), int(rows[0][1])
+
+    def _set_length(self, conn: Conn, lid: int, length: int) -> None:
+        conn.execute(self._sql("set_length"), {"id": lid, "length": length})
+
+    def _shift(self, conn: Conn, lid: int, lo: int, delta: int) -> None:
+        """Move every item at position >= ``lo`` by ``delta`` (see the "shift" statement)."""
+        conn.execute(self._sql("shift"), {"id": lid, "lo": lo, "delta": delta})
+        conn.execute(self._sql("flip"), {"id": lid})
+
+    def _delete_progression(self, conn: Conn, lid: int, length: int, r: range) -> None:
+        """Delete the positions of ``r`` and close the gaps."""
+        lo, hi, st, _ = _progression(r)
+        n = len(r)
+        conn.execute(self._sql("delete"), {"id": lid, "lo": lo, "hi": hi, "st": st})
+        if length - lo > n:  # some item above lo survives: renumber
+            conn.execute(self._sql("compact"), {"id": lid, "lo": lo, "st": st, "n": n})
+            conn.execute(self._sql("flip"), {"id": lid})
+        self._set_length(conn, lid, length - n)
+
+    def _batch(self, after: int, hi: int = _MAX) -> list[tuple[int, Any]]:
+        with self._store._connection() as conn:
+            params = {**self._p, "after": after, "hi": hi, "n": self.batch_size}
+            return [(int(p), v) for p, v in conn.execute(self._sql("batch"), params).fetchall()]
+
+    def _scan(self, start: int = 0, stop: int = _MAX) -> Iterator[tuple[int, Any]]:
+        """``(position, value)`` for positions ``start <= pos < stop``, a batch per statement.
+
+        Each batch is one consistent snapshot and the next one starts after the last position
+        seen, so a scan behaves like a list iterator over a list that others modify: it never
+        fails, it sees appends, and an insert or delete before its position makes it see an
+        item again or skip one. No connection is held while the caller's code runs.
+        """
+        after = start - 1
+        while True:
+            rows = self._batch(after, stop)
+            if not rows:
+                return
+            for pos, data in rows:
+                yield pos, self._loads(data)
+            after = rows[-1][0]
+
+    # -- reading -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """O(1): the header row's length column."""
+        with self._store._connection() as conn:
+            row = conn.execute(self._sql("len"), self._p).fetchone()
+        return 0 if row is None else int(row[0])
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> Any:
+        if isinstance(index, slice):
+            return self._get_slice(index)
+        i = _item_index(index)
+        with self._store._connection() as conn:
+            row = conn.execute(self._sql("get"), {**self._p, "i": i}).fetchone()
+        if row is None or row[1] is None:
+            raise IndexError("list index out of range")
+        return self._loads(row[1])
+
+    def _get_slice(self, s: slice) -> list[Any]:
+        # Optimistic: compute the positions from a length, then read them in one statement
+        # that also returns the length it saw; if that differs, the positions were wrong for
+        # that snapshot, so recompute and read again. Slices like l[a:b] do not depend on the
+        # length at all and cost one statement. (The alternative, len() and the rows inside
+        # a read transaction, costs BEGIN and COMMIT round trips on every slice.)
+        fixed = _length_free(s)
+        length = _MAX if fixed else len(self)
+        for _attempt in itertools.count():
+            r = range(*s.indices(length))
+            lo, hi, st, desc = _progression(r)
+            params = {**self._p, "lo": lo, "hi": hi, "st": st}
+            with self._store._connection() as conn:
+                rows = conn.execute(self._sql("slice_desc" if desc else "slice"), params).fetchall()
+            seen = int(rows[0][0]) if rows else 0
+            if fixed or seen == length:
+                return [self._loads(v) for _, v in rows if v is not None]
+            length = seen
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def __iter__(self) -> Iterator[Any]:
+        """Stream the items, :attr:`batch_size` per statement (see :meth:`_scan`)."""
+        for _, value in self._scan():
+            yield value
+
+    def __reversed__(self) -> Iterator[Any]:
+        # Like list's reverse iterator, start from the length at the time of the call.
+        return self._iter_desc(len(self))
+
+    def _iter_desc(self, before: int) -> Iterator[Any]:
+        while True:
+            with self._store._connection() as conn:
+                params = {**self._p, "before": before, "n": self.batch_size}
+                rows = conn.execute(self._sql("batch_desc"), params).fetchall()
+            if not rows:
+                return
+            for _, data in rows:
+                yield self._loads(data)
+            before = int(rows[-1][0])
+
+    def __contains__(self, value: object) -> bool:
+        # Python equality, as list does (1 == 1.0 == True; an item's __eq__ decides), so the
+        # comparison runs here on deserialised items rather than on stored bytes in SQL.
+        return any(item is value or item == value for _, item in self._scan())
+
+    def index(self, value: Any, start: SupportsIndex = 0, stop: SupportsIndex = _MAX) -> int:
+        """Position of the first item equal to ``value`` in ``[start:stop]``: O(n) reads."""
+        lo, hi = _slice_index(start), _slice_index(stop)
+        if lo < 0 or hi < 0:
+            length = len(self)
+            lo = max(lo + length, 0) if lo < 0 else lo
+            hi = max(hi + length, 0) if hi < 0 else hi
+        if lo < hi:
+            for pos, item in self._scan(lo, hi):
+                if item is value or item == value:
+                    return pos
+        raise ValueError(f"{value!r} is not in list")
+
+    def count(self, value: Any) -> int:
+        return sum(1 for _, item in self._scan() if item is value or item == value)
+
+    def copy(self) -> list[Any]:
+        """A plain ``list`` with the current items (values are copies, not live views)."""
+        return list(self)
+
+    __copy__ = copy
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        import copy
+
+        return copy.deepcopy(list(self), memo)
+
+    @reprlib.recursive_repr("[...]")
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+    # -- comparisons and operators -------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, list | PersistentList):
+            return NotImplemented
+        if len(self) != len(other):
+            return False
+        return all(a is b or a == b for a, b in zip(self, other, strict=False))
+
+    def _compare(self, other: list[Any] | PersistentList, op: Callable[[Any, Any], bool]) -> bool:
+        missing = object()
+        for a, b in itertools.zip_longest(self, other, fillvalue=missing):
+            if a is missing or b is missing:  # one ran out first: the shorter one is less
+                return op(a is not missing, b is not missing)
+            if not (a is b or a == b):
+                return op(a, b)  # whatever the items' comparison returns, as list does
+        return op(0, 0)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, list | PersistentList):
+            return NotImplemented
+        return self._compare(other, operator.lt)
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, list | PersistentList):
+            return NotImplemented
+        return self._compare(other, operator.le)
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, list | PersistentList):
+            return NotImplemented
+        return self._compare(other, operator.gt)
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, list | PersistentList):
+            return NotImplemented
+        return self._compare(other, operator.ge)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like list
+
+    def __add__(self, other: object) -> list[Any]:
+        if isinstance(other, PersistentList):
+            return list(self) + list(other)
+        if isinstance(other, list):
+            return list(self) + other
+        return NotImplemented
+
+    def __radd__(self, other: object) -> list[Any]:
+        if isinstance(other, list):
+            return other + list(self)
+        return NotImplemented
+
+    def __mul__(self, n: SupportsIndex) -> list[Any]:
+        if not hasattr(type(n), "__index__"):
+            return NotImplemented
+        count = operator.index(n)
+        return list(self) * count if count > 0 else []
+
+    __rmul__ = __mul__
+
+    # -- writing -------------------------------------------------------------------------------
+    def append(self, value: Any) -> None:
+        """Add ``value`` at the end: two statements, O(1)."""
+        data = self._dumps(value)
+
+        def run(conn: Conn) -> None:
+            lid, length = self._bump(conn, 1)
+            conn.execute(self._sql("insert"), {"id": lid, "pos": length - 1, "value": data})
+
+        self._write(run)
+
+    def extend(self, values: Iterable[Any]) -> None:
+        """Append every item of ``values`` in one transaction: all of them or, when one cannot
+        be serialised or the iterable fails, none."""
+        items = [self._dumps(v) for v in values]  # read (even from self) before writing
+        if not items:
+            return
+
+        def run(conn: Conn) -> None:
+            lid, length = self._bump(conn, len(items))
+            base = length - len(items)
+            rows = [{"id": lid, "pos": base + j, "value": d} for j, d in enumerate(items)]
+            conn.executemany(self._sql("insert"), rows)
+
+        self._write(run)
+
+    # In place, these return the list itself, not the plain list that + and * build.
+    def __iadd__(self, values: Iterable[Any]) -> Self:  # type: ignore[misc]
+        self.extend(values)
+        return self
+
+    def insert(self, index: SupportsIndex, value: Any) -> None:
+        """Insert before ``index`` (clamped like ``list.insert``); the items after it move up
+        one position, in the database: O(n - index) rows updated."""
+        i = operator.index(index)
+        data = self._dumps(value)
+
+        def run(conn: Conn) -> None:
+            lid, length = self._bump(conn, 1)
+            old = length - 1
+            pos = min(max(i + old, 0) if i < 0 else i, old)
+            if pos < old:
+                self._shift(conn, lid, pos, 1)
+            conn.execute(self._sql("insert"), {"id": lid, "pos": pos, "value": data})
+
+        self._write(run)
+
+    @overload
+    def __setitem__(self, index: SupportsIndex, value: Any) -> None: ...
+
+    @overload
+    def __setitem__(self, index: slice, value: Iterable[Any]) -> None: ...
+
+    def __setitem__(self, index: SupportsIndex | slice, value: Any) -> None:
+        if isinstance(index, slice):
+            self._set_slice(index, value)
+            return
+        i = _item_index(index)
+        data = self._dumps(value)
+
+        def run(conn: Conn) -> None:
+            head = self._lock(conn, create=False)
+            lid, length = head if head is not None else (0, 0)
+            pos = i + length if i < 0 else i
+            if not 0 <= pos < length:
+                raise IndexError("list assignment index out of range")
+            conn.execute(self._sql("update"), {"id": lid, "pos": pos, "value": data})
+
+        self._write(run)
+
+    def _set_slice(self, s: slice, values: Any) -> None:
+        step = s.indices(0)[2]  # the built-in's TypeError/ValueError for bad slices, up front
+        try:
+            items = list(values)  # a copy first: l[::-1] = l must read before it writes
+        except TypeError:
+            what = (
+                "can only assign an iterable"
+                if step == 1
+                else "must assign iterable to extended slice"
+            )
+            raise TypeError(what) from None
+        data = [self._dumps(v) for v in items]
+
+        def run(conn: Conn) -> None:
+            head = self._lock(conn, create=bool(data))
+            if head is None:  # nothing to replace and nothing to add
+                return
+            lid, length = head
+            start, stop, step = s.indices(length)
+            if step != 1:
+                r = range(start, stop, step)
+                if len(r) != len(data):
+                    raise ValueError(
+                        f"attempt to assign sequence of size {len(data)} to extended slice of size {len(r)}"
+                    )
+                rows = [{"id": lid, "pos": p, "value": d} for p, d in zip(r, data, strict=True)]
+                conn.executemany(self._sql("update"), rows)
+                return
+            stop = max(stop, start)  # l[5:2] = x inserts at 5, as list does
+            delta = len(data) - (stop - start)
+            if stop > start:
+                conn.execute(self._sql("delete"), {"id": lid, "lo": start, "hi": stop, "st": 1})
+            if delta and stop < length:
+                self._shift(conn, lid, stop, delta)
+            rows = [{"id": lid, "pos": start + j, "value": d} for j, d in enumerate(data)]
+            conn.executemany(self._sql("insert"), rows)
+            if delta:
+                self._set_length(conn, lid, length + delta)
+
+        self._write(run)
+
+    def __delitem__(self, index: SupportsIndex | slice) -> None:
+        if isinstance(index, slice):
+            s = index
+            s.indices(0)  # validate before any database work
+
+            def run_slice(conn: Conn) -> None:
+                head = self._lock(conn, create=False)
+                if head is None:
+                    return
+                lid, length = head
+                r = range(*s.indices(length))
+                if len(r):
+                    self._delete_progression(conn, lid, length, r)
+
+            self._write(run_slice)
+            return
+        i = _item_index(index)
+
+        def run(conn: Conn) -> None:
+            head = self._lock(conn, create=False)
+            lid, length = head if head is not None else (0, 0)
+            pos = i + length if i < 0 else i
+            if not 0 <= pos < length:
+                raise IndexError("list assignment index out of range")
+            self._delete_progression(conn, lid, length, range(pos, pos + 1))
+
+        self._write(run)
+
+    def pop(self, index: SupportsIndex = -1) -> Any:
+        """Remove and return the item at ``index`` (the last by default: O(1); elsewhere the
+        items after it move down)."""
+        i = operator.index(index)
+
+        def run(conn: Conn) -> Any:
+            head = self._lock(conn, create=False)
+            if head is None or head[1] == 0:
+                raise IndexError("pop from empty list")
+            lid, length = head
+            pos = i + length if i < 0 else i
+            if not 0 <= pos < length:
+                raise IndexError("pop index out of range")
+            row = conn.execute(self._sql("pop"), {"id": lid, "pos": pos}).fetchall()
+            value = self._loads(row[0][0])  # inside the transaction: a failure keeps the item
+            if pos < length - 1:
+                self._shift(conn, lid, pos + 1, -1)
+            self._set_length(conn, lid, length - 1)
+            return value
+
+        return self._write(run)
+
+    def remove(self, value: Any) -> None:
+        """Remove the first item equal to ``value``; ``ValueError`` if there is none.
+
+        The search and the removal are one transaction. It runs as a store transaction (not a
+        bare one) because items' ``__eq__`` is the caller's code: if that code uses the store
+        from this thread, it joins the transaction instead of waiting for the lock we hold.
+        """
+        self._store.run_in_transaction(lambda tx: self._on(tx)._remove_here(value))
+
+    def _on(self, store: Store) -> PersistentList:
+        return PersistentList(store, self._name, serializer=self._ser)
+
+    def _remove_here(self, value: Any) -> None:
+        with self._store._connection() as conn:
+            found = self._lock(conn, create=False) is not None
+        pos = (
+            next((p for p, item in self._scan() if item is value or item == value), None)
+            if found
+            else None
+        )
+        if pos is None:
+            raise ValueError("list.remove(x): x not in list")
+
+        def run(conn: Conn) -> None:
+            # Delete at the position found, even if an item's __eq__ changed the list
+            # meanwhile: list.remove does the same.
+            head = self._lock(conn, create=False)
+            if head is not None and pos < head[1]:
+                self._delete_progression(conn, head[0], head[1], range(pos, pos + 1))
+
+        self._write(run)
+
+    def clear(self) -> None:
+        """Remove every item (the header row stays, with length 0)."""
+
+        def run(conn: Conn) -> None:
+            head = self._lock(conn, create=False)
+            if head is not None and head[1]:
+                conn.execute(self._sql("clear"), {"id": head[0]})
+                self._set_length(conn, head[0], 0)
+
+        self._write(run)
+
+    def reverse(self) -> None:
+        """Reverse in place: two UPDATE statements in the database, no data transferred."""
+
+        def run(conn: Conn) -> None:
+            head = self._lock(conn, create=False)
+            if head is not None and head[1] > 1:
+                conn.execute(self._sql("reverse"), {"id": head[0], "last": head[1] - 1})
+                conn.execute(self._sql("flip"), {"id": head[0]})
+
+        self._write(run)
+
+    def __imul__(self, n: SupportsIndex) -> Self:
+        count = operator.index(n)
+
+        def run(conn: Conn) -> None:
+            head = self._lock(conn, create=False)
+            if head is None or head[1] == 0 or count == 1:
+                return
+            lid, length = head
+            if count <= 0:
+                conn.execute(self._sql("clear"), {"id": lid})
+                self._set_length(conn, lid, 0)
+                return
+            total = length * count
+            if total > _MAX:
+                raise OverflowError("repeated list is too long")
+            have = length
+            while have < total:
+                k = min(have, total - have)
+                conn.execute(self._sql("repeat"), {"id": lid, "off": have, "k": k})
+                have += k
+            self._set_length(conn, lid, total)
+
+        self._write(run)
+        return self
+
+    def sort(self, *, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> None:
+        """Sort in place, stably, like ``list.sort``.
+
+        The items are read in one statement and sorted here, outside any transaction (so a
+        slow or re-entrant ``key`` holds no lock); then one transaction checks that the list
+        is unchanged and moves the rows to their new positions (values are not rewritten). If
+        the list changed meanwhile, nothing is written and ``ValueError('list modified during
+        sort')`` is raised, as ``list.sort`` does.
+        """
+        with self._store._connection() as conn:  # one statement: one consistent snapshot
+            stored = [
+                v if type(v) is bytes else bytes(v)
+                for (v,) in conn.execute(self._sql("all"), self._p).fetchall()
+            ]
+        values = [self._loads(v) for v in stored]
+        order = sorted(
+            range(len(values)),
+            key=values.__getitem__ if key is None else (lambda j: key(values[j])),
+            reverse=reverse,
+        )
+        if not order:
+            return
+        h = _Digest()
+        h.update(stored)
+        digest = h.digest()
+        del stored
+        moves = [{"new": -new - 1, "old": old} for new, old in enumerate(order) if new != old]
+
+        def run(conn: Conn) -> None:
+            head = self._lock(conn, create=False)
+            if head is None or head[1] != len(order):
+                raise ValueError("list modified during sort")
+            lid = head[0]
+            cur = conn.execute(self._sql("values"), {"id": lid})
+            h = _Digest()
+            while batch := cur.fetchmany(self.batch_size):
+                h.update(v for (v,) in batch)
+            if h.digest() != digest:
+                raise ValueError("list modified during sort")
+            if moves:
+                conn.executemany(self._sql("move"), [{**m, "id": lid} for m in moves])
+                conn.execute(self._sql("flip"), {"id": lid})
+
+        self._write(run)
