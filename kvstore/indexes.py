@@ -7,7 +7,14 @@ in the same transaction as the value they describe.
 Index values are stored in one binary column in an order-preserving encoding: a type tag
 (bool < number < str < datetime) followed by bytes that compare, byte by byte, the way the
 values compare in Python. One B-tree on ``(index_id, ivalue, key)`` therefore answers equality,
-ranges, prefixes and ``IN`` for every type, on every dialect, with no per-type columns.
+ranges, prefixes and ``IN`` for every type, on every dialect, with no per-type columns (the
+rejected alternative: one nullable column per type, which needs one B-tree per type and a
+query per type for ``in_`` lists that mix them).
+
+A multi-valued index can hold several entries for one key. A query returns each key once, at
+its *first* matching index value in the requested order; the SQL says so itself (an anti-join
+on the ``(index_id, key)`` B-tree), so keyset pagination with ``after=`` never returns a key
+on two pages, and ``count`` counts exactly what ``find`` returns.
 """
 
 from __future__ import annotations
@@ -21,83 +28,116 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._keys import NOT_SET, check_key
-from .errors import KVStoreError, UniqueViolation, UnknownIndexError
-from ._schema import from_micros
+from ._keys import NOT_SET
+from .errors import IndexNotDeclaredError, KVStoreError, UniqueViolation, UnknownIndexError
+from .models import from_micros
 
 if TYPE_CHECKING:
     from ._conn import Conn
     from .store import Store
 
-__all__ = ["IndexInfo", "JsonField", "decode_value", "encode_value", "json_field"]
+__all__ = [
+    "IndexDefinitionError",
+    "IndexInfo",
+    "JsonField",
+    "decode_value",
+    "encode_value",
+    "json_field",
+]
 
 _TAG_BOOL, _TAG_NUM, _TAG_STR, _TAG_DT = b"\x01", b"\x02", b"\x03", b"\x04"
-_MAX_ENCODED = 1024  # PostgreSQL's B-tree refuses entries past ~2.7 kB; stay well inside
+#: PostgreSQL's B-tree refuses entries past ~2.7 kB, and an entry also holds its key (up to
+#: 1,000 bytes for collections): stay well inside.
+MAX_ENCODED = 1024
+#: values an ``in_=`` list may hold: each is a bound parameter, and SQLite allows 999 per
+#: statement on older builds
+MAX_IN = 500
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-:]{1,200}")
-_BATCH = 500
+_INT64 = 1 << 63
+_BATCH = 500  # back-fill batch (keys per round trip)
+_PAGE = 1000  # rows per query when find() has no limit
 
 IndexValue = str | int | float | bool | dt.datetime
 
 
-# -- encoding -------------------------------------------------------------------------------------
+class IndexDefinitionError(KVStoreError, ValueError):
+    """``create_index`` named an existing index with a different definition."""
+
+
+# -- encoding -------------------------------------------------------------------------------
 def _sortable_int64(n: int) -> bytes:
-    return struct.pack(">Q", n + (1 << 63))
+    return struct.pack(">Q", n + _INT64)
 
 
 def encode_value(value: object) -> bytes:
-    """The order-preserving binary form of one index value."""
+    """The order-preserving binary form of one index value.
+
+    Numbers compare by value whatever their type (``1 == 1.0``, as in Python), ``bool`` is its
+    own type (``True`` is not ``1`` here, as in JSON), and types order bool < number < str <
+    datetime. ``TypeError`` for any other type or a naive datetime, ``ValueError`` for NaN, an
+    int outside 64 bits, or a string longer than :data:`MAX_ENCODED` bytes of UTF-8.
+    """
     if isinstance(value, bool):
         return _TAG_BOOL + (b"\x01" if value else b"\x00")
     if isinstance(value, int | float):
         if isinstance(value, float) and math.isnan(value):
             raise ValueError("NaN cannot be an index value (it is not ordered)")
-        if isinstance(value, int) and not -(1 << 63) <= value < (1 << 63):
+        if isinstance(value, int) and not -_INT64 <= value < _INT64:
             raise ValueError(f"integer index values must fit in 64 bits, got {value}")
         f = float(value) + 0.0  # folds -0.0 into 0.0
         bits = struct.unpack(">Q", struct.pack(">d", f))[0]
+        # IEEE 754 doubles sort as integers once negatives are inverted and positives get the
+        # sign bit set.
         bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | (1 << 63)
-        # Large ints are not exact as doubles: the remainder keeps them ordered and distinct.
-        rest = value - int(f) if isinstance(value, int) and not math.isinf(f) else 0
+        # Ints past 2**53 are not exact as doubles: the remainder keeps them ordered and
+        # distinct, and is 0 for every float, so 3 and 3.0 encode the same.
+        rest = value - int(f) if isinstance(value, int) else 0
         return _TAG_NUM + struct.pack(">Q", bits) + _sortable_int64(rest)
     if isinstance(value, str):
         out = _TAG_STR + value.encode("utf-8", "surrogatepass")
-    elif isinstance(value, dt.datetime):
+        if len(out) > MAX_ENCODED:
+            raise ValueError(
+                f"index value too long: {len(out) - 1} bytes of UTF-8, at most {MAX_ENCODED - 1}"
+            )
+        return out
+    if isinstance(value, dt.datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise TypeError(f"datetime index values must be timezone-aware, got {value!r}")
         micros = (value - _EPOCH) // dt.timedelta(microseconds=1)
         return _TAG_DT + _sortable_int64(micros)
-    else:
-        raise TypeError(
-            f"index values must be str, int, float, bool or datetime, not {type(value).__name__}"
-        )
-    if len(out) > _MAX_ENCODED:
-        raise ValueError(f"index value too long ({len(out)} bytes encoded, at most {_MAX_ENCODED})")
-    return out
+    raise TypeError(
+        f"index values are str, int, float, bool or datetime, not {type(value).__name__}"
+    )
 
 
 def decode_value(data: bytes) -> IndexValue:
-    """Inverse of :func:`encode_value` (ints that round-trip through a double come back as
-    ``int`` only when they were stored as such)."""
+    """Inverse of :func:`encode_value`, up to number type: an integral number that fits in
+    64 bits comes back as ``int`` (``3.0`` and ``3`` are one index value), any other number as
+    ``float``; datetimes come back in UTC."""
+    data = bytes(data)
     tag, body = data[:1], data[1:]
     if tag == _TAG_BOOL:
         return body == b"\x01"
     if tag == _TAG_STR:
         return body.decode("utf-8", "surrogatepass")
     if tag == _TAG_DT:
-        return from_micros(struct.unpack(">Q", body)[0] - (1 << 63))
+        return from_micros(struct.unpack(">Q", body)[0] - _INT64)
+    if tag != _TAG_NUM or len(body) != 16:
+        raise ValueError(f"not an encoded index value: {data!r}")
     bits = struct.unpack(">Q", body[:8])[0]
     bits = bits ^ (1 << 63) if bits >> 63 else bits ^ 0xFFFFFFFFFFFFFFFF
-    f = struct.unpack(">d", struct.pack(">Q", bits))[0]
-    rest = struct.unpack(">Q", body[8:16])[0] - (1 << 63)
+    f: float = struct.unpack(">d", struct.pack(">Q", bits))[0]
+    rest: int = struct.unpack(">Q", body[8:16])[0] - _INT64
     if math.isfinite(f) and f.is_integer():
-        return int(f) + rest
+        n = int(f) + rest
+        if -_INT64 <= n < _INT64:
+            return n
     return f
 
 
-def _type_bounds(value: object) -> tuple[bytes, bytes]:
-    tag = encode_value(value)[:1]
-    return tag, bytes([tag[0] + 1])
+def _type_of(encoded: bytes) -> bytes:
+    return encoded[:1]
 
 
 # -- extractors -------------------------------------------------------------------------------
@@ -105,8 +145,10 @@ def _type_bounds(value: object) -> tuple[bytes, bytes]:
 class JsonField:
     """Index the value at a dotted path in a JSON value (``"address.city"``, ``"tags"``).
 
-    Values that are not JSON, or lack the path, are not indexed; a JSON list at the path gives
-    one index entry per element. Recorded in the database, so every process maintains it.
+    Values that are not JSON, lack the path, or hold ``null``, an object or a nested list
+    there, are not indexed; a JSON list at the path gives one index entry per scalar element.
+    A digit step indexes into a list (``"items.0.sku"``). Recorded in the database, so every
+    process (and the CLI) maintains it.
     """
 
     path: str
@@ -124,19 +166,22 @@ class JsonField:
             else:
                 return None
         if isinstance(doc, list):
-            return [v for v in doc if isinstance(v, str | int | float) and not _bad_float(v)]
-        if isinstance(doc, str | int | float) and not _bad_float(doc):
-            return doc
-        return None
+            return [v for v in doc if _json_scalar(v)]
+        return doc if _json_scalar(doc) else None
 
 
-def _bad_float(v: object) -> bool:
-    return isinstance(v, float) and math.isnan(v)
+def _json_scalar(v: object) -> bool:
+    # json.loads accepts NaN and Infinity; NaN has no place in an order, so it is not indexed
+    if isinstance(v, float):
+        return not math.isnan(v)
+    return isinstance(v, str | int)  # bool is an int
 
 
 def json_field(path: str) -> JsonField:
     """An index extractor for the field at ``path`` (dots separate levels) of JSON values."""
-    if not isinstance(path, str) or not path or any(not p for p in path.split(".")):
+    if not isinstance(path, str):
+        raise TypeError(f"json_field takes a dotted path str, not {type(path).__name__}")
+    if not path or len(path) > 1000 or any(not p for p in path.split(".")):
         raise ValueError(f"json_field takes a dotted path like 'user.email', got {path!r}")
     return JsonField(path)
 
@@ -147,7 +192,7 @@ def _callable_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{name}"
 
 
-# -- per-namespace state ------------------------------------------------------------------------------
+# -- per-namespace state ------------------------------------------------------------------------
 @dataclass
 class IndexSpec:
     id: int
@@ -169,6 +214,14 @@ class IndexInfo:
     declared: bool  # False for a callable index this process has not declared
 
 
+class _Row(dict[str, Any]):
+    """One index entry to insert: the driver's parameters, plus the extractor's own value
+    (``3.0`` stays a float in a UniqueViolation, where decoding would say ``3``)."""
+
+    __slots__ = ("value",)
+    value: Any
+
+
 @dataclass
 class NamespaceIndexes:
     generation: int
@@ -181,21 +234,30 @@ class NamespaceIndexes:
         data = value()
         rows: list[dict[str, Any]] = []
         for spec in self.specs:
-            assert spec.extractor is not None
-            for enc in _extract(spec, data):
-                rows.append(
-                    {"index_id": spec.id, "ivalue": enc, "uvalue": enc if spec.unique else None, "key": key}
+            for enc, original in _extract(spec, data).items():
+                row = _Row(
+                    index_id=spec.id, ivalue=enc, uvalue=enc if spec.unique else None, key=key
                 )
+                row.value = original
+                rows.append(row)
         return rows
 
-    def unique_violation(self, store: Store, conn: Conn, key: str, rows: list[dict[str, Any]] | None) -> UniqueViolation:
+    def unique_violation(
+        self, store: Store, conn: Conn, key: str, rows: list[dict[str, Any]] | None
+    ) -> UniqueViolation:
+        """The error for a write of ``rows`` (or, for a copy, of ``key``'s existing entries)
+        that hit the unique constraint: which index, which value, which key holds it."""
         b = store._b
-        if rows is None:  # a copy: look at what the source holds
+        if rows is None:  # a copy: ``key`` already holds the entries that conflicted
             rows = [
-                {"index_id": r[0], "uvalue": r[1]}
+                {"index_id": r[0], "uvalue": bytes(r[1])}
                 for r in conn.execute(
-                    b.sql("ie_of_key", "SELECT index_id, uvalue FROM {ie} WHERE key = :key AND uvalue IS NOT NULL"),
-                    {"key": key},
+                    b.sql(
+                        "ie_of_key",
+                        "SELECT index_id, uvalue FROM {ie} WHERE key = :key AND uvalue IS NOT NULL "
+                        "AND index_id IN (SELECT id FROM {ix} WHERE namespace = :ns)",
+                    ),
+                    {"key": key, "ns": store._ns},
                 ).fetchall()
             ]
         names = {s.id: s.name for s in self.by_name.values()}
@@ -203,14 +265,24 @@ class NamespaceIndexes:
             if row.get("uvalue") is None:
                 continue
             other = conn.execute(
-                b.sql("ie_holder", "SELECT key FROM {ie} WHERE index_id = :iid AND uvalue = :uv AND key <> :key"),
+                b.sql(
+                    "ie_holder",
+                    "SELECT key FROM {ie} WHERE index_id = :iid AND uvalue = :uv AND key <> :key",
+                ),
                 {"iid": row["index_id"], "uv": row["uvalue"], "key": key},
             ).fetchone()
             if other is not None:
-                return UniqueViolation(names.get(row["index_id"], "?"), decode_value(bytes(row["uvalue"])), key, other[0])
+                value = getattr(row, "value", None)
+                if value is None:
+                    value = decode_value(row["uvalue"])
+                return UniqueViolation(names.get(row["index_id"], "?"), value, key, other[0])
+        # The holder went away between the failed insert and this look-up (it cannot, inside
+        # one transaction, but a Connection-bound store runs at the caller's isolation level).
         return UniqueViolation("?", None, key, None)
 
-    def expired_holders(self, store: Store, conn: Conn, key: str, rows: list[dict[str, Any]]) -> list[str]:
+    def expired_holders(
+        self, store: Store, conn: Conn, key: str, rows: list[dict[str, Any]]
+    ) -> list[str]:
         """Keys that block a unique value but have expired (their entries linger until purged)."""
         b = store._b
         out = []
@@ -224,11 +296,40 @@ class NamespaceIndexes:
                     "WHERE i.index_id = :iid AND i.uvalue = :uv AND i.key <> :key "
                     "AND e.expires_at IS NOT NULL AND e.expires_at <= :now",
                 ),
-                {"ns": store._ns, "iid": row["index_id"], "uv": row["uvalue"], "key": key, "now": _now()},
+                {
+                    "ns": store._ns,
+                    "iid": row["index_id"],
+                    "uv": row["uvalue"],
+                    "key": key,
+                    "now": _now(),
+                },
             ).fetchone()
             if hit is not None:
                 out.append(hit[0])
         return out
+
+
+def insert_entries(
+    store: Store, conn: Conn, state: NamespaceIndexes, rows_by_key: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Insert the index entries of many keys in one round trip (back-fill, ``put_many``).
+
+    A unique violation sends the batch back to :meth:`Store._insert_index_rows` key by key,
+    which frees values held by expired entries and names the key that holds a live one; the
+    rejected alternative, a savepoint per key from the start, costs three round trips a key.
+    """
+    rows = [r for rs in rows_by_key.values() for r in rs]
+    if not rows:
+        return
+    try:
+        with conn.savepoint():
+            conn.executemany(store._b.sql("index_entry_insert"), rows)
+        return
+    except Exception as exc:
+        if not store._b.dialect.is_unique_violation(exc):
+            raise
+    for key, key_rows in rows_by_key.items():
+        store._insert_index_rows(conn, state, key, key_rows)
 
 
 def _now() -> int:
@@ -237,21 +338,23 @@ def _now() -> int:
     return _now_us()
 
 
-def _extract(spec: IndexSpec, data: bytes) -> list[bytes]:
+def _extract(spec: IndexSpec, data: bytes) -> dict[bytes, Any]:
+    """The distinct encoded index values of one value (a tag listed twice is one entry)."""
     assert spec.extractor is not None
     got = spec.extractor(data)
     if got is None:
-        return []
+        return {}
     values: Iterable[Any] = got if isinstance(got, list | tuple | set | frozenset) else [got]
-    out: dict[bytes, None] = {}
+    out: dict[bytes, Any] = {}
     for v in values:
         if v is None:
             continue
         try:
-            out[encode_value(v)] = None
+            enc = encode_value(v)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"index {spec.name!r}: {exc}") from None
-    return list(out)
+        out.setdefault(enc, v)
+    return out
 
 
 def load_state(store: Store, conn: Conn) -> NamespaceIndexes:
@@ -259,30 +362,46 @@ def load_state(store: Store, conn: Conn) -> NamespaceIndexes:
     row = conn.execute(b.sql("generation"), {"ns": store._ns}).fetchone()
     generation = 0 if row is None else int(row[0])
     rows = conn.execute(
-        b.sql("index_defs", "SELECT id, name, kind, definition, is_unique FROM {ix} WHERE namespace = :ns ORDER BY name"),
+        b.sql(
+            "index_defs",
+            "SELECT id, name, kind, definition, is_unique FROM {ix} WHERE namespace = :ns "
+            "ORDER BY name",
+        ),
         {"ns": store._ns},
     ).fetchall()
-    specs, undeclared, by_name = [], [], {}
+    specs: list[IndexSpec] = []
+    undeclared: list[str] = []
+    by_name: dict[str, IndexSpec] = {}
     for iid, name, kind, definition, unique in rows:
         extractor: Callable[[bytes], Any] | None
         extractor = JsonField(definition) if kind == "json" else b.declared.get((store._ns, name))
         spec = IndexSpec(int(iid), name, kind, definition, bool(unique), extractor)
         by_name[name] = spec
-        (specs if extractor is not None else undeclared).append(spec if extractor else name)
-    return NamespaceIndexes(generation, specs, undeclared, by_name)  # type: ignore[arg-type]
+        if extractor is None:
+            undeclared.append(name)
+        else:
+            specs.append(spec)
+    return NamespaceIndexes(generation, specs, undeclared, by_name)
 
 
-# -- management ---------------------------------------------------------------------------------------
+# -- management ---------------------------------------------------------------------------------
 def _info(spec: IndexSpec) -> IndexInfo:
     return IndexInfo(spec.name, spec.kind, spec.definition, spec.unique, spec.extractor is not None)
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
+    if not isinstance(name, str):
+        raise TypeError(f"index names are str, not {type(name).__name__}")
+    if _NAME_RE.fullmatch(name) is None:
         raise ValueError(
             f"index names are 1-200 letters, digits, '_', '.', '-' or ':', got {name!r}"
         )
     return name
+
+
+def _check_progress(progress: object) -> None:
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable(done, total) or None, not {progress!r}")
 
 
 def create_index(
@@ -297,33 +416,39 @@ def create_index(
     name = _check_name(name)
     if not isinstance(unique, bool):
         raise TypeError(f"unique must be a bool, not {type(unique).__name__}")
+    _check_progress(progress)
     if isinstance(extractor, str):
         extractor = json_field(extractor)
     if isinstance(extractor, JsonField):
         kind, definition = "json", extractor.path
     elif callable(extractor):
         kind, definition = "callable", _callable_name(extractor)
+        if len(definition) > 1024:
+            raise ValueError(f"the callable's qualified name is too long: {definition[:80]!r}...")
     else:
         raise TypeError(
-            f"an index extractor is kvstore.json_field(path) or a callable, not {type(extractor).__name__}"
+            "an index extractor is kvstore.json_field(path) or a callable, "
+            f"not {type(extractor).__name__}"
         )
     b = store._b
-    from .store import _now_us
 
     def run(conn: Conn) -> IndexInfo:
         _lock_for_build(store, conn)
         row = conn.execute(
-            b.sql("index_def", "SELECT id, kind, definition, is_unique FROM {ix} WHERE namespace = :ns AND name = :name"),
+            b.sql(
+                "index_def",
+                "SELECT id, kind, definition, is_unique FROM {ix} WHERE namespace = :ns "
+                "AND name = :name",
+            ),
             {"ns": store._ns, "name": name},
         ).fetchone()
         if row is not None:
             if (row[1], row[2], bool(row[3])) != (kind, definition, unique):
-                raise KVStoreError(
+                raise IndexDefinitionError(
                     f"index {name!r} already exists in namespace {store._ns!r} as "
-                    f"{row[1]} {row[2]!r} (unique={bool(row[3])}); drop it first to redefine it"
+                    f"{row[1]} {row[2]!r} (unique={bool(row[3])}), not {kind} {definition!r} "
+                    f"(unique={unique}); drop it first to redefine it"
                 )
-            if kind == "callable":
-                b.declared[(store._ns, name)] = extractor
             return IndexInfo(name, kind, definition, unique, True)
         conn.execute(
             b.sql(
@@ -331,20 +456,30 @@ def create_index(
                 "INSERT INTO {ix} (namespace, name, kind, definition, is_unique, created_at) "
                 "VALUES (:ns, :name, :kind, :definition, :unique, :now)",
             ),
-            {"ns": store._ns, "name": name, "kind": kind, "definition": definition, "unique": unique, "now": _now_us()},
+            {
+                "ns": store._ns,
+                "name": name,
+                "kind": kind,
+                "definition": definition,
+                "unique": unique,
+                "now": _now(),
+            },
         )
         iid = conn.execute(b.sql("index_def"), {"ns": store._ns, "name": name}).fetchone()[0]
         _bump_generation(store, conn)
         spec = IndexSpec(int(iid), name, kind, definition, unique, extractor)
         _backfill(store, conn, spec, progress)
-        if kind == "callable":
-            b.declared[(store._ns, name)] = extractor
         return _info(spec)
 
     try:
-        return store._run_atomic(run, write=False)
+        info = store._run_atomic(run, write=False)
     finally:
         b.index_state.pop(store._ns, None)
+    if kind == "callable":
+        # Only once the definition is known to match: a refused redefinition must not swap
+        # the extractor this process maintains the existing index with.
+        b.declared[(store._ns, name)] = extractor
+    return info
 
 
 def _lock_for_build(store: Store, conn: Conn) -> None:
@@ -364,11 +499,12 @@ def _bump_generation(store: Store, conn: Conn) -> None:
     )
 
 
-def _backfill(store: Store, conn: Conn, spec: IndexSpec, progress: Callable[[int, int], None] | None) -> None:
-    from .store import _now_us
-
+def _backfill(
+    store: Store, conn: Conn, spec: IndexSpec, progress: Callable[[int, int], None] | None
+) -> None:
+    """Index every live entry, in key order, ``_BATCH`` keys per round trip."""
     b = store._b
-    now = _now_us()
+    now = _now()
     total = int(conn.execute(b.sql("count"), {"ns": store._ns, "now": now}).fetchone()[0])
     done = 0
     after = ""
@@ -382,10 +518,11 @@ def _backfill(store: Store, conn: Conn, spec: IndexSpec, progress: Callable[[int
             ),
             {"ns": store._ns, "after": after, "now": now, "limit": _BATCH},
         ).fetchall()
+        batch: dict[str, list[dict[str, Any]]] = {}
         for key, value, blob_id, size in rows:
             data = bytes(value) if blob_id is None else store._read_blob(conn, key, blob_id, size)
-            entries = state.rows_for(key, lambda data=data: data)
-            store._insert_index_rows(conn, state, key, entries)
+            batch[key] = state.rows_for(key, _const(data))
+        insert_entries(store, conn, state, batch)
         done += len(rows)
         if progress is not None:
             progress(done, total)
@@ -394,12 +531,12 @@ def _backfill(store: Store, conn: Conn, spec: IndexSpec, progress: Callable[[int
         after = rows[-1][0]
 
 
+def _const(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
 def _spec(store: Store, name: str, conn: Conn | None = None) -> IndexSpec:
-    state = store._index_state()
-    spec = state.by_name.get(name)
-    if spec is None:
-        state = store._refresh_index_state(conn)
-        spec = state.by_name.get(name)
+    spec = store._refresh_index_state(conn).by_name.get(name)
     if spec is None:
         raise UnknownIndexError(store._ns, name)
     return spec
@@ -420,86 +557,347 @@ def drop_index(store: Store, name: str) -> None:
 
     try:
         store._run_atomic(run)
-    finally:
         b.declared.pop((store._ns, name), None)
+    finally:
         b.index_state.pop(store._ns, None)
 
 
-def rebuild_index(store: Store, name: str, *, progress: Callable[[int, int], None] | None = None) -> IndexInfo:
-    """Recompute every entry of an index from the current values."""
+def rebuild_index(
+    store: Store, name: str, *, progress: Callable[[int, int], None] | None = None
+) -> IndexInfo:
+    """Recompute every entry of an index from the current values (after the extractor's code
+    changed, or entries were edited by hand)."""
     name = _check_name(name)
+    _check_progress(progress)
     b = store._b
 
     def run(conn: Conn) -> IndexInfo:
         _lock_for_build(store, conn)
         spec = _spec(store, name, conn)
         if spec.extractor is None:
-            raise KVStoreError(f"index {name!r} is a callable index this process has not declared")
+            raise IndexNotDeclaredError(store._ns, [name])
         conn.execute(b.sql("ie_drop", "DELETE FROM {ie} WHERE index_id = :iid"), {"iid": spec.id})
         _backfill(store, conn, spec, progress)
         return _info(spec)
 
-    store._refresh_index_state()
     return store._run_atomic(run, write=False)
 
 
 def list_indexes(store: Store) -> list[IndexInfo]:
+    """The namespace's indexes, by name, as the database records them now."""
     state = store._refresh_index_state()
     return [_info(s) for s in state.by_name.values()]
 
 
 # -- queries ------------------------------------------------------------------------------------
-def _conditions(value: Any, query: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    allowed = {"gt", "ge", "lt", "le", "prefix", "in_"}
-    unknown = set(query) - allowed
+#
+# A query is a _Filter: one value, a sorted list of values (``in_``), or one range with a
+# single lower and a single upper bound (gt/ge/lt/le/prefix and the type's own limits folded
+# together in Python, so the SQL carries exactly one bound per side and every planner picks
+# the B-tree range; given several bounds on one column SQLite uses one and filters with the
+# others, not always the tightest).
+#
+# Keyset pagination from a position (index value V, key K) runs as two statements, each an
+# exact B-tree range: "at" (ivalue = V AND key > K) and "beyond" (the filter narrowed to values
+# past V). The rejected alternative, one statement with a row-value bound (ivalue, key) > (V, K),
+# is an index bound on PostgreSQL but not reliably on SQLite, and never combined with ``IN``:
+# paging deep into a popular value would re-read every earlier key of it on every page.
+
+_QUERY_ARGS = ("gt", "ge", "lt", "le", "prefix", "in_")
+_TOP = b"\xff"  # above every encoded value (tags are 0x01-0x04)
+
+
+@dataclass
+class _Filter:
+    kind: str  # "eq", "in", "range" or "none" (matches nothing)
+    values: list[bytes]  # eq: the value; in: sorted, distinct
+    lo: bytes = b""
+    lo_inc: bool = False
+    hi: bytes = _TOP
+    hi_inc: bool = False
+
+    @property
+    def multi(self) -> bool:
+        """Can one key match at several of its index values?"""
+        return self.kind == "range" or (self.kind == "in" and len(self.values) > 1)
+
+    def matches(self, enc: bytes) -> bool:
+        if self.kind == "eq" or self.kind == "in":
+            return enc in self.values
+        if self.kind == "range":
+            return (enc > self.lo or (self.lo_inc and enc == self.lo)) and (
+                enc < self.hi or (self.hi_inc and enc == self.hi)
+            )
+        return False
+
+    def beyond(self, pos: bytes, desc: bool) -> _Filter:
+        """The same filter, narrowed to values strictly after ``pos`` in the query's order."""
+        if self.kind in ("eq", "in"):
+            rest = [v for v in self.values if (v < pos if desc else v > pos)]
+            return _Filter("in", rest) if rest else _Filter("none", [])
+        if self.kind == "none":
+            return self
+        if desc:
+            if pos <= self.hi:
+                return _Filter("range", [], self.lo, self.lo_inc, pos, False)._checked()
+            return self
+        if pos >= self.lo:
+            return _Filter("range", [], pos, False, self.hi, self.hi_inc)._checked()
+        return self
+
+    def _checked(self) -> _Filter:
+        empty = self.lo > self.hi or (self.lo == self.hi and not (self.lo_inc and self.hi_inc))
+        return _Filter("none", []) if empty else self
+
+    def render(self, alias: str, p: str) -> tuple[str, dict[str, Any]]:
+        """SQL conditions on ``alias``.ivalue and their parameters (names prefixed ``p``)."""
+        col = f"{alias}.ivalue"
+        if self.kind == "eq":
+            return f"{col} = :{p}v", {f"{p}v": self.values[0]}
+        if self.kind == "in":
+            # Padded to a power of two by repeating the last value, so lists of any length
+            # share a handful of statement texts (and PostgreSQL prepared plans).
+            n = 1 << (len(self.values) - 1).bit_length()
+            padded = self.values + [self.values[-1]] * (n - len(self.values))
+            marks = ", ".join(f":{p}in{j}" for j in range(n))
+            return f"{col} IN ({marks})", {f"{p}in{j}": v for j, v in enumerate(padded)}
+        if self.kind == "range":
+            lo_op = ">=" if self.lo_inc else ">"
+            hi_op = "<=" if self.hi_inc else "<"
+            return (
+                f"{col} {lo_op} :{p}lo AND {col} {hi_op} :{p}hi",
+                {f"{p}lo": self.lo, f"{p}hi": self.hi},
+            )
+        return "1 = 0", {}
+
+
+def _tighter(a: tuple[bytes, bool], b: tuple[bytes, bool], lower: bool) -> tuple[bytes, bool]:
+    """The tighter of two (bound, inclusive) pairs; at a tie the exclusive one."""
+    if a[0] == b[0]:
+        return (a[0], a[1] and b[1])
+    return max(a, b) if lower else min(a, b)
+
+
+def _filter(value: Any, query: dict[str, Any]) -> _Filter:
+    """Validate a query's arguments into a :class:`_Filter` (before any database work)."""
+    unknown = set(query) - set(_QUERY_ARGS)
     if unknown:
-        raise TypeError(f"find() got unexpected argument(s) {sorted(unknown)}; use value, {sorted(allowed)}")
-    conds: list[str] = []
-    params: dict[str, Any] = {}
-    given = [k for k in ("gt", "ge", "lt", "le") if query.get(k) is not None]
+        raise TypeError(
+            f"unexpected argument(s) {sorted(unknown)}: an index query takes a value, or "
+            f"{', '.join(a + '=' for a in _QUERY_ARGS)}"
+        )
+    given = {k: v for k, v in query.items() if v is not None}
     if value is not NOT_SET:
-        if given or query.get("prefix") is not None or query.get("in_") is not None:
-            raise TypeError("find() takes either a value or range/prefix/in_ arguments, not both")
-        conds.append("i.ivalue = :v")
-        params["v"] = encode_value(value)
-        return conds, params
-    if query.get("in_") is not None:
-        if given or query.get("prefix") is not None:
-            raise TypeError("find() takes in_ alone, without range or prefix arguments")
-        values = list(dict.fromkeys(encode_value(v) for v in query["in_"]))
-        if not values:
-            conds.append("1 = 0")
-        else:
-            marks = ", ".join(f":in{j}" for j in range(len(values)))
-            conds.append(f"i.ivalue IN ({marks})")
-            params.update({f"in{j}": v for j, v in enumerate(values)})
-        return conds, params
-    if query.get("prefix") is not None:
-        prefix = query["prefix"]
+        if given:
+            raise TypeError(f"an index query takes a value or {sorted(given)}, not both")
+        if value is None:
+            raise TypeError("None is never an index value (values that give None are not indexed)")
+        return _Filter("eq", [encode_value(value)])
+    if "in_" in given:
+        if len(given) > 1:
+            raise TypeError("in_= cannot be combined with a range or prefix=")
+        values = given["in_"]
+        if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+            raise TypeError(f"in_ takes a list of index values, not {type(values).__name__}")
+        encoded = sorted({encode_value(v) for v in values})
+        if len(encoded) > MAX_IN:
+            raise ValueError(f"in_ takes at most {MAX_IN} distinct values, got {len(encoded)}")
+        if not encoded:
+            return _Filter("none", [])
+        return _Filter("eq", encoded) if len(encoded) == 1 else _Filter("in", encoded)
+    if not given:
+        raise TypeError("an index query needs a value, a range (gt/ge/lt/le), prefix= or in_=")
+    types: set[bytes] = set()
+    lo: tuple[bytes, bool] = (b"", False)
+    hi: tuple[bytes, bool] = (_TOP, False)
+    if "prefix" in given:
+        prefix = given["prefix"]
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
-        lo = encode_value(prefix)
-        # UTF-8 never contains 0xFF, so [lo, lo + FF) is exactly "starts with prefix".
-        conds += ["i.ivalue >= :plo", "i.ivalue < :phi"]
-        params.update(plo=lo, phi=lo + b"\xff")
-    tags = set()
-    for op, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-        if query.get(op) is not None:
-            bound = query[op]
-            lo_tag, hi_tag = _type_bounds(bound)
-            tags.add(lo_tag)
-            conds.append(f"i.ivalue {sym} :{op}")
-            params[op] = encode_value(bound)
-    if len(tags) > 1:
-        raise TypeError("range bounds must be of one type (compare numbers with numbers, str with str)")
-    if tags:
-        # a bound on one side only still stays within its type: gt=30 never returns strings
-        lo_tag = tags.pop()
-        conds += ["i.ivalue > :tlo", "i.ivalue < :thi"]
-        params.update(tlo=lo_tag, thi=bytes([lo_tag[0] + 1]))
-    if not conds:
-        raise TypeError("find() needs a value, a range (gt/ge/lt/le), prefix= or in_=")
-    return conds, params
+        enc = encode_value(prefix)
+        types.add(_TAG_STR)
+        # UTF-8 never contains 0xFF, so [enc, enc + FF) is exactly "starts with prefix": a
+        # B-tree range, where LIKE would need escaping for "%" and "_" and a collation fit.
+        lo = _tighter(lo, (enc, True), lower=True)
+        hi = _tighter(hi, (enc + b"\xff", False), lower=False)
+    for arg, lower, inclusive in (
+        ("gt", True, False),
+        ("ge", True, True),
+        ("lt", False, False),
+        ("le", False, True),
+    ):
+        if arg in given:
+            enc = encode_value(given[arg])
+            types.add(_type_of(enc))
+            if lower:
+                lo = _tighter(lo, (enc, inclusive), lower=True)
+            else:
+                hi = _tighter(hi, (enc, inclusive), lower=False)
+    if len(types) > 1:
+        raise TypeError(
+            "range bounds and prefix= must be of one type (numbers with numbers, str with str)"
+        )
+    # A bound on one side stays within its type (gt=30 never returns strings): the type tag
+    # alone sorts before every value of the type, the next tag after them.
+    tag = types.pop()
+    lo = _tighter(lo, (tag, False), lower=True)
+    hi = _tighter(hi, (bytes([tag[0] + 1]), False), lower=False)
+    return _Filter("range", [], lo[0], lo[1], hi[0], hi[1])._checked()
+
+
+_INDEX_ID = "i.index_id = (SELECT id FROM {ix} WHERE namespace = :ns AND name = :name)"
+# The entry's columns and liveness are read by correlated scalar subqueries on its primary key,
+# not by a JOIN: PostgreSQL never turns a scalar subquery into a join, so each result row costs
+# one index probe whatever the planner estimates. With a JOIN it hash-joins a sequential scan
+# of the whole entries table (every namespace) as soon as a range looks large. The conditions
+# are written as IS NOT NULL and <=, whose default selectivities (0.995, 1/3) keep the row
+# estimate realistic; "= 1" or IS NULL (0.005 each) make a LIMIT look useless to the planner,
+# which then sorts the whole range instead of reading it in index order.
+_ENTRY = "(SELECT e.{col} FROM {{e}} e WHERE e.namespace = :ns AND e.key = i.key)"
+_LIVE = (
+    "(SELECT 1 FROM {e} e WHERE e.namespace = :ns AND e.key = i.key "
+    "AND (e.expires_at IS NULL OR e.expires_at > :now)) IS NOT NULL"
+)
+
+
+def _dedupe(flt: _Filter, desc: bool) -> tuple[str, dict[str, Any]]:
+    """Each key once, at its first matching value in the requested order: this entry is the
+    key's first matching one. One probe of the (index_id, key) B-tree per row, for the same
+    reason as _LIVE; the rejected alternative, GROUP BY key, reads the whole range before
+    returning a row."""
+    if not flt.multi:
+        return "", {}
+    cond, params = flt.render("j", "")
+    op, direction = (">=", "DESC") if desc else ("<=", "ASC")
+    return (
+        f" AND i.ivalue {op} (SELECT j.ivalue FROM {{ie}} j WHERE j.index_id = i.index_id "
+        f"AND j.key = i.key AND {cond} ORDER BY j.ivalue {direction} LIMIT 1)",
+        params,
+    )
+
+
+def _statement(
+    store: Store, flt: _Filter, cond: str, params: dict[str, Any], desc: bool, items: bool
+) -> tuple[str, dict[str, Any]]:
+    """A find statement: ``cond`` (already rendered) plus the index, liveness and dedupe."""
+    dedupe, dparams = _dedupe(flt, desc)
+    direction = "DESC" if desc else "ASC"
+    cols = "i.key, i.ivalue"
+    if items:
+        cols += ", " + ", ".join(_ENTRY.format(col=c) for c in ("value", "blob_id", "size"))
+    text = (
+        f"SELECT {cols} FROM {{ie}} i WHERE {_INDEX_ID} AND {cond}{dedupe} AND {_LIVE} "
+        f"ORDER BY i.ivalue {direction}, i.key {direction} LIMIT :limit"
+    )
+    return store._b.sql("ix:" + text, text), {**dparams, **params}
+
+
+@dataclass
+class _Find:
+    """A validated find() call."""
+
+    store: Store
+    name: str
+    flt: _Filter
+    desc: bool
+    items: bool
+    limit: int | None
+    after: tuple[bytes, str] | None
+
+    def statements(self, pos: tuple[bytes, str] | None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The statements that fetch, in result order, the rows after position ``pos`` (from
+        the start when None); run them in turn until a page is full.
+
+        An ``in_`` list runs one equality statement per value: PostgreSQL (before 17) cannot
+        read ``ivalue IN (...)`` from a B-tree in index order, so with ORDER BY ... LIMIT it
+        walks the whole index and filters; each equality is an exact range on every dialect.
+        """
+        flt, desc = self.flt, self.desc
+        if pos is not None and flt.matches(pos[0]):
+            key_op = "<" if desc else ">"
+            yield self._stmt(f"i.ivalue = :av AND i.key {key_op} :ak", {"av": pos[0], "ak": pos[1]})
+        rest = flt if pos is None else flt.beyond(pos[0], desc)
+        if rest.kind == "range":
+            yield self._stmt(*rest.render("i", "b_"))
+        elif rest.kind in ("eq", "in"):
+            for v in reversed(rest.values) if desc else rest.values:
+                yield self._stmt("i.ivalue = :b_v", {"b_v": v})
+
+    def _stmt(self, cond: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        sql, p = _statement(self.store, self.flt, cond, params, self.desc, self.items)
+        return sql, {**p, "ns": self.store._ns, "name": self.name}
+
+
+def _plan(
+    store: Store,
+    index: str,
+    value: Any,
+    *,
+    items: bool,
+    order: str,
+    limit: int | None,
+    after: Any,
+    query: dict[str, Any],
+) -> _Find:
+    """Validate a find() call, before any database work (except resolving ``after=key``)."""
+    name = _check_name(index)
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise TypeError(f"limit must be an int or None, not {type(limit).__name__}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be non-negative, got {limit}")
+    flt = _filter(value, query)
+    desc = order == "desc"
+    pos = None if after is None else _resolve_after(store, name, flt, desc, after)
+    return _Find(store, name, flt, desc, items, limit, pos)
+
+
+def _resolve_after(
+    store: Store, name: str, flt: _Filter, desc: bool, after: Any
+) -> tuple[bytes, str]:
+    """``after=`` as the (encoded index value, key) position to continue from."""
+    if isinstance(after, tuple):
+        if len(after) != 2:
+            raise TypeError(f"after= takes a key or an (index value, key) pair, got {after!r}")
+        value, key = after
+        if not isinstance(key, str):
+            raise TypeError(f"the key in after=(value, key) must be str, not {type(key).__name__}")
+        return encode_value(value), store._key(key)
+    if not isinstance(after, str):
+        raise TypeError(
+            "after= takes the last key of the previous page, or its (index value, key), "
+            f"not {type(after).__name__}"
+        )
+    key = store._key(after)
+    if flt.kind == "none":
+        return b"", key  # nothing matches, whatever the position
+    # The key's position in this query is its first matching value in this order (_dedupe).
+    cond, params = flt.render("i", "")
+    text = (
+        f"SELECT i.ivalue FROM {{ie}} i WHERE {_INDEX_ID} AND i.key = :akey AND {cond} "
+        f"ORDER BY i.ivalue {'DESC' if desc else 'ASC'} LIMIT 1"
+    )
+    params.update(ns=store._ns, name=name, akey=key)
+    with store._connection() as conn:
+        row = conn.execute(store._b.sql("ix:" + text, text), params).fetchone()
+        if row is None:
+            _check_exists(store, name, conn)
+            raise ValueError(
+                f"after={key!r}: that key is not a result of this query (any more); pass "
+                "after=(index value, key) to continue past a key that was changed or deleted"
+            )
+    return bytes(row[0]), key
+
+
+def _check_exists(store: Store, name: str, conn: Conn) -> None:
+    """``UnknownIndexError`` unless the index exists: asked of the cached state first (an
+    empty result is common, a typo rare), then of the database."""
+    if (
+        name not in store._index_state(conn).by_name
+        and name not in store._refresh_index_state(conn).by_name
+    ):
+        raise UnknownIndexError(store._ns, name)
 
 
 def find(
@@ -515,100 +913,66 @@ def find(
 ) -> Iterator[tuple[str, bytes | None]]:
     """Keys (and values) matching a query on index ``index``, ordered by index value then key.
 
-    A key matches at most once per call, at its first matching index value in the requested
-    order (a multi-valued index can hold several for one key).
+    Arguments are validated (and ``after=key`` resolved) on the call; rows are then fetched a
+    page at a time as the iterator is consumed, each page by keyset pagination from the last
+    row of the one before.
     """
-    if order not in ("asc", "desc"):
-        raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
-    from .store import _now_us
-
-    b = store._b
-    spec = _spec(store, _check_name(index))
-    conds, params = _conditions(value, query)
-    desc = order == "desc"
-    cmp = "<" if desc else ">"
-    if after is not None:
-        av, ak = _resolve_after(store, spec, after, conds, params, desc)
-        conds.append(f"(i.ivalue {cmp} :av OR (i.ivalue = :av AND i.key {cmp} :ak))")
-        params.update(av=av, ak=ak)
-    direction = "DESC" if desc else "ASC"
-    cols = "i.key, i.ivalue" + (", e.value, e.blob_id, e.size" if items else "")
-    sql_text = (
-        f"SELECT {cols} FROM {{ie}} i JOIN {{e}} e ON e.namespace = :ns AND e.key = i.key "
-        f"WHERE i.index_id = :iid AND {' AND '.join(conds)} "
-        "AND (e.expires_at IS NULL OR e.expires_at > :now) "
-        f"ORDER BY i.ivalue {direction}, i.key {direction} LIMIT :limit"
+    plan = _plan(
+        store, index, value, items=items, order=order, limit=limit, after=after, query=query
     )
-    sql = b.sql(f"find:{hash(sql_text)}", sql_text)
-    params.update(ns=store._ns, iid=spec.id, now=_now_us())
-    want = limit if limit is not None else float("inf")
-    if want == 0:
-        return
+    return _run_find(plan)
+
+
+def _run_find(plan: _Find) -> Iterator[tuple[str, bytes | None]]:
+    store = plan.store
+    remaining = plan.limit
+    pos = plan.after
+    now = _now()
+    # A key that another writer moves forward past the cursor between two pages has been
+    # returned already; it is not returned twice in one call.
     seen: set[str] = set()
-    batch = min(int(want) * 2 if limit is not None else 1000, 1000) or 1
-    page_params = dict(params)
     with store._connection() as conn:
-        while True:
-            page_params["limit"] = batch
-            rows = conn.execute(sql, page_params).fetchall()
+        first = True
+        while remaining is None or remaining > 0:
+            page = _PAGE if remaining is None else min(remaining, _PAGE)
+            rows: list[Any] = []
+            for sql, params in plan.statements(pos):
+                more = conn.execute(sql, dict(params, now=now, limit=page - len(rows)))
+                rows += more.fetchall()
+                if len(rows) >= page:
+                    break
+            if first and not rows:
+                _check_exists(store, plan.name, conn)  # a typo, or no match?
+            first = False
             for row in rows:
                 key = row[0]
                 if key in seen:
                     continue
                 seen.add(key)
                 data = None
-                if items:
-                    data = bytes(row[2]) if row[3] is None else store._read_blob(conn, key, row[3], row[4])
+                if plan.items:
+                    if row[3] is None:
+                        data = bytes(row[2])
+                    else:
+                        data = store._read_blob(conn, key, row[3], row[4])
                 yield key, data
-                if len(seen) >= want:
-                    return
-            if len(rows) < batch:
+                if remaining is not None:
+                    remaining -= 1
+            if len(rows) < page:
                 return
-            # continue after the last row of this page (keyset pagination)
-            last_v, last_k = bytes(rows[-1][1]), rows[-1][0]
-            if "av" not in page_params:
-                page_sql_text = sql_text.replace(
-                    "AND (e.expires_at",
-                    f"AND (i.ivalue {cmp} :av OR (i.ivalue = :av AND i.key {cmp} :ak)) AND (e.expires_at",
-                    1,
-                )
-                sql = b.sql(f"find:{hash(page_sql_text)}", page_sql_text)
-            page_params.update(av=last_v, ak=last_k)
-
-
-def _resolve_after(
-    store: Store, spec: IndexSpec, after: Any, conds: list[str], params: dict[str, Any], desc: bool
-) -> tuple[bytes, str]:
-    if isinstance(after, tuple) and len(after) == 2:
-        return encode_value(after[0]), check_key(after[1]) if isinstance(after[1], str) else after[1]
-    if not isinstance(after, str):
-        raise TypeError("after= takes the last key of the previous page, or its (index value, key)")
-    agg = "MAX" if desc else "MIN"
-    sql_text = (
-        f"SELECT {agg}(i.ivalue) FROM {{ie}} i WHERE i.index_id = :iid AND i.key = :akey AND "
-        + " AND ".join(conds)
-    )
-    with store._connection() as conn:
-        row = conn.execute(store._b.sql(f"after:{hash(sql_text)}", sql_text), dict(params, iid=spec.id, akey=after)).fetchone()
-    if row is None or row[0] is None:
-        raise ValueError(f"after={after!r} is not a result of this query")
-    return bytes(row[0]), after
+            pos = (bytes(rows[-1][1]), rows[-1][0])
 
 
 def count(store: Store, index: str, value: Any = NOT_SET, **query: Any) -> int:
-    """How many distinct live keys match (same arguments as find, without paging)."""
-    from .store import _now_us
-
-    b = store._b
-    spec = _spec(store, _check_name(index))
-    conds, params = _conditions(value, query)
-    sql_text = (
-        "SELECT COUNT(DISTINCT i.key) FROM {ie} i JOIN {e} e ON e.namespace = :ns AND e.key = i.key "
-        f"WHERE i.index_id = :iid AND {' AND '.join(conds)} "
-        "AND (e.expires_at IS NULL OR e.expires_at > :now)"
-    )
-    params.update(ns=store._ns, iid=spec.id, now=_now_us())
+    """How many live keys ``find`` would return for the same query (each key once)."""
+    name = _check_name(index)
+    flt = _filter(value, query)
+    cond, params = flt.render("i", "")
+    dedupe, dparams = _dedupe(flt, False)
+    text = f"SELECT COUNT(*) FROM {{ie}} i WHERE {_INDEX_ID} AND {cond}{dedupe} AND {_LIVE}"
+    params.update(dparams, ns=store._ns, name=name, now=_now())
     with store._connection() as conn:
-        return int(conn.execute(b.sql(f"count:{hash(sql_text)}", sql_text), params).fetchone()[0])
+        n = int(conn.execute(store._b.sql("ix:" + text, text), params).fetchone()[0])
+        if n == 0:
+            _check_exists(store, name, conn)
+    return n
