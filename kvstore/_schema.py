@@ -154,8 +154,15 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("metadata", JSON().with_variant(JSONB(), "postgresql"), nullable=True),
         Column("checksum", String(64), nullable=False),
         PrimaryKeyConstraint("namespace", "key"),
-        Index(None, "namespace", "expires_at"),
-        Index(None, "blob_id"),
+    )
+    # Only entries with a TTL are in the expiry index: a write without one touches no index
+    # page besides the primary key's (each extra page is WAL written and fsynced on SQLite).
+    Index(
+        f"ix_{p}entries_expiry",
+        entries.c.namespace,
+        entries.c.expires_at,
+        sqlite_where=entries.c.expires_at.isnot(None),
+        postgresql_where=entries.c.expires_at.isnot(None),
     )
     chunks = Table(
         f"{p}chunks",
