@@ -1,0 +1,521 @@
+"""``kvstore.cached``: memoise a function's results in a kvstore :class:`~kvstore.Store`.
+
+What vlermv's ``cache`` and diskcache's ``memoize`` give, plus what they lack:
+
+* **Stable keys.** A call's key is the SHA-256 of a canonical JSON encoding of its arguments,
+  bound to the function's signature with defaults applied, so ``f(1, b=2)``, ``f(1, 2)`` and
+  ``f(1)`` (when ``b=2`` is the default) share one entry, in every process and on every Python
+  version. ``hash()`` is never used: it is salted per process for ``str`` and ``bytes``.
+  Arguments without a stable encoding raise ``TypeError`` unless ``key=`` derives the key.
+* **One computation per missing key**, across threads and processes (diskcache's ``memoize``
+  lets every concurrent caller compute): the first caller takes a lock entry by
+  compare-and-set; the others poll until the result appears or the lock expires.
+* **A namespace per function** (``<namespace>/c/<name>``), so ``cache_clear()`` removes exactly
+  that function's results and the user's own key listing never shows cache entries.
+* ``None`` is a result like any other (a cached ``None`` is a hit), results go through a
+  serializer (``"json"`` by default; ``"pickle"`` only when asked), methods and
+  ``async def`` functions work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import json
+import math
+import random
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, ParamSpec, Self, TypeVar, cast, overload
+
+from ._keys import NOT_SET, TTL, ttl_to_seconds
+from .errors import ConflictError
+from .serializers import get_serializer
+from .store import Store, Transaction
+
+__all__ = ["AsyncCachedFunction", "CachedFunction", "cached"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: seconds a computation may hold its lock before a waiting caller takes over
+DEFAULT_LOCK_TIMEOUT = 60.0
+_NAME_MAX = 120  # what Store._derived accepts
+_KEY_FORMAT = "kvstore.cached/1:"  # hashed in front of the encoding, so a new format gets new keys
+_POLL_FIRST, _POLL_MAX = 0.005, 0.1
+
+_NO_LOCK = b""  # the "token" of a call made inside a transaction, which takes no lock
+_CLEAR_SQL = "DELETE FROM {e} WHERE namespace = :ns"
+# Delete the lock only if it still holds our token: a computation that outlived its lock must
+# not release the lock of the caller that took over. The checksum column is the SHA-256 of the
+# value, so matching on it is one statement with no read-then-delete race.
+_UNLOCK_SQL = "DELETE FROM {e} WHERE namespace = :ns AND key = :key AND checksum = :sum"
+
+
+# -- key derivation ------------------------------------------------------------------------------
+class _Unencodable(TypeError):
+    def __init__(self, path: str, value: object) -> None:
+        super().__init__(path)
+        self.path = path
+        self.value = value
+
+
+def _canon(value: object, path: str) -> Any:
+    """The canonical JSON form of one argument.
+
+    Scalars stay JSON scalars; every container becomes a ``[tag, items]`` array, so no scalar is
+    ever an array and a tuple never collides with a list of the same items (they are unequal
+    in Python too). Dicts and sets are sorted by the encoding of their elements, so equal
+    containers give equal keys whatever their insertion order. Types that compare equal across
+    kinds (``1``, ``1.0``, ``True``) still get distinct keys: an extra miss, never a wrong hit.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)  # an IntEnum member is its value, as it compares
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return float(value)
+        return ["float", repr(float(value))]  # strict JSON has no NaN or Infinity
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return ["bytes", bytes(value).hex()]
+    if isinstance(value, list):
+        return ["list", [_canon(v, f"{path}[{i}]") for i, v in enumerate(value)]]
+    if isinstance(value, tuple):
+        return ["tuple", [_canon(v, f"{path}[{i}]") for i, v in enumerate(value)]]
+    if isinstance(value, dict):
+        pairs = [
+            [_canon(k, f"{path} key {k!r}"), _canon(v, f"{path}[{k!r}]")] for k, v in value.items()
+        ]
+        return ["dict", sorted(pairs, key=lambda p: _dump(p[0]))]
+    if isinstance(value, set | frozenset):
+        items = [_canon(v, f"{path} element") for v in value]
+        return ["set", sorted(items, key=_dump)]
+    raise _Unencodable(path, value)
+
+
+def _dump(doc: Any) -> str:
+    return json.dumps(doc, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def _hash(doc: Any) -> str:
+    return hashlib.sha256((_KEY_FORMAT + _dump(doc)).encode("ascii")).hexdigest()
+
+
+def _default_name(func: Callable[..., Any]) -> str:
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if not isinstance(qualname, str):
+        raise TypeError(f"cannot name the cache of {func!r}: pass name= to cached()")
+    if qualname.endswith("<lambda>"):
+        # every lambda of a module would share one cache
+        raise ValueError(
+            "a lambda has no name of its own to key its cache by: pass name= to cached()"
+        )
+    name = f"{getattr(func, '__module__', None) or '?'}.{qualname}"
+    if len(name) > _NAME_MAX:
+        # deterministic, so every process still derives the same namespace
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        name = f"{name[: _NAME_MAX - 17]}~{digest}"
+    return name
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"cache name must be str, not {type(name).__name__}")
+    if not 0 < len(name) <= _NAME_MAX or "\x00" in name:
+        raise ValueError(f"cache name must be 1-{_NAME_MAX} characters without NUL, got {name!r}")
+    return name
+
+
+def _check_lock_timeout(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"lock_timeout must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"lock_timeout must be a positive, finite number of seconds, got {value!r}"
+        )
+    return float(value)
+
+
+class _Core:
+    """Everything a cached function and its bound methods share (immutable once built)."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        store: Store,
+        ttl_secs: TTL,
+        key: Callable[..., str] | None,
+        serializer: Any,
+        name: str,
+        lock_timeout: float,
+    ) -> None:
+        self.func = func
+        self.parent = store
+        self.ttl_secs = ttl_secs
+        self.key_func = key
+        self.serializer = serializer
+        self.name = name
+        self.lock_timeout = lock_timeout
+        self.results = store._derived("c", name)
+        self.locks = store._derived("cl", name)
+        self.sig: inspect.Signature | None
+        try:
+            self.sig = inspect.signature(func)
+        except (TypeError, ValueError):  # some builtins have none: fall back to args/kwargs
+            self.sig = None
+
+    # -- keys -----------------------------------------------------------------------------------
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        if self.key_func is not None:
+            out = self.key_func(*args, **kwargs)
+            if not isinstance(out, str):
+                raise TypeError(
+                    f"the key= function of cached {self.name} returned {type(out).__name__}, not str"
+                )
+            return self.results._key(out)
+        try:
+            return _hash(self._encode(args, kwargs))
+        except _Unencodable as exc:
+            raise TypeError(
+                f"cannot derive a cache key for {self.name}(): argument {exc.path} is "
+                f"{type(exc.value).__name__}, which has no stable encoding (cache keys take None, "
+                "bool, int, float, str, bytes and lists, tuples, dicts and sets of them); pass "
+                "key= to cached() to derive the key yourself"
+            ) from None
+
+    def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.sig is None:
+            return [
+                [_canon(a, f"#{i}") for i, a in enumerate(args)],
+                sorted([k, _canon(v, repr(k))] for k, v in kwargs.items()),
+            ]
+        # Raises the TypeError the call itself would (missing or unexpected argument).
+        bound = self.sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        positional: list[Any] = []
+        keyword: list[list[Any]] = []
+        for p in self.sig.parameters.values():
+            value = bound.arguments[p.name]
+            if p.kind is p.VAR_POSITIONAL:
+                positional += [_canon(v, f"*{p.name}[{i}]") for i, v in enumerate(value)]
+            elif p.kind is p.VAR_KEYWORD:
+                keyword += [[k, _canon(v, repr(k))] for k, v in value.items()]
+            elif p.kind is p.KEYWORD_ONLY:
+                keyword.append([p.name, _canon(value, repr(p.name))])
+            else:
+                positional.append(_canon(value, repr(p.name)))
+        keyword.sort()
+        return [positional, keyword]
+
+    # -- store operations (synchronous; the async wrapper runs them off the event loop) ------------
+    def lookup(self, key: str) -> tuple[bool, Any]:
+        try:
+            data = self.results.get(key)
+        except KeyError:
+            return False, None
+        try:
+            return True, self.serializer.loads(data)
+        except Exception:
+            # Written by another serializer or an older version of the function: a cache
+            # must recover by recomputing, not fail every call until someone clears it.
+            return False, None
+
+    def encode_result(self, result: Any) -> bytes:
+        try:
+            data: bytes = self.serializer.dumps(result)
+        except TypeError as exc:
+            raise TypeError(
+                f"cached {self.name}() returned a value it cannot store: {exc}"
+            ) from exc
+        return data
+
+    def save(self, key: str, result: Any) -> Any:
+        """Store ``result`` and return it as a hit would (decoded from the stored bytes)."""
+        data = self.encode_result(result)
+        ttl = self.ttl_secs if self.ttl_secs is not None else self.parent.default_ttl_secs
+        self.results.put(key, data, ttl)
+        # A miss returns what later hits will return (with "json", a tuple comes back as a
+        # list either way), rather than the original object the first caller alone would see.
+        return self.serializer.loads(data)
+
+    def try_lock(self, key: str) -> bytes | None:
+        """Our lock token, or ``None`` when another caller holds the lock."""
+        if not self.autocommit():
+            # Inside a transaction the lock would stay invisible to other connections until
+            # commit, and waiting would be worse than useless on SQLite: this transaction holds
+            # the write lock the computing caller needs to store its result.
+            return _NO_LOCK
+        if key in self.locks:  # a read first: polling must not queue on SQLite's write lock
+            return None
+        token = secrets.token_hex(16).encode("ascii")
+        try:
+            self.locks.put(key, token, self.lock_timeout, expected_version=0)
+        except ConflictError:
+            return None
+        return token
+
+    def unlock(self, key: str, token: bytes) -> None:
+        if token == _NO_LOCK:
+            return
+        locks = self.locks
+        params = {"ns": locks._ns, "key": key, "sum": hashlib.sha256(token).hexdigest()}
+        with locks._connection() as conn:
+            conn.execute(locks._b.sql("cache.unlock", _UNLOCK_SQL), params)
+
+    def invalidate(self, key: str) -> None:
+        self.results.delete(key)
+
+    def clear(self) -> None:
+        # One statement for the whole namespace, not a delete per key. Locks stay: removing
+        # the lock of a computation in flight would let a second caller start the same work.
+        results = self.results
+        with results._connection() as conn:
+            conn.execute(results._b.sql("cache.clear", _CLEAR_SQL), {"ns": results._ns})
+
+    def autocommit(self) -> bool:
+        """Whether each store call commits on its own: not inside a transaction (of this
+        thread, or of a Connection or Session the store was given)."""
+        b = self.results._b
+        return (
+            not isinstance(self.results, Transaction)
+            and b.external is None
+            and b.local.__dict__.get("conn") is None
+        )
+
+
+def _backoff(delay: float) -> tuple[float, float]:
+    """How long to sleep now (jittered, so waiters spread out), and the next delay."""
+    return delay * (0.5 + random.random()), min(delay * 2, _POLL_MAX)
+
+
+_UNBOUND: Any = object()
+
+
+class _CachedBase(Generic[P, R]):
+    # set by functools.update_wrapper; declared for type checkers
+    __wrapped__: Callable[..., Any]
+    __name__: str
+    __qualname__: str
+
+    def __init__(self, core: _Core, instance: Any = _UNBOUND) -> None:
+        self._core = core
+        self._instance = instance
+        functools.update_wrapper(cast(Any, self), core.func)
+
+    def _args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return args if self._instance is _UNBOUND else (self._instance, *args)
+
+    @property
+    def store(self) -> Store:
+        """The store holding this function's results, keyed by :meth:`cache_key`: a private
+        namespace derived from the store given to ``cached`` (``<namespace>/c/<name>``)."""
+        return self._core.results
+
+    def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The key under which the result of this call is (or would be) stored."""
+        return self._core.key(self._args(args), kwargs)
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Forget the result of this call (no error when none is stored)."""
+        self._core.invalidate(self._core.key(self._args(args), kwargs))
+
+    def cache_clear(self) -> None:
+        """Forget every result of this function, and nothing else."""
+        self._core.clear()
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> Self: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> Any: ...
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        # A method: bind the instance, so obj.method.refresh(x) works as obj.method(x) does
+        # (attributes of a plain function wrapper would be reached unbound).
+        if instance is None or self._instance is not _UNBOUND:
+            return self
+        return type(self)(self._core, instance)
+
+    def __repr__(self) -> str:
+        bound = "" if self._instance is _UNBOUND else f" bound to {self._instance!r}"
+        return f"<kvstore.cached {self._core.name}{bound} in {self._core.results.namespace_name!r}>"
+
+
+class CachedFunction(_CachedBase[P, R]):
+    """A function whose results are kept in a store (returned by :func:`cached`)."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        core = self._core
+        full = self._args(args)
+        key = core.key(full, kwargs)
+        found, value = core.lookup(key)
+        if found:
+            return value  # type: ignore[no-any-return]
+        delay = _POLL_FIRST
+        while (token := core.try_lock(key)) is None:
+            sleep, delay = _backoff(delay)
+            time.sleep(sleep)
+            found, value = core.lookup(key)
+            if found:
+                return value  # type: ignore[no-any-return]
+        try:
+            # The winner of the lock may still find a result: stored between our miss and our
+            # lock by a caller that has just released its own.
+            found, value = core.lookup(key)
+            if found:
+                return value  # type: ignore[no-any-return]
+            return core.save(key, core.func(*full, **kwargs))  # type: ignore[no-any-return]
+        finally:
+            core.unlock(key, token)
+
+    def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function now, store its result (replacing any) and return it."""
+        core = self._core
+        full = self._args(args)
+        key = core.key(full, kwargs)
+        return core.save(key, core.func(*full, **kwargs))  # type: ignore[no-any-return]
+
+
+class AsyncCachedFunction(_CachedBase[P, R]):
+    """An ``async def`` function whose results are kept in a store (see :func:`cached`).
+
+    Calling it (and :meth:`refresh`) returns a coroutine. Store calls are synchronous; they run
+    in a worker thread (``asyncio.to_thread``) so the event loop keeps serving other tasks,
+    except inside a transaction or on a store bound to the caller's Connection or Session,
+    where they must stay on the calling thread. Waiting for another caller's computation uses
+    ``asyncio.sleep``. :meth:`invalidate` and :meth:`cache_clear` are plain (synchronous) calls.
+    """
+
+    def __init__(self, core: _Core, instance: Any = _UNBOUND) -> None:
+        super().__init__(core, instance)
+        mark = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
+        if mark is not None:
+            mark(self)
+        else:  # Python 3.11: asyncio.iscoroutinefunction() honours this marker (so does AsyncMock)
+            self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # A worker thread would escape this thread's open transaction, or share the caller's
+        # Connection or Session unsafely: then the (short) store call runs here.
+        if self._core.autocommit():
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        core = self._core
+        full = self._args(args)
+        key = core.key(full, kwargs)
+        found, value = await self._run(core.lookup, key)
+        if found:
+            return value  # type: ignore[no-any-return]
+        delay = _POLL_FIRST
+        while (token := await self._run(core.try_lock, key)) is None:
+            sleep, delay = _backoff(delay)
+            await asyncio.sleep(sleep)
+            found, value = await self._run(core.lookup, key)
+            if found:
+                return value  # type: ignore[no-any-return]
+        try:
+            found, value = await self._run(core.lookup, key)
+            if found:
+                return value  # type: ignore[no-any-return]
+            result = await core.func(*full, **kwargs)
+            return await self._run(core.save, key, result)  # type: ignore[no-any-return]
+        finally:
+            # Even when the task is cancelled here, the worker thread finishes the delete.
+            await self._run(core.unlock, key, token)
+
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Await the function now, store its result (replacing any) and return it."""
+        core = self._core
+        full = self._args(args)
+        key = core.key(full, kwargs)
+        result = await core.func(*full, **kwargs)
+        return await self._run(core.save, key, result)  # type: ignore[no-any-return]
+
+
+class _Decorator:
+    def __init__(
+        self,
+        store: Store,
+        ttl_secs: TTL,
+        key: Any,
+        serializer: Any,
+        name: str | None,
+        lock_timeout: float,
+    ) -> None:
+        self._store = store
+        self._ttl_secs = ttl_secs
+        self._key = key
+        self._serializer = serializer
+        self._name = name
+        self._lock_timeout = lock_timeout
+
+    @overload
+    def __call__(self, func: Callable[P, Coroutine[Any, Any, R]]) -> AsyncCachedFunction[P, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, func: Callable[P, R]) -> CachedFunction[P, R]: ...
+    def __call__(self, func: Callable[..., Any]) -> Any:
+        if isinstance(func, staticmethod | classmethod):
+            raise TypeError(f"put @{type(func).__name__} above @kvstore.cached(...), not below it")
+        if not callable(func):
+            raise TypeError(f"cached() decorates a function, not {type(func).__name__}")
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                "cached() cannot store a generator; cache a function that returns a list instead"
+            )
+        name = self._name if self._name is not None else _default_name(func)
+        core = _Core(
+            func, self._store, self._ttl_secs, self._key, self._serializer, name, self._lock_timeout
+        )
+        # an object whose __call__ is async def is an async function too
+        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
+            return AsyncCachedFunction(core)
+        return CachedFunction(core)
+
+
+def cached(
+    store: Store,
+    ttl_secs: TTL = None,
+    *,
+    key: Callable[..., str] | None = None,
+    serializer: Any = "json",
+    name: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> _Decorator:
+    """Keep the results of the decorated function in ``store``.
+
+    ``ttl_secs`` is how long a result stays (``None``: the store's ``default_ttl_secs``,
+    forever unless set). ``key`` derives the key of a call from its arguments when the
+    default derivation cannot encode them (it gets the same arguments, ``self`` included for a
+    method, and returns a str). ``serializer`` encodes results (``"json"``, ``"pickle"``,
+    ``"marshal"``, ``"raw"`` or an object with ``dumps``/``loads``). ``name`` identifies the
+    function's cache (default ``"<module>.<qualname>"``): functions with one name share
+    entries. ``lock_timeout`` is how long (seconds) one computation may keep concurrent callers
+    of the same arguments waiting before one of them computes too.
+
+    Every argument is checked here, before anything is decorated.
+    """
+    if not isinstance(store, Store) and callable(store):
+        raise TypeError(
+            "cached() takes the store first: use @kvstore.cached(store), with parentheses"
+        )
+    if not isinstance(store, Store):
+        raise TypeError(
+            f"cached() keeps results in a kvstore.Store (from kvstore.connect), not {type(store).__name__}"
+        )
+    ttl_to_seconds(ttl_secs, NOT_SET)  # ValueError for a bad TTL, now rather than at the first miss
+    if key is not None and not callable(key):
+        raise TypeError(f"key= must be a function returning str, not {type(key).__name__}")
+    return _Decorator(
+        store,
+        ttl_secs,
+        key,
+        get_serializer(serializer),
+        None if name is None else _check_name(name),
+        _check_lock_timeout(lock_timeout),
+    )
