@@ -155,3 +155,15 @@ def _doctest_namespace(doctest_namespace: dict[str, Any], tmp_path: Path, monkey
     # Docs examples run in a scratch directory, so "sqlite:///kv.db" never touches the repo.
     doctest_namespace["kvstore"] = kvstore
     monkeypatch.chdir(tmp_path)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true a skipped test is a failure: CI must exercise every backend."""
+    if not os.environ.get("CI"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and session.exitstatus == 0:
+        session.exitstatus = 1
+        if reporter is not None:
+            reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; skips are failures in CI", red=True)
