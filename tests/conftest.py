@@ -150,13 +150,6 @@ def shared_store(shared_backend: Backend) -> Iterator[kvstore.Store]:
         s.close()
 
 
-@pytest.fixture(autouse=True)
-def _doctest_namespace(doctest_namespace: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Docs examples run in a scratch directory, so "sqlite:///kv.db" never touches the repo.
-    doctest_namespace["kvstore"] = kvstore
-    monkeypatch.chdir(tmp_path)
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under CI=true a skipped test is a failure: CI must exercise every backend."""
     if not os.environ.get("CI"):

@@ -1,4 +1,5 @@
-"""Docs examples are doctests: they run in a scratch directory with ``kvstore`` imported."""
+"""README and docs examples are doctests: they run in a scratch directory with ``kvstore``
+imported, so ``sqlite:///kv.db`` never lands in the checkout."""
 
 from __future__ import annotations
 
