@@ -3,8 +3,21 @@ inside the SQL database (SQLite or PostgreSQL) your application already has."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._keys import FOREVER, MAX_KEY_LENGTH, NOT_SET, VALID_KEY_RE
 from .base import EntryInfo, KeyValueStore
+from .cache import cached
+from .collections import PersistentDict, PersistentSet
+from .decorators import (
+    HashDecorator,
+    HMACDecorator,
+    PrefixDecorator,
+    ReadOnlyDecorator,
+    StoreDecorator,
+    URLEncodeKeysDecorator,
+    UUIDDecorator,
+)
 from .errors import (
     ConflictError,
     IndexNotDeclaredError,
@@ -19,9 +32,26 @@ from .errors import (
     VerificationError,
 )
 from .indexes import IndexInfo, json_field
+from .lists import PersistentList
 from .store import Store, Transaction, connect
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
 __version__ = "0.1.0"
+
+
+def migrate(
+    bind: str | Engine | Connection, revision: str = "head", *, table_prefix: str = "kv_"
+) -> Any:
+    """Run kvstore's shipped Alembic migrations up to ``revision`` (see docs/migrations.md).
+
+    Imported lazily: using a store never loads Alembic.
+    """
+    from .migrations import upgrade
+
+    return upgrade(bind, revision, table_prefix=table_prefix)
+
 
 __all__ = [
     "FOREVER",
@@ -30,6 +60,8 @@ __all__ = [
     "VALID_KEY_RE",
     "ConflictError",
     "EntryInfo",
+    "HMACDecorator",
+    "HashDecorator",
     "IndexInfo",
     "IndexNotDeclaredError",
     "InvalidKeyError",
@@ -37,14 +69,24 @@ __all__ = [
     "KVStoreError",
     "KeyValueStore",
     "NotFoundError",
+    "PersistentDict",
+    "PersistentList",
+    "PersistentSet",
+    "PrefixDecorator",
+    "ReadOnlyDecorator",
     "ReadOnlyError",
     "Store",
+    "StoreDecorator",
     "Transaction",
     "TransactionError",
+    "URLEncodeKeysDecorator",
+    "UUIDDecorator",
     "UniqueViolation",
     "UnknownIndexError",
     "VerificationError",
     "__version__",
+    "cached",
     "connect",
     "json_field",
+    "migrate",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any, ClassVar
 
 from sqlalchemy import DDL
@@ -74,9 +75,7 @@ class Dialect:
             if not dbapi_conn.in_transaction:
                 # WAL lets readers and one writer work at once across processes, and costs
                 # one fsync per commit where the rollback journal costs four.
-                mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
-                if mode != "memory" and mode != "wal":
-                    cur.execute("PRAGMA journal_mode = WAL")
+                _switch_to_wal(cur, busy_ms / 1000)
                 sync = options.get("synchronous", "FULL")
                 cur.execute(f"PRAGMA synchronous = {sync}")
         finally:
@@ -163,6 +162,29 @@ class PostgresDialect(Dialect):
 
     def is_bad_integer(self, exc: BaseException) -> bool:
         return self._sqlstate(exc) in ("22P02", "22003")
+
+
+def _switch_to_wal(cur: Any, timeout: float) -> None:
+    """Put a SQLite file in WAL mode (it persists in the file, so once is enough).
+
+    Switching needs a moment of exclusive access and SQLite's busy handler does not wait for
+    it: when several connections open a new file at once, all but one get "database is
+    locked". Those retry until they see the winner's WAL mode, within the busy timeout.
+    """
+    deadline = time.monotonic() + max(timeout, 1.0)
+    delay = 0.005
+    while True:
+        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode in ("wal", "memory"):
+            return
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _orig(exc: BaseException) -> BaseException:

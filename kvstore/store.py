@@ -143,9 +143,11 @@ class _Backend:
         if isinstance(bind, Engine):
             self.engine = bind
             self.dialect = _dialect.for_engine(bind)
-        elif isinstance(bind, Connection) or _is_session(bind):
-            sa_bind = bind.get_bind() if _is_session(bind) else bind
-            self.dialect = _dialect.for_name(sa_bind.dialect.name)
+        elif isinstance(bind, Connection):
+            self.dialect = _dialect.for_name(bind.dialect.name)
+            self.external = ExternalConn(bind, self.dialect)
+        elif _is_session(bind):
+            self.dialect = _dialect.for_name(bind.get_bind().dialect.name)
             self.external = ExternalConn(bind, self.dialect)
         else:
             raise TypeError(
@@ -241,7 +243,10 @@ class _Backend:
 
 def _is_session(bind: object) -> bool:
     # Checked by name so that stores bound to engines never import sqlalchemy.orm.
-    return any(c.__name__ == "Session" and c.__module__.startswith("sqlalchemy.orm") for c in type(bind).__mro__)
+    return any(
+        c.__name__ == "Session" and c.__module__.startswith("sqlalchemy.orm")
+        for c in type(bind).__mro__
+    )
 
 
 def _is_memory(engine: Engine) -> bool:
@@ -1460,7 +1465,7 @@ def _create_tables(backend: _Backend, bind: Engine | Connection | Session) -> No
                 if attempt == 2:
                     raise
                 time.sleep(0.05 * (attempt + 1))
-    elif _is_session(bind):
-        md.create_all(bind.connection())  # type: ignore[union-attr]
-    else:
+    elif isinstance(bind, Connection):
         md.create_all(bind)
+    else:  # a Session
+        md.create_all(bind.connection())
