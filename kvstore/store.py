@@ -21,6 +21,7 @@ from sqlalchemy.pool import StaticPool
 from . import _dialect
 from ._conn import Conn, ExternalConn, RawConn
 from ._keys import NOT_SET, TTL, check_key, check_prefix, ttl_to_seconds
+from ._schema import Tables, check_table_prefix, from_micros, tables
 from .base import EntryInfo, KeyValueStore, read_source
 from .errors import (
     ConflictError,
@@ -30,7 +31,6 @@ from .errors import (
     NotFoundError,
     TransactionError,
 )
-from ._schema import Tables, check_table_prefix, from_micros, tables
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
