@@ -1,0 +1,1104 @@
+"""``PersistentDict`` and ``PersistentSet``: the store presented as a ``dict`` and a ``set``.
+
+Both are live views on the database, not caches: every call reads or writes the database, a
+write is durable when the call returns (or, inside a transaction, when it commits), and other
+store objects and processes see it at once. Each lives in the entries table under a derived
+namespace (``<namespace>/d/<name>`` for a dict, ``<namespace>/s/<name>`` for a set), so it
+shares the store's transactions, connections and indexes.
+
+How keys are stored (see ``docs/collections.md``):
+
+* dict keys with the ``"json"`` serializer are ``str`` and are stored verbatim as the entry key,
+  so SQL users can read them and iteration is in code-point order of the keys;
+* dict keys with any other serializer, and every set element, are stored as a canonical text
+  encoding of the key (JSON text for JSON set elements, URL-safe base64 of the serialized key
+  otherwise), so the entry key is the element's identity and equal elements meet in one row.
+
+Every compound method is one statement or one transaction (diskcache's ``Index`` taught that the
+``MutableMapping`` defaults - ``setdefault``, ``pop``, ``popitem`` - are check-then-act races).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import io
+import json
+import marshal
+import pickle
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    MutableSet,
+    ValuesView,
+)
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import serializers
+from ._conn import Conn
+from ._keys import NOT_SET
+from .errors import ConflictError, NotFoundError
+from .indexes import JsonField
+from .store import (
+    _COLUMNS,
+    _LIVE,
+    _NEW_ROW,
+    _ON_CONFLICT,
+    Store,
+    _now_us,
+    check_collection_key,
+    connect,
+)
+
+if TYPE_CHECKING:
+    from .indexes import IndexInfo
+
+__all__ = ["PersistentDict", "PersistentSet"]
+
+T = TypeVar("T")
+
+_MISSING: Any = object()
+#: the most bytes a stored key may take (the primary-key B-tree's limit on PostgreSQL)
+MAX_COLLECTION_KEY_BYTES = 1000
+_REPR_ITEMS = 20
+
+# Insert-if-absent, keeping the existing row (a set keeps the element added first, as the
+# built-in does). It is the store's "insert_new" statement without the index-generation guard:
+# a set's namespace can have no index (PersistentSet offers no create_index), so there is
+# nothing for the guard to protect and every add stays one statement.
+_INSERT_NEW = (
+    f"INSERT INTO {{e}} ({_COLUMNS}) SELECT {_NEW_ROW} WHERE 1 = 1 {_ON_CONFLICT}"
+    " WHERE {e}.expires_at IS NOT NULL AND {e}.expires_at <= excluded.updated_at"
+)
+
+
+# -- key encodings ---------------------------------------------------------------------------
+def _canonical(obj: Any) -> Any:
+    """Fold what a built-in dict or set treats as one key into one value before encoding:
+    ``True``/``1``/``1.0`` (and ``False``/``0``/``-0.0``) are one key, and subclasses of
+    ``int``/``float``/``str``/``bytes`` are their base type. Containers are left alone."""
+    if isinstance(obj, bool):
+        return int(obj)
+    if isinstance(obj, int):
+        return obj if type(obj) is int else int(obj)
+    if isinstance(obj, float):
+        if obj.is_integer():
+            return int(obj)
+        return obj if type(obj) is float else float(obj)
+    if isinstance(obj, str) and type(obj) is not str:
+        return str(obj)
+    if isinstance(obj, bytes) and type(obj) is not bytes:
+        return bytes(obj)
+    return obj
+
+
+def _pickle_key(obj: Any) -> bytes:
+    # pickle memoises repeated objects, so ("ab", "ab") pickles differently depending on
+    # whether both items are the same object; without the memo ("fast" mode) equal keys give
+    # equal bytes. Loading needs nothing special.
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    try:
+        pickler.dump(obj)
+    except (pickle.PicklingError, TypeError, AttributeError, ValueError) as exc:
+        raise TypeError(f"cannot pickle {type(obj).__name__}: {exc}") from None
+    return buf.getvalue()
+
+
+def _marshal_key(obj: Any) -> bytes:
+    # marshal >= 3 writes back-references that depend on reference counts; version 2 has none,
+    # so equal keys give equal bytes.
+    try:
+        return marshal.dumps(obj, 2)
+    except ValueError as exc:
+        raise TypeError(f"cannot marshal {type(obj).__name__}: {exc}") from None
+
+
+def _check_stored_key(text: str) -> str:
+    """The entry key limits, as a ValueError naming the problem (shared by dict and set)."""
+    try:
+        return check_collection_key(text)
+    except ValueError as exc:
+        raise ValueError(f"cannot store this key: {exc}") from None
+
+
+class _Collection:
+    """What PersistentDict and PersistentSet share: opening, the derived store, scanning."""
+
+    _kind = ""
+    #: rows fetched per query while iterating (keyset pagination: no connection is held
+    #: between batches, so iteration never blocks writers)
+    batch_size = 500
+
+    def __init__(
+        self,
+        bind: Any,
+        name: str,
+        *,
+        serializer: Any = "json",
+        namespace: str | None = None,
+        **connect_options: Any,
+    ) -> None:
+        self._ser: Any = serializers.get_serializer(serializer)
+        self._json = self._ser is serializers.JSON
+        if not isinstance(name, str):
+            raise TypeError(f"a collection name is a str, not {type(name).__name__}")
+        self._owned: Store | None = None
+        if isinstance(bind, Store):
+            if connect_options:
+                raise TypeError(
+                    f"connect options {sorted(connect_options)} apply only when opening a "
+                    "database from a URL or an Engine, not to an existing store"
+                )
+            base = bind if namespace is None else bind.namespace(namespace)
+        else:
+            base = self._owned = connect(bind, namespace=namespace or "default", **connect_options)
+        try:
+            self._s = base._derived(self._kind, name)
+        except BaseException:
+            self.close()
+            raise
+        self._name = name
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def serializer(self) -> Any:
+        return self._ser
+
+    def close(self) -> None:
+        """Close the store this collection opened itself (a no-op for one given a Store)."""
+        if self._owned is not None:
+            self._owned.close()
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _sql(self, name: str, template: str) -> str:
+        return self._s._b.sql("collections:" + name, template)
+
+    def _params(self, **kw: Any) -> dict[str, Any]:
+        return {"ns": self._s._ns, "now": _now_us(), **kw}
+
+    def _exec(self, name: str, template: str, **params: Any) -> list[Any]:
+        """Run one statement on the store's connection (its transaction's, inside one) and
+        fetch every row: a RETURNING statement is complete only once it is read to the end."""
+        with self._s._connection() as conn:
+            return list(conn.execute(self._sql(name, template), self._params(**params)).fetchall())
+
+    def _scan(self, *, values: bool, desc: bool = False) -> Iterator[tuple[str, bytes | None]]:
+        """(key, value) rows in key order, a batch per query, continuing after the last key
+        seen (keyset pagination). A concurrent writer can neither make it fail nor make it
+        yield a key twice; keys written behind the cursor are not seen, as in a database
+        cursor."""
+        cols = "key, value, blob_id" if values else "key"
+        op, order = ("<", "DESC") if desc else (">", "ASC")
+        base = f"SELECT {cols} FROM {{e}} WHERE namespace = :ns AND {_LIVE}"
+        tail = f" ORDER BY key {order} LIMIT :limit"
+        first = self._sql(f"scan:{values}:{desc}", base + tail)
+        more = self._sql(f"scan:{values}:{desc}:after", base + f" AND key {op} :after" + tail)
+        after: str | None = None
+        limit = max(1, int(self.batch_size))
+        while True:
+            with self._s._connection() as conn:
+                params = self._params(limit=limit)
+                if after is None:
+                    rows = conn.execute(first, params).fetchall()
+                else:
+                    rows = conn.execute(more, dict(params, after=after)).fetchall()
+            # the connection is back in the pool before the caller sees a row
+            for row in rows:
+                if not values:
+                    yield row[0], None
+                elif row[2] is None:
+                    yield row[0], bytes(row[1])
+                else:
+                    try:  # a chunked value: read it whole (it may be gone by now)
+                        yield row[0], self._s.get(row[0])
+                    except NotFoundError:
+                        continue
+            if len(rows) < limit:
+                return
+            after = rows[-1][0]
+
+    def _present(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` exist, in one query per batch."""
+        wanted = list(dict.fromkeys(keys))
+        found: set[str] = set()
+        if not wanted:
+            return found
+        with self._s._connection() as conn:
+            for sql, params in self._in_batches(
+                wanted,
+                "SELECT key FROM {e} WHERE namespace = :ns AND " + _LIVE + " AND key IN ({marks})",
+                "present",
+            ):
+                found.update(r[0] for r in conn.execute(sql, params).fetchall())
+        return found
+
+    def _in_batches(
+        self, keys: list[str], template: str, name: str
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """A statement with ``key IN (...)`` per batch of keys. Batches are padded (by
+        repeating a key, which changes nothing) to a power of two, so the statement cache
+        holds a dozen texts rather than one per batch length."""
+        step = self._s._b.dialect.max_params - 10
+        for i in range(0, len(keys), step):
+            part = keys[i : i + step]
+            size = 1
+            while size < len(part):
+                size *= 2
+            size = min(size, step)
+            part = part + [part[-1]] * (size - len(part))
+            marks = ", ".join(f":k{j}" for j in range(size))
+            sql = self._sql(f"{name}:{size}", template.replace("{marks}", marks))
+            yield sql, self._params(**{f"k{j}": k for j, k in enumerate(part)})
+
+    def _is_empty(self) -> bool:
+        # ORDER BY key keeps PostgreSQL on the primary key even with a generic plan (psycopg
+        # prepares repeated statements): a bare "SELECT 1 ... LIMIT 1" gets a sequential scan
+        # there whenever another namespace holds most of the table.
+        rows = self._exec(
+            "any", f"SELECT key FROM {{e}} WHERE namespace = :ns AND {_LIVE} ORDER BY key LIMIT 1"
+        )
+        return not rows
+
+    def _clear(self) -> None:
+        self._exec_write("clear", "DELETE FROM {e} WHERE namespace = :ns")
+
+    def _exec_write(self, name: str, template: str, **params: Any) -> int:
+        with self._s._connection() as conn:
+            return int(conn.execute(self._sql(name, template), self._params(**params)).rowcount)
+
+    def __len__(self) -> int:
+        """One COUNT over the collection's primary-key range."""
+        return len(self._s)
+
+    def __bool__(self) -> bool:
+        return not self._is_empty()
+
+
+# -- PersistentDict ------------------------------------------------------------------------------
+class PersistentDict(_Collection, MutableMapping[Any, Any]):
+    """A ``dict`` in the database. ``store.dict(name)`` returns one, or open it directly:
+    ``PersistentDict("sqlite:///data.db", name="settings")`` (the dict then owns the store it
+    opened; close it, or use it as a context manager).
+
+    Keys are ``str`` with the default ``"json"`` serializer (any other key type is a
+    ``TypeError``, never silently converted) and iterate in code-point order, not insertion
+    order; with another serializer keys are any hashable value it can encode. Values are
+    anything the serializer can encode; reading a value returns a new object each time, so
+    mutating it changes nothing stored (``d["k"].append(1)`` is lost: write ``d["k"] = ...``).
+    """
+
+    _kind = "d"
+
+    def __init__(
+        self,
+        bind: Any,
+        name: str,
+        *,
+        serializer: Any = "json",
+        namespace: str | None = None,
+        **connect_options: Any,
+    ) -> None:
+        super().__init__(bind, name, serializer=serializer, namespace=namespace, **connect_options)
+        if self._json:
+            self._key_bytes: Callable[[Any], bytes] | None = None
+        elif self._ser is serializers.PICKLE:
+            self._key_bytes = _pickle_key
+        elif self._ser is serializers.MARSHAL:
+            self._key_bytes = _marshal_key
+        else:
+            self._key_bytes = self._ser.dumps
+
+    # -- keys ----------------------------------------------------------------------------------
+    def _encode_key(self, key: Any) -> str:
+        """The entry key for ``key``, for a write: TypeError/ValueError if it cannot be one."""
+        hash(key)  # unhashable keys fail as they do in a dict
+        if self._key_bytes is None:
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"keys of a PersistentDict with the json serializer are str, not "
+                    f"{type(key).__name__} (use serializer='pickle' or 'marshal' for other keys)"
+                )
+            return _check_stored_key(str(key))
+        data = self._key_bytes(_canonical(key))
+        return _check_stored_key(base64.urlsafe_b64encode(data).decode("ascii"))
+
+    def _lookup(self, key: Any) -> str | None:
+        """The entry key for ``key``, for a read: ``None`` when no stored key can equal it
+        (reading such a key is a miss, as in a dict, not an error)."""
+        hash(key)
+        try:
+            return self._encode_key(key)
+        except (TypeError, ValueError):
+            return None
+
+    def _decode_key(self, text: str) -> Any:
+        if self._key_bytes is None:
+            return text
+        return self._ser.loads(base64.urlsafe_b64decode(text))
+
+    def _dumps(self, value: Any) -> bytes:
+        data = self._ser.dumps(value)
+        return data if type(data) is bytes else bytes(data)
+
+    # -- the mapping -----------------------------------------------------------------------------
+    def __getitem__(self, key: Any) -> Any:
+        k = self._lookup(key)
+        if k is None:
+            raise KeyError(key)
+        try:
+            data = self._s.get(k)
+        except NotFoundError:
+            raise KeyError(key) from None
+        return self._ser.loads(data)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        k = self._encode_key(key)
+        self._s.put(k, self._dumps(value))
+
+    def __delitem__(self, key: Any) -> None:
+        k = self._lookup(key)
+        if k is None or not self._delete_live(k):
+            raise KeyError(key)
+
+    def _delete_live(self, k: str) -> bool:
+        rows = self._exec(
+            "delete_returning",
+            f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE} RETURNING key",
+            key=k,
+        )
+        return bool(rows)
+
+    def __contains__(self, key: object) -> bool:
+        k = self._lookup(key)
+        return k is not None and k in self._s
+
+    def __iter__(self) -> Iterator[Any]:
+        for k, _ in self._scan(values=False):
+            yield self._decode_key(k)
+
+    def __reversed__(self) -> Iterator[Any]:
+        for k, _ in self._scan(values=False, desc=True):
+            yield self._decode_key(k)
+
+    def _items(self, desc: bool = False) -> Iterator[tuple[Any, Any]]:
+        loads = self._ser.loads
+        for k, v in self._scan(values=True, desc=desc):
+            yield self._decode_key(k), loads(v)
+
+    def keys(self) -> KeysView[Any]:
+        return _DictKeys(self)
+
+    def values(self) -> ValuesView[Any]:
+        return _DictValues(self)
+
+    def items(self) -> ItemsView[Any, Any]:
+        return _DictItems(self)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value, in one ``DELETE ... RETURNING`` statement."""
+        k = self._lookup(key)
+        data = None if k is None else self._pop_raw(k)
+        if data is None:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return self._ser.loads(data)
+
+    def _pop_raw(self, k: str) -> bytes | None:
+        rows = self._exec(
+            "pop_inline",
+            f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE} "
+            "AND blob_id IS NULL RETURNING value",
+            key=k,
+        )
+        if rows:
+            return bytes(rows[0][0])
+        # Missing, or a chunked value: the delete trigger drops the chunks before RETURNING
+        # could read them, so read and delete such a value under a row lock in one transaction.
+        probe = self._exec(
+            "probe_blob",
+            f"SELECT blob_id FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE}",
+            key=k,
+        )
+        if not probe:
+            return None
+        got = self._s._run_atomic(lambda conn: self._take_locked(conn, k))
+        return None if got is None else got[1]
+
+    def _take_locked(self, conn: Conn, k: str | None) -> tuple[str, bytes] | None:
+        """Read and delete ``k`` (or, if ``None``, the last key) inside a transaction."""
+        b = self._s._b
+        where = "key = :key" if k is not None else "1 = 1"
+        sql = b.sql(
+            f"collections:take:{k is None}",
+            f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {where} "
+            f"AND {_LIVE} ORDER BY key DESC LIMIT 1",
+        )
+        row = conn.execute(sql + b.dialect.for_update, self._params(key=k)).fetchone()
+        if row is None:
+            return None
+        key = row[0]
+        data = bytes(row[1]) if row[2] is None else self._s._read_blob(conn, key, row[2], row[3])
+        conn.execute(b.sql("delete"), {"ns": self._s._ns, "key": key})
+        return key, data
+
+    def popitem(self) -> tuple[Any, Any]:
+        """Remove and return the *last* (key, value) pair in iteration order (the greatest
+        key), in one statement; ``KeyError`` when the dict is empty."""
+        while True:
+            rows = self._exec(
+                "popitem",
+                "DELETE FROM {e} WHERE namespace = :ns AND blob_id IS NULL AND key = ("
+                f"SELECT key FROM {{e}} WHERE namespace = :ns AND {_LIVE} "
+                "ORDER BY key DESC LIMIT 1) RETURNING key, value",
+            )
+            if rows:
+                return self._decode_key(rows[0][0]), self._ser.loads(bytes(rows[0][1]))
+            # Nothing deleted: the dict is empty, its last value is chunked, or a concurrent
+            # pop took the same key first (PostgreSQL then re-checks the row and skips it).
+            got = self._s._run_atomic(lambda conn: self._take_locked(conn, None))
+            if got is not None:
+                return self._decode_key(got[0]), self._ser.loads(got[1])
+            if self._is_empty():
+                raise KeyError("popitem(): dictionary is empty")
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        """``d[key]`` if present, else store ``default`` and return it: insert-if-absent then
+        read, in one transaction, so two processes racing on a new key agree on its value."""
+        k = self._encode_key(key)
+        try:
+            return self._ser.loads(self._s.get(k))
+        except NotFoundError:
+            pass
+        data = self._dumps(default)
+        while True:
+            with self._s.transaction() as tx:
+                try:
+                    tx.put(k, data, expected_version=0)
+                    return default
+                except ConflictError:
+                    try:
+                        return self._ser.loads(tx.get(k))
+                    except NotFoundError:
+                        continue  # deleted again in between: try once more
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Every form ``dict.update`` takes (a mapping, anything with ``keys()``, an iterable
+        of pairs, keywords), written in one transaction: all of it or, on error, none."""
+        if len(args) > 1:
+            raise TypeError(f"update expected at most 1 argument, got {len(args)}")
+        pairs: dict[str, bytes] = {}
+        if args:
+            for key, value in _update_pairs(args[0]):
+                pairs[self._encode_key(key)] = self._dumps(value)
+        for key, value in kwargs.items():
+            pairs[self._encode_key(key)] = self._dumps(value)
+        if pairs:
+            self._s.put_many(list(pairs.items()))
+
+    def set_many(self, items: Any = (), **kwargs: Any) -> None:
+        """Write many keys in one transaction (``update`` under the store API's name)."""
+        self.update(items, **kwargs)
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """The values of those ``keys`` that exist, as a plain dict, in one query per batch."""
+        if isinstance(keys, str | bytes):
+            raise TypeError(
+                f"get_many takes an iterable of keys, not a single {type(keys).__name__}"
+            )
+        wanted: dict[str, Any] = {}
+        for key in keys:
+            k = self._lookup(key)
+            if k is not None:
+                wanted.setdefault(k, key)
+        found = self._s.get_many(list(wanted))
+        return {wanted[k]: self._ser.loads(v) for k, v in found.items()}
+
+    def clear(self) -> None:
+        """Remove every key, in one statement."""
+        self._clear()
+
+    def copy(self) -> dict[Any, Any]:
+        """A plain ``dict`` snapshot of the contents."""
+        return dict(self._items())
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return self.copy() == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __or__(self, other: Any) -> dict[Any, Any]:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        out = self.copy()
+        out.update(other)
+        return out
+
+    def __ror__(self, other: Any) -> dict[Any, Any]:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        out = dict(other)
+        out.update(self._items())
+        return out
+
+    def __ior__(self, other: Any) -> PersistentDict:
+        self.update(other)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._name!r}, {_repr_dict(self._items())})"
+
+    # -- indexes on values -------------------------------------------------------------------------
+    def create_index(
+        self,
+        name: str,
+        extractor: Any,
+        unique: bool = False,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> IndexInfo:
+        """An index on the dict's values. ``kvstore.json_field(path)`` (or a path string) reads
+        the stored JSON; a callable receives the *deserialized* value and returns the index
+        value(s). Same rules as :meth:`kvstore.Store.create_index`."""
+        if isinstance(extractor, str | JsonField):
+            if not self._json:
+                raise ValueError(
+                    f"json_field indexes read JSON values, but this dict stores values with "
+                    f"the {getattr(self._ser, 'name', 'custom')} serializer: index it with a callable"
+                )
+        elif callable(extractor):
+            extractor = _decoding(extractor, self._ser.loads)
+        return self._s.create_index(name, extractor, unique, progress=progress)
+
+    def drop_index(self, name: str) -> None:
+        self._s.drop_index(name)
+
+    def rebuild_index(
+        self, name: str, *, progress: Callable[[int, int], None] | None = None
+    ) -> IndexInfo:
+        return self._s.rebuild_index(name, progress=progress)
+
+    def indexes(self) -> list[IndexInfo]:
+        return self._s.indexes()
+
+    def _index_query(self, query: dict[str, Any]) -> dict[str, Any]:
+        after = query.get("after")
+        if after is not None:
+            if isinstance(after, tuple) and len(after) == 2:
+                query["after"] = (after[0], self._encode_key(after[1]))
+            else:
+                query["after"] = self._encode_key(after)
+        return query
+
+    def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[Any]:
+        """Keys whose value matches (arguments as :meth:`kvstore.Store.find`; ``after=`` takes
+        a key of this dict)."""
+        keys = self._s.find(index, value, **self._index_query(query))
+        return [self._decode_key(k) for k in keys]
+
+    def find_items(self, index: str, value: Any = NOT_SET, **query: Any) -> list[tuple[Any, Any]]:
+        """(key, value) pairs whose value matches, deserialized."""
+        items = self._s.find_items(index, value, **self._index_query(query))
+        return [(self._decode_key(k), self._ser.loads(v)) for k, v in items]
+
+    def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
+        """How many keys match (same arguments as :meth:`find`, without paging)."""
+        return self._s.count(index, value, **query)
+
+
+def _decoding(fn: Callable[[Any], Any], loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """Wrap an extractor so it sees the deserialized value. The wrapper carries ``fn``'s
+    module and qualified name, which is what the database records for a callable index, so
+    another process declaring the same function matches it."""
+
+    def extractor(data: bytes) -> Any:
+        return fn(loads(data))
+
+    functools.update_wrapper(extractor, fn)
+    if not hasattr(fn, "__qualname__"):
+        extractor.__qualname__ = type(fn).__qualname__
+    return extractor
+
+
+def _update_pairs(other: Any) -> Iterator[tuple[Any, Any]]:
+    """(key, value) pairs from what ``dict.update`` accepts, with its errors."""
+    if isinstance(other, Mapping):
+        yield from other.items()
+        return
+    if hasattr(other, "keys"):
+        for key in other.keys():  # noqa: SIM118 - dict.update calls keys(), as here
+            yield key, other[key]
+        return
+    for i, item in enumerate(other):
+        try:
+            pair = tuple(item)
+        except TypeError:
+            raise TypeError(
+                f"cannot convert dictionary update sequence element #{i} to a sequence"
+            ) from None
+        if len(pair) != 2:
+            raise ValueError(
+                f"dictionary update sequence element #{i} has length {len(pair)}; 2 is required"
+            )
+        yield pair[0], pair[1]
+
+
+def _repr_dict(items: Iterator[tuple[Any, Any]]) -> str:
+    parts = []
+    for i, (k, v) in enumerate(items):
+        if i == _REPR_ITEMS:
+            parts.append("...")
+            break
+        parts.append(f"{k!r}: {v!r}")
+    return "{" + ", ".join(parts) + "}"
+
+
+class _DictKeys(KeysView[Any]):
+    _mapping: PersistentDict
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self._mapping)
+
+    def __repr__(self) -> str:
+        return f"{type(self._mapping).__name__}.keys({self._mapping.name!r})"
+
+
+class _DictValues(ValuesView[Any]):
+    _mapping: PersistentDict
+
+    def __iter__(self) -> Iterator[Any]:
+        for _, v in self._mapping._items():
+            yield v
+
+    def __reversed__(self) -> Iterator[Any]:
+        for _, v in self._mapping._items(desc=True):
+            yield v
+
+    def __repr__(self) -> str:
+        return f"{type(self._mapping).__name__}.values({self._mapping.name!r})"
+
+
+class _DictItems(ItemsView[Any, Any]):
+    _mapping: PersistentDict
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        return self._mapping._items()
+
+    def __reversed__(self) -> Iterator[tuple[Any, Any]]:
+        return self._mapping._items(desc=True)
+
+    def __repr__(self) -> str:
+        return f"{type(self._mapping).__name__}.items({self._mapping.name!r})"
+
+
+# -- PersistentSet -------------------------------------------------------------------------------
+class PersistentSet(_Collection, MutableSet[Any]):
+    """A ``set`` in the database. ``store.set(name)`` returns one, or open it directly like a
+    :class:`PersistentDict`.
+
+    Each element is one entry whose key is the element's canonical text, so membership, ``add``
+    and ``discard`` are one primary-key statement each. With the ``"json"`` serializer
+    elements are ``str``, ``int``, ``float``, ``bool`` or ``None``; numbers that compare equal
+    (``1``, ``1.0``, ``True``) are one element, as in a built-in set, which keeps the one added
+    first. Operators return plain ``set`` objects; in-place operators are one transaction each.
+    """
+
+    _kind = "s"
+
+    def __init__(
+        self,
+        bind: Any,
+        name: str,
+        *,
+        serializer: Any = "json",
+        namespace: str | None = None,
+        **connect_options: Any,
+    ) -> None:
+        super().__init__(bind, name, serializer=serializer, namespace=namespace, **connect_options)
+        if self._ser is serializers.PICKLE:
+            self._elem_bytes: Callable[[Any], bytes] = _pickle_key
+        elif self._ser is serializers.MARSHAL:
+            self._elem_bytes = _marshal_key
+        else:
+            self._elem_bytes = self._ser.dumps
+
+    # -- elements ------------------------------------------------------------------------------
+    def _encode(self, elem: Any) -> tuple[str, bytes]:
+        """(entry key, stored value) for ``elem``, for a write. The value is empty unless the
+        element is not its canonical form (``True`` is stored under ``1``, ``2.0`` under
+        ``2``): then it holds the element itself, so the set gives back what was added."""
+        hash(elem)
+        canon = _canonical(elem)
+        if self._json:
+            if canon is not None and not isinstance(canon, str | int | float):
+                raise TypeError(
+                    f"elements of a PersistentSet with the json serializer are str, int, float, "
+                    f"bool or None, not {type(elem).__name__}"
+                )
+            if isinstance(canon, float):
+                self._ser.dumps(canon)  # rejects inf and NaN with the serializer's TypeError
+            text = json.dumps(canon, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+            # JSON gives back str, int and float anyway: only bool and integral floats differ
+            restore = isinstance(elem, bool | float) and type(canon) is int
+        else:
+            text = base64.urlsafe_b64encode(self._elem_bytes(canon)).decode("ascii")
+            restore = type(canon) is not type(elem)
+        stash = bytes(self._ser.dumps(elem)) if restore else b""
+        return _check_stored_key(text), stash
+
+    def _lookup(self, elem: Any) -> str | None:
+        hash(elem)
+        try:
+            return self._encode(elem)[0]
+        except (TypeError, ValueError):
+            return None
+
+    def _decode(self, text: str, stash: bytes | None) -> Any:
+        if stash:
+            return self._ser.loads(stash)
+        if self._json:
+            return json.loads(text)
+        return self._ser.loads(base64.urlsafe_b64decode(text))
+
+    def _encode_all(self, iterable: Iterable[Any]) -> dict[str, bytes]:
+        """Entry rows for a write, deduplicated keeping the first equal element."""
+        rows: dict[str, bytes] = {}
+        for elem in iterable:
+            k, stash = self._encode(elem)
+            rows.setdefault(k, stash)
+        return rows
+
+    def _lookup_all(self, iterable: Iterable[Any]) -> set[str]:
+        """Entry keys of the elements of ``iterable`` that could be stored (others cannot be
+        members); unhashable elements still raise TypeError, as they do for a built-in set."""
+        out: set[str] = set()
+        for elem in iterable:
+            k = self._lookup(elem)
+            if k is not None:
+                out.add(k)
+        return out
+
+    def _row(self, k: str, stash: bytes, now: int) -> dict[str, Any]:
+        return {
+            "ns": self._s._ns,
+            "key": k,
+            "value": stash,
+            "blob_id": None,
+            "size": len(stash),
+            "now": now,
+            "exp": None,
+            "ct": None,
+            "meta": None,
+            "sum": hashlib.sha256(stash).hexdigest(),
+        }
+
+    def _insert_rows(self, conn: Conn, rows: dict[str, bytes]) -> None:
+        now = _now_us()
+        conn.executemany(
+            self._sql("insert_new", _INSERT_NEW), [self._row(k, v, now) for k, v in rows.items()]
+        )
+
+    # -- the set -------------------------------------------------------------------------------
+    def __contains__(self, elem: object) -> bool:
+        k = self._lookup(elem)
+        return k is not None and k in self._s
+
+    def __iter__(self) -> Iterator[Any]:
+        for k, stash in self._scan(values=True):
+            yield self._decode(k, stash)
+
+    def add(self, elem: Any) -> None:
+        """Add ``elem`` (one insert-if-absent statement; an equal element already there stays)."""
+        k, stash = self._encode(elem)
+        with self._s._connection() as conn:
+            conn.execute(self._sql("insert_new", _INSERT_NEW), self._row(k, stash, _now_us()))
+
+    def discard(self, elem: Any) -> None:
+        k = self._lookup(elem)
+        if k is not None:
+            self._s.delete(k)
+
+    def remove(self, elem: Any) -> None:
+        k = self._lookup(elem)
+        rows = (
+            []
+            if k is None
+            else self._exec(
+                "remove",
+                f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE} RETURNING key",
+                key=k,
+            )
+        )
+        if not rows:
+            raise KeyError(elem)
+
+    def pop(self) -> Any:
+        """Remove and return an element (the first in iteration order), in one statement."""
+        while True:
+            rows = self._exec(
+                "pop",
+                "DELETE FROM {e} WHERE namespace = :ns AND key = ("
+                f"SELECT key FROM {{e}} WHERE namespace = :ns AND {_LIVE} "
+                "ORDER BY key LIMIT 1) RETURNING key, value",
+            )
+            if rows:
+                value = rows[0][1]
+                return self._decode(rows[0][0], None if value is None else bytes(value))
+            # nothing deleted: empty, or a concurrent pop took that element first
+            if self._is_empty():
+                raise KeyError("pop from an empty set")
+
+    def clear(self) -> None:
+        """Remove every element, in one statement."""
+        self._clear()
+
+    def copy(self) -> set[Any]:
+        """A plain ``set`` snapshot of the contents."""
+        return set(self)
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:
+        return set(it)
+
+    def __repr__(self) -> str:
+        parts = []
+        for i, elem in enumerate(self):
+            if i == _REPR_ITEMS:
+                parts.append("...")
+                break
+            parts.append(repr(elem))
+        body = "{" + ", ".join(parts) + "}" if parts else "set()"
+        return f"{type(self).__name__}({self._name!r}, {body})"
+
+    # -- in-place updates: one transaction each -------------------------------------------------
+    def update(self, *others: Iterable[Any]) -> None:
+        rows: dict[str, bytes] = {}
+        for other in others:
+            for k, v in self._encode_all(other).items():
+                rows.setdefault(k, v)
+        if rows:
+            self._s._run_atomic(lambda conn: self._insert_rows(conn, rows))
+
+    def intersection_update(self, *others: Iterable[Any]) -> None:
+        if not others:
+            return
+        keep: set[str] | None = None
+        for other in others:
+            ks = self._lookup_all(other)
+            keep = ks if keep is None else keep & ks
+        assert keep is not None
+        if not keep:
+            self._clear()
+            return
+        self._s._run_atomic(lambda conn: self._keep_only(conn, keep))
+
+    def _keep_only(self, conn: Conn, keep: set[str]) -> None:
+        step = self._s._b.dialect.max_params - 10
+        if len(keep) <= step:
+            for sql, params in self._in_batches(
+                sorted(keep),
+                "DELETE FROM {e} WHERE namespace = :ns AND key NOT IN ({marks})",
+                "keep_only",
+            ):
+                conn.execute(sql, params)
+            return
+        # Too many to name in one statement: walk our keys inside the transaction instead.
+        drop: list[str] = []
+        sql = self._sql("all_keys", "SELECT key FROM {e} WHERE namespace = :ns ORDER BY key")
+        for (k,) in conn.execute(sql, self._params()).fetchall():
+            if k not in keep:
+                drop.append(k)
+        self._delete_in(conn, drop)
+
+    def _delete_in(self, conn: Conn, keys: list[str]) -> None:
+        for sql, params in self._in_batches(
+            keys, "DELETE FROM {e} WHERE namespace = :ns AND key IN ({marks})", "delete_in"
+        ):
+            conn.execute(sql, params)
+
+    def difference_update(self, *others: Iterable[Any]) -> None:
+        drop: set[str] = set()
+        for other in others:
+            drop |= self._lookup_all(other)
+        if drop:
+            keys = sorted(drop)
+            self._s._run_atomic(lambda conn: self._delete_in(conn, keys))
+
+    def symmetric_difference_update(self, other: Iterable[Any]) -> None:
+        rows = self._encode_all(other)
+        if not rows:
+            return
+
+        def run(conn: Conn) -> None:
+            b = self._s._b
+            present: set[str] = set()
+            keys = sorted(rows)
+            template = (
+                "SELECT key FROM {e} WHERE namespace = :ns AND key IN ({marks})"
+                + b.dialect.for_update
+            )
+            for sql, params in self._in_batches(keys, template, "present_locked"):
+                present.update(r[0] for r in conn.execute(sql, params).fetchall())
+            self._delete_in(conn, sorted(present))
+            self._insert_rows(conn, {k: v for k, v in rows.items() if k not in present})
+
+        self._s._run_atomic(run)
+
+    def __ior__(self, other: AbstractSet[Any]) -> PersistentSet:  # type: ignore[misc]
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        self.update(other)
+        return self
+
+    def __iand__(self, other: AbstractSet[Any]) -> PersistentSet:  # type: ignore[misc]
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        self.intersection_update(other)
+        return self
+
+    def __isub__(self, other: AbstractSet[Any]) -> PersistentSet:  # type: ignore[misc]
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        self.difference_update(other)
+        return self
+
+    def __ixor__(self, other: AbstractSet[Any]) -> PersistentSet:  # type: ignore[misc]
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        self.symmetric_difference_update(other)
+        return self
+
+    # -- new sets: plain built-in sets -----------------------------------------------------------
+    def _members(self, iterable: Iterable[Any]) -> list[tuple[Any, bool]]:
+        """Each element of ``iterable`` (deduplicated) and whether it is a member, in one
+        query per batch rather than loading this set."""
+        elems: dict[Any, str | None] = {}
+        for elem in iterable:
+            if elem not in elems:
+                elems[elem] = self._lookup(elem)
+        present = self._present(k for k in elems.values() if k is not None)
+        return [(e, k is not None and k in present) for e, k in elems.items()]
+
+    def union(self, *others: Iterable[Any]) -> set[Any]:
+        return set(self).union(*others)
+
+    def intersection(self, *others: Iterable[Any]) -> set[Any]:
+        if not others:
+            return set(self)
+        first, *rest = others
+        return {e for e, member in self._members(first) if member}.intersection(*rest)
+
+    def difference(self, *others: Iterable[Any]) -> set[Any]:
+        return set(self).difference(*others)
+
+    def symmetric_difference(self, other: Iterable[Any]) -> set[Any]:
+        return set(self).symmetric_difference(other)
+
+    def __or__(self, other: Any) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return self.union(other)
+
+    def __ror__(self, other: Any) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return set(other).union(self)
+
+    def __and__(self, other: Any) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return self.intersection(other)
+
+    def __rand__(self, other: Any) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return self.intersection(other)
+
+    def __sub__(self, other: Any) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return self.difference(other)
+
+    def __rsub__(self, other: Any) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return {e for e, member in self._members(other) if not member}
+
+    def __xor__(self, other: Any) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return self.symmetric_difference(other)
+
+    def __rxor__(self, other: Any) -> set[Any]:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return set(other).symmetric_difference(self)
+
+    # -- comparisons -----------------------------------------------------------------------------
+    def isdisjoint(self, other: Iterable[Any]) -> bool:
+        return not any(member for _, member in self._members(other))
+
+    def issubset(self, other: Iterable[Any]) -> bool:
+        return self <= (other if isinstance(other, AbstractSet) else set(other))
+
+    def issuperset(self, other: Iterable[Any]) -> bool:
+        return all(member for _, member in self._members(other))
+
+    def __le__(self, other: Any) -> bool:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        if len(self) > len(other):
+            return False
+        return all(elem in other for elem in self)
+
+    def __lt__(self, other: Any) -> bool:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return len(self) < len(other) and self.__le__(other)
+
+    def __ge__(self, other: Any) -> bool:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return len(self) >= len(other) and self.issuperset(other)
+
+    def __gt__(self, other: Any) -> bool:
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return len(self) > len(other) and self.issuperset(other)
+
+    def __eq__(self, other: object) -> bool:
+        if other is self:
+            return True
+        if not isinstance(other, AbstractSet):
+            return NotImplemented
+        return len(self) == len(other) and self.issuperset(other)
+
+    __hash__ = None  # type: ignore[assignment]
