@@ -193,7 +193,7 @@ def _machine(store: kvstore.Store, serializer: str, keys: Any, values: Any) -> t
         def get_and_contains(self, k: Any, default: Any) -> None:
             assert self.d.get(k, default) == self.twin.get(k, default)
             assert (k in self.d) == (k in self.twin)
-            assert (k in self.d.keys()) == (k in self.twin.keys())
+            assert (k in self.d.keys()) == (k in self.twin.keys())  # noqa: SIM118 - the view
 
         @rule(k=keys)
         def delitem(self, k: Any) -> None:
@@ -266,7 +266,7 @@ def _machine(store: kvstore.Store, serializer: str, keys: Any, values: Any) -> t
         def compare(self) -> None:
             assert bool(self.d) == bool(self.twin)
             assert self.d == self.twin and self.twin == self.d
-            assert not (self.d != self.twin)
+            assert not (self.d != self.twin)  # noqa: SIM202 - __ne__ is under test
             assert sorted(map(repr, self.d.values())) == sorted(map(repr, self.twin.values()))
             if ordered:
                 assert list(reversed(self.d)) == sorted(self.twin, reverse=True)
@@ -309,9 +309,9 @@ def test_equality_with_plain_dicts(store: kvstore.Store) -> None:
     d = store.dict("settings")
     d.update(a=1, b=[1, 2])
     assert d == {"a": 1, "b": [1, 2]}
-    assert {"b": [1, 2], "a": 1} == d
+    assert {"b": [1, 2], "a": 1} == d  # noqa: SIM300 - the reflected comparison
     assert d != {"a": 1}
-    assert {"a": 1} != d
+    assert {"a": 1} != d  # noqa: SIM300 - the reflected comparison
     assert d != [("a", 1), ("b", [1, 2])]
     other = store.dict("other")
     assert d != other
@@ -443,7 +443,7 @@ def test_pickle_keys_fold_like_a_dict(store: kvstore.Store) -> None:
     d[("ab", "".join(["a", "b"]))] = "y"
     assert d[("ab", "ab")] == "y"
     assert len(d) == 3
-    assert {1: "bool", 0: 0, ("ab", "ab"): "y"} == d
+    assert {1: "bool", 0: 0, ("ab", "ab"): "y"} == d  # noqa: SIM300 - reflected
 
 
 def test_marshal_and_custom_serializers(store: kvstore.Store) -> None:
