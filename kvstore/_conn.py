@@ -39,6 +39,10 @@ class Conn:
     def execute(self, sql: str, params: Any = ()) -> Cursor:
         raise NotImplementedError
 
+    def execute_bytes(self, sql: str, params: Any = ()) -> Cursor:
+        """Like :meth:`execute`, for statements returning large binary columns."""
+        return self.execute(sql, params)
+
     def executemany(self, sql: str, params: Sequence[Any]) -> None:
         raise NotImplementedError
 
@@ -96,6 +100,10 @@ class RawConn(Conn):
 
     def execute(self, sql: str, params: Any = ()) -> Cursor:
         cur: Cursor = self.dbapi.execute(sql, params)
+        return cur
+
+    def execute_bytes(self, sql: str, params: Any = ()) -> Cursor:
+        cur: Cursor = self.dialect.execute_bytes(self.dbapi, sql, params)
         return cur
 
     def executemany(self, sql: str, params: Sequence[Any]) -> None:

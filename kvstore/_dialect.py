@@ -93,6 +93,10 @@ class Dialect:
     def in_driver_transaction(self, dbapi_conn: Any) -> bool:
         return bool(dbapi_conn.in_transaction)
 
+    def execute_bytes(self, dbapi_conn: Any, sql: str, params: Any) -> Any:
+        """Run a statement whose result is mostly bytes (chunks of large values)."""
+        return dbapi_conn.execute(sql, params)
+
     # -- values ------------------------------------------------------------------------------
     def load_json(self, value: Any) -> Any:
         if value is None:
@@ -147,6 +151,11 @@ class PostgresDialect(Dialect):
 
     def restore_autocommit(self, dbapi_conn: Any, old: Any) -> None:
         dbapi_conn.autocommit = old
+
+    def execute_bytes(self, dbapi_conn: Any, sql: str, params: Any) -> Any:
+        # psycopg returns results in text format by default, and bytea's text format is hex:
+        # twice the bytes on the wire plus a decode. Binary results move chunks as they are.
+        return dbapi_conn.execute(sql, params, binary=True)
 
     def in_driver_transaction(self, dbapi_conn: Any) -> bool:
         return True  # psycopg begins implicitly before any statement, SAVEPOINT included

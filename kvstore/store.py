@@ -372,7 +372,7 @@ class Store(KeyValueStore):
                 b.checkin(conn)
 
     def _read_blob(self, conn: Conn, key: str, blob_id: int, size: int) -> bytes:
-        rows = conn.execute(self._b.sql("chunks"), {"blob": blob_id}).fetchall()
+        rows = conn.execute_bytes(self._b.sql("chunks"), {"blob": blob_id}).fetchall()
         data = b"".join(bytes(r[0]) for r in rows)
         if len(data) != size:
             # Blob ids are never reused, so a short read means the value was replaced (and its
@@ -735,7 +735,7 @@ class Store(KeyValueStore):
                 lambda: self._read_blob(conn, key, blob_id, total),
             )
 
-        if not src.seekable():
+        if not _seekable(src):
             # A stream cannot be replayed, so no retry: run it once.
             with self._connection() as conn, self._atomic(conn):
                 write(conn)
@@ -1260,7 +1260,7 @@ class _BlobRaw(io.RawIOBase):
         n, off = divmod(self._pos, size)
         if n != self._chunk_no:
             assert self._conn is not None
-            row = self._conn.execute(
+            row = self._conn.execute_bytes(
                 self._store._b.sql("chunk"), {"blob": self._blob, "n": n}
             ).fetchone()
             if row is None:
@@ -1302,6 +1302,14 @@ def _prefix_upper(prefix: str) -> str | None:
             return "".join(chars)
         chars.pop()
     return None
+
+
+def _seekable(src: IO[bytes]) -> bool:
+    # Anything with read() is a source; only a seekable one can be replayed on retry.
+    try:
+        return bool(src.seekable()) and src.tell() >= 0
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _const(data: bytes) -> Callable[[], bytes]:
