@@ -205,9 +205,11 @@ class _Backend:
                 "timed out waiting for the in-memory database's only connection; is "
                 "another thread holding a transaction or an open() reader?"
             )
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+        # list.pop/append are atomic under the GIL: the idle list needs no lock of its own.
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
         assert self.engine is not None
         try:
             return RawConn(self.engine.raw_connection(), self.dialect, self.options)
@@ -222,11 +224,9 @@ class _Backend:
         assert isinstance(conn, RawConn)
         if conn.in_tx:
             conn.rollback()
-        with self._lock:
-            keep = not conn.broken and not self.closed and len(self._idle) < 8
-            if keep:
-                self._idle.append(conn)
-        if not keep:
+        if not conn.broken and not self.closed and len(self._idle) < 8:
+            self._idle.append(conn)
+        else:
             conn.close()
         if self._slots is not None:
             self._slots.release()
