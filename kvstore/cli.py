@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import stat as stat_module
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -163,10 +164,12 @@ class KVStoreGroup(click.Group):
             code = rv if isinstance(rv, int) else EXIT_OK
         except BrokenPipeError:
             # `kvstore ls | head`: the reader is gone, which is not an error worth a message.
+            # stdout now points at /dev/null so the interpreter's final flush cannot fail
+            # again; the status is 1, as Python's own handling of a broken pipe gives.
             with contextlib.suppress(OSError):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
-            code = EXIT_MISSING
+            code = 1
         except click.exceptions.Exit as exc:
             code = exc.exit_code
         except (Exception, KeyboardInterrupt) as exc:
@@ -426,8 +429,17 @@ def get(key: str, output: str | None) -> None:
 def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     # A temporary file beside the target, renamed over it at the end: a failure half-way
     # (missing key, lost connection) never leaves a truncated file where a good one was.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode `> FILE` would have: the
+        # replaced file's, or the umask's default for a new one.
+        try:
+            mode = stat_module.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)

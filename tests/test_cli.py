@@ -466,18 +466,26 @@ def test_import_replaces_existing_keys_and_last_line_wins(kv: KV, lib: kvstore.S
         ('{"key": "k", "value": "v", "ttl": 5}', "unknown field(s) 'ttl'"),
     ],
 )
-def test_import_rejects_a_bad_line_naming_it(
-    kv: KV, lib: kvstore.Store, line: str, fragment: str
-) -> None:
+def test_import_rejects_a_bad_line_naming_it(tmp_path: Path, line: str, fragment: str) -> None:
+    # Parsing does not depend on the database: one SQLite file is enough here, and
+    # test_import_bad_line_commits_earlier_batches covers the batching on every backend.
+    url = f"sqlite:///{tmp_path / 'lines.db'}"
+    text = '{"key": "g0", "value": "0"}\n' + line + "\n"
+    assert_error(KV(url, "default")("import", input=text), 2, "line 2: ", fragment)
+    with kvstore.connect(url) as s:
+        assert s.keys() == []
+
+
+def test_import_bad_line_commits_earlier_batches(kv: KV, lib: kvstore.Store) -> None:
     good = [json.dumps({"key": f"g{i}", "value": str(i)}) for i in range(5)]
-    text = "\n".join([*good, line, json.dumps({"key": "after", "value": "x"})]) + "\n"
+    text = "\n".join([*good, "{oops", json.dumps({"key": "after", "value": "x"})]) + "\n"
     # batches of 2: lines 1-4 are committed before the batch holding line 6 fails
     result = kv("import", "--batch-size", "2", input=text)
-    assert_error(result, 2, "line 6: ", fragment, "the 4 entries before line 5 were imported")
+    assert_error(result, 2, "line 6: not valid JSON", "the 4 entries before line 5 were imported")
     assert lib.keys() == ["g0", "g1", "g2", "g3"]
     lib.delete_many(lib.keys())
     result = kv("import", "--batch-size", "2", "--atomic", input=text)
-    assert_error(result, 2, "line 6: ", fragment, "nothing was imported (--atomic)")
+    assert_error(result, 2, "line 6: not valid JSON", "nothing was imported (--atomic)")
     assert lib.keys() == []
 
 
@@ -531,6 +539,12 @@ def test_export_prefix_and_file_replaced_only_on_success(
     out.parent.mkdir()
     kv.ok("export", str(out), "--prefix", "oth")
     assert _jsonl(out.read_text()) == [{"key": "other", "value": "c"}]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as `> FILE` would make it
+    out.chmod(0o640)
+    kv.ok("export", str(out))
+    assert out.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
     assert_error(kv("export", "--prefix", "bad prefix"), 2, "no key can start with")
 
 
