@@ -826,6 +826,7 @@ def test_indexes_on_values(store: kvstore.Store) -> None:
     ]
     assert d.find("by_tag", "code") == ["Zürich / 2", "ada"]
     assert d.find("by_tag", "code", after="Zürich / 2") == ["ada"]
+    assert d.find("by_tag", "code", after=("code", "Zürich / 2")) == ["ada"]
     assert d.count("by_tag", "code") == 2
     with pytest.raises(kvstore.UniqueViolation):
         d["eve"] = {"email": "ada@example.org"}
@@ -855,3 +856,29 @@ def test_indexes_on_pickled_values(store: kvstore.Store) -> None:
     d.create_index("by_dist", lambda p: p["dist"])
     assert d.find("by_dist", ge=1) == [(3, 4)]
     assert d.find_items("by_dist", 0.0) == [((0, 0), {"name": "origin", "dist": 0.0})]
+
+
+def test_joins_the_callers_transaction(shared_backend: Any) -> None:
+    engine = shared_backend.engine or sa.create_engine(shared_backend.url)
+    try:
+        with engine.connect() as conn:
+            store = kvstore.connect(conn, namespace=shared_backend.namespace)
+            d, s = store.dict("joined"), store.set("joined")
+            d.update(a=1, b=2)
+            assert d.popitem() == ("b", 2)
+            assert d.setdefault("c", 3) == 3 and d.pop("a") == 1
+            s |= {1, 2}
+            s ^= {2, 3}
+            assert d == {"c": 3} and s == {1, 3}
+            conn.rollback()  # the caller decides: nothing was committed by kvstore
+            assert d == {} and s == set()
+            d["kept"] = True
+            conn.commit()
+        other = shared_backend.connect(own_engine=True)
+        try:
+            assert other.dict("joined") == {"kept": True}
+        finally:
+            other.close()
+    finally:
+        if shared_backend.engine is None:
+            engine.dispose()
