@@ -702,6 +702,10 @@ class _DictValues(ValuesView[Any]):
         for _, v in self._mapping._items(desc=True):
             yield v
 
+    def __contains__(self, value: object) -> bool:
+        # the ABC's version reads the values one key at a time (and fails if a key vanishes)
+        return any(v is value or v == value for v in self)
+
     def __repr__(self) -> str:
         return f"{type(self._mapping).__name__}.values({self._mapping.name!r})"
 
@@ -1077,6 +1081,8 @@ class PersistentSet(_Collection, MutableSet[Any]):
             return NotImplemented
         if len(self) > len(other):
             return False
+        if isinstance(other, PersistentSet):  # batched membership queries, not one per element
+            return all(member for _, member in other._members(self))
         return all(elem in other for elem in self)
 
     def __lt__(self, other: Any) -> bool:
