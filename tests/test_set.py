@@ -134,13 +134,12 @@ _SUBSETS = [
 # Pickling the set object itself: a PersistentSet is a handle on a database connection.
 _NOT_APPLICABLE = {"test_pickling"}
 
-_CASES: dict[str, type] = {}
-for _cls in _BASIC:
-    _CASES[_cls.__name__] = _adapt(_cls, _BasicOps)
-for _cls in _PLAIN:
-    _CASES[_cls.__name__] = _adapt(_cls, _Persistent)
-for _cls in _SUBSETS:
-    _CASES[_cls.__name__] = _adapt(_cls, _Subsets)
+# (comprehensions: a module-level loop variable holding a TestCase would be collected by pytest)
+_CASES: dict[str, type] = {
+    **{c.__name__: _adapt(c, _BasicOps) for c in _BASIC},
+    **{c.__name__: _adapt(c, _Persistent) for c in _PLAIN},
+    **{c.__name__: _adapt(c, _Subsets) for c in _SUBSETS},
+}
 
 
 @pytest.mark.parametrize("case", sorted(_CASES))
