@@ -1046,3 +1046,60 @@ def test_a_url_store_can_read_while_the_app_writes_to_a_fresh_file(shared_backen
             session.commit()
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "sqlite-file",
+        pytest.param(
+            "sqlite-memory",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="an in-memory engine has one DBAPI connection; kvstore keeps it idle in "
+                "autocommit mode, so the application's Session on the same engine autocommits "
+                "and its rollback() undoes nothing",
+            ),
+        ),
+        "postgresql",
+    ],
+    indirect=True,
+)
+def test_an_engine_store_leaves_the_apps_sessions_transactional(app: _App) -> None:
+    kv = kvstore.connect(app.engine, namespace=app.namespace)
+    try:
+        kv.put("k", b"v")
+        with Session(app.engine) as session:
+            session.add(app.Order(id=1, item="book"))
+            session.flush()
+            session.rollback()
+        assert app.orders() == []
+        assert kv.keys() == ["k"]
+    finally:
+        kv.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a store bound to the caller's Engine keeps up to 8 of the Engine's pooled "
+    "connections checked out while idle, so the application's own pool runs dry",
+)
+def test_an_engine_store_gives_idle_connections_back_to_the_apps_pool(shared_backend: Any) -> None:
+    engine = sa.create_engine(shared_backend.url, pool_size=3, max_overflow=0, pool_timeout=5)
+    kv = kvstore.connect(engine, namespace=shared_backend.namespace)
+    try:
+
+        def work() -> None:
+            for _ in range(20):
+                kv.incr("n")
+
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert kv.get("n") == b"60"
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        kv.close()
+        engine.dispose()
