@@ -248,8 +248,9 @@ class NamespaceIndexes:
     def unique_violation(
         self, store: Store, conn: Conn, key: str, rows: list[dict[str, Any]] | None
     ) -> UniqueViolation:
-        """The error for a write of ``rows`` (or, for a copy, of ``key``'s existing entries)
-        that hit the unique constraint: which index, which value, which key holds it."""
+        """The error for a write of ``rows`` to ``key`` that hit the unique constraint (for a
+        copy, ``rows`` is None and ``key`` the destination): which index, which value, and
+        which key holds it."""
         b = store._b
         if rows is None:
             # A copy: its entries failed to insert, but the copied value is already in place
@@ -318,9 +319,8 @@ def insert_entries(
 ) -> None:
     """Insert the index entries of many keys in a few statements (back-fill, ``put_many``).
 
-    Rows go in multi-row ``INSERT ... VALUES`` statements as large as the dialect's parameter
-    limit allows: executemany costs a driver round trip (or a pipeline step) per row, ten
-    times slower on PostgreSQL. A unique violation sends the batch back to
+    Rows go in multi-row ``INSERT ... VALUES`` statements: executemany costs a driver round
+    trip (or a pipeline step) per row, several times slower on PostgreSQL. A unique violation sends the batch back to
     :meth:`Store._insert_index_rows` key by key, which frees values held by expired entries
     and names the key that holds a live one; the rejected alternative, a savepoint per key
     from the start, costs three round trips a key.
