@@ -1,0 +1,160 @@
+"""kvstore's initial schema: entries, chunks, namespaces, indexes, lists, and the triggers.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-22
+
+The tables are written out here rather than taken from ``kvstore.models``: a migration must keep
+doing what it did when it shipped, while the models move on (a later model change gets a new
+revision, and ``kvstore.migrations.check`` fails until it has one). Constraint and index names
+are the ones the models' naming convention produces, passed through ``op.f()`` so a long prefix
+is truncated exactly as the models truncate it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from alembic import op
+from kvstore import _dialect
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def _key() -> sa.types.TypeEngine[str]:
+    # Code-point order on PostgreSQL whatever the database's collation (see kvstore.models).
+    return sa.String().with_variant(sa.String(collation="C"), "postgresql")
+
+
+def _id() -> sa.types.TypeEngine[int]:
+    # SQLite only auto-assigns INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _json() -> sa.types.TypeEngine[Any]:
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def upgrade(table_prefix: str) -> None:
+    p = table_prefix
+    op.create_table(
+        f"{p}namespaces",
+        sa.Column("namespace", sa.String(255), nullable=False),
+        sa.Column("index_generation", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("namespace", name=op.f(f"pk_{p}namespaces")),
+    )
+    op.create_table(
+        f"{p}entries",
+        sa.Column("namespace", sa.String(255), nullable=False),
+        sa.Column("key", _key(), nullable=False),
+        sa.Column("value", sa.LargeBinary(), nullable=True),
+        sa.Column("blob_id", sa.BigInteger(), nullable=True),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("version", sa.BigInteger(), nullable=False),
+        # timestamps: integer microseconds since the Unix epoch, UTC (kvstore.models.Timestamp)
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.BigInteger(), nullable=False),
+        sa.Column("expires_at", sa.BigInteger(), nullable=True),
+        sa.Column("content_type", sa.String(255), nullable=True),
+        sa.Column("metadata", _json(), nullable=True),
+        sa.Column("checksum", sa.String(64), nullable=False),
+        sa.PrimaryKeyConstraint("namespace", "key", name=op.f(f"pk_{p}entries")),
+    )
+    # Partial: a write without a TTL touches no index page besides the primary key's.
+    op.create_index(
+        f"ix_{p}entries_expiry",
+        f"{p}entries",
+        ["namespace", "expires_at"],
+        sqlite_where=sa.text("expires_at IS NOT NULL"),
+        postgresql_where=sa.text("expires_at IS NOT NULL"),
+    )
+    op.create_table(
+        f"{p}chunks",
+        sa.Column("blob_id", sa.BigInteger(), nullable=False),
+        sa.Column("n", sa.Integer(), nullable=False),
+        sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("blob_id", "n", name=op.f(f"pk_{p}chunks")),
+    )
+    op.create_table(
+        f"{p}indexes",
+        sa.Column("id", _id(), primary_key=True, autoincrement=True, nullable=False),
+        sa.Column("namespace", sa.String(255), nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("definition", sa.String(1024), nullable=False),
+        sa.Column("is_unique", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{p}indexes")),
+        sa.UniqueConstraint("namespace", "name", name=op.f(f"uq_{p}indexes_namespace_name")),
+    )
+    op.create_table(
+        f"{p}index_entries",
+        sa.Column("index_id", sa.BigInteger(), nullable=False),
+        sa.Column("ivalue", sa.LargeBinary(), nullable=False),
+        sa.Column("uvalue", sa.LargeBinary(), nullable=True),
+        sa.Column("key", _key(), nullable=False),
+        sa.PrimaryKeyConstraint("index_id", "ivalue", "key", name=op.f(f"pk_{p}index_entries")),
+        sa.UniqueConstraint(
+            "index_id", "uvalue", name=op.f(f"uq_{p}index_entries_index_id_uvalue")
+        ),
+        sa.ForeignKeyConstraint(
+            ["index_id"],
+            [f"{p}indexes.id"],
+            name=op.f(f"fk_{p}index_entries_index_id_{p}indexes"),
+            ondelete="CASCADE",
+        ),
+    )
+    op.create_index(
+        op.f(f"ix_{p}index_entries_index_id_{p}index_entries_key"),
+        f"{p}index_entries",
+        ["index_id", "key"],
+    )
+    op.create_table(
+        f"{p}lists",
+        sa.Column("id", _id(), primary_key=True, autoincrement=True, nullable=False),
+        sa.Column("namespace", sa.String(255), nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("length", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{p}lists")),
+        sa.UniqueConstraint("namespace", "name", name=op.f(f"uq_{p}lists_namespace_name")),
+    )
+    op.create_table(
+        f"{p}list_items",
+        sa.Column("list_id", sa.BigInteger(), nullable=False),
+        sa.Column("pos", sa.BigInteger(), nullable=False),
+        sa.Column("value", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("list_id", "pos", name=op.f(f"pk_{p}list_items")),
+        sa.ForeignKeyConstraint(
+            ["list_id"],
+            [f"{p}lists.id"],
+            name=op.f(f"fk_{p}list_items_list_id_{p}lists"),
+            ondelete="CASCADE",
+        ),
+    )
+    # The triggers come from kvstore._dialect, the one place that knows each dialect's trigger
+    # syntax. sa.DDL rather than a plain string: op.execute() would wrap a string in text(),
+    # which reads ":name" as a bind parameter; DDL only needs "%" doubled.
+    for stmt in _dialect.trigger_sql(op.get_context().dialect.name, p):
+        op.execute(sa.DDL(stmt.replace("%", "%%")))  # type: ignore[no-untyped-call]
+
+
+def downgrade(table_prefix: str) -> None:
+    p = table_prefix
+    for stmt in _dialect.drop_trigger_sql(op.get_context().dialect.name, p):
+        op.execute(sa.DDL(stmt.replace("%", "%%")))  # type: ignore[no-untyped-call]
+    for name in (
+        "list_items",
+        "lists",
+        "index_entries",
+        "indexes",
+        "chunks",
+        "entries",
+        "namespaces",
+    ):
+        op.drop_table(f"{p}{name}")

@@ -1,0 +1,557 @@
+"""kvstore's schema migrations: the shipped Alembic scripts, run from Python.
+
+``upgrade(bind)`` (exported as ``kvstore.migrate``) brings kvstore's tables to the newest
+revision; ``downgrade``, ``current``, ``heads`` and ``check`` complete the set, and the
+``kvstore db`` command line is a thin client of these functions. ``connect(create=True)`` calls
+:func:`ensure_schema`, which creates a fresh schema directly (and stamps it) rather than
+replaying every revision.
+
+Every function takes a table prefix (default ``kv_``) and records the revision in
+``<prefix>alembic_version``: kvstore never reads or writes the host application's own
+``alembic_version``, and two kvstore schemas with different prefixes migrate independently.
+
+``bind`` is a database URL (a private engine is created and disposed of), an ``Engine`` (the
+work is one transaction, committed on return), or a ``Connection``/``Session``: then the work
+joins the caller's transaction and is committed (or rolled back) by the caller, exactly like
+``connect(connection)``.
+
+Alembic is imported only when a function needs it: ``import kvstore`` and the common
+``connect()`` on an up-to-date database never pay for it (about 0.1 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.resources
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from . import _dialect
+from ._schema import DEFAULT_TABLE_PREFIX, check_table_prefix, tables
+from .errors import KVStoreError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.orm import Session
+
+    Bind: TypeAlias = str | Engine | Connection | Session
+
+__all__ = [
+    "BASELINE",
+    "HEAD",
+    "begin",
+    "check",
+    "context_options",
+    "current",
+    "downgrade",
+    "ensure_schema",
+    "heads",
+    "script_location",
+    "table_names",
+    "upgrade",
+    "version_table",
+]
+
+#: The newest revision. Kept as a constant so that ``connect()`` on an up-to-date database
+#: compares one row with it instead of importing Alembic and parsing every script; a test
+#: checks it against the scripts, so it cannot drift.
+HEAD = "0001"
+#: The revision that tables created before kvstore shipped migrations (``create=True`` with
+#: no version table) are adopted at, so ``upgrade`` continues from there instead of failing
+#: on "table already exists".
+BASELINE = "0001"
+
+_ATTEMPTS = 6
+
+
+def version_table(table_prefix: str = DEFAULT_TABLE_PREFIX) -> str:
+    """The name of the table that records the revision of kvstore's schema for a prefix."""
+    return f"{check_table_prefix(table_prefix)}alembic_version"
+
+
+def table_names(table_prefix: str = DEFAULT_TABLE_PREFIX) -> frozenset[str]:
+    """Every table kvstore creates for a prefix, its version table included: what an
+    application's Alembic ``include_name`` hook leaves out of its own autogenerate."""
+    return frozenset(tables(check_table_prefix(table_prefix)).metadata.tables) | {
+        version_table(table_prefix)
+    }
+
+
+@functools.cache
+def script_location() -> Path:
+    """The directory holding ``env.py`` and ``versions/``: in the installed package (the wheel
+    maps ``alembic/`` to ``kvstore/_alembic``), else in the source checkout."""
+    try:
+        env: object = importlib.resources.files("kvstore._alembic").joinpath("env.py")
+    except ModuleNotFoundError:
+        # An editable install maps kvstore._alembic to a folder without __init__.py, which the
+        # editable finder cannot import; the folder is then next to the package.
+        env = None
+    if isinstance(env, Path) and env.is_file():
+        return env.parent
+    repo = Path(__file__).resolve().parent.parent / "alembic"
+    if (repo / "env.py").is_file() and (repo / "versions").is_dir():
+        return repo
+    raise KVStoreError(
+        "kvstore's migration scripts are missing (neither the kvstore._alembic package data "
+        f"nor {repo} exists); reinstall kvstore"
+    )
+
+
+def context_options(table_prefix: str = DEFAULT_TABLE_PREFIX) -> dict[str, Any]:
+    """Options for Alembic's ``context.configure`` that confine it to kvstore's tables."""
+    names = frozenset(tables(check_table_prefix(table_prefix)).metadata.tables)
+
+    def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+        # Without this, comparing kvstore's models with a shared database would report every
+        # table of the host application as "to be dropped".
+        return type_ != "table" or name in names
+
+    return {
+        "version_table": version_table(table_prefix),
+        "include_name": include_name,
+        "compare_type": _compare_type,
+    }
+
+
+def _compare_type(
+    context: MigrationContext,
+    inspected_column: Any,
+    metadata_column: Any,
+    inspected_type: Any,
+    metadata_type: Any,
+) -> bool | None:
+    # Alembic compares types but not collations, and the key columns' "C" collation on
+    # PostgreSQL is what makes keys sort in code-point order: a column that lost it must show.
+    want = getattr(metadata_type.dialect_impl(context.dialect), "collation", None)
+    if want is not None and getattr(inspected_type, "collation", None) != want:
+        return True
+    return None  # Alembic's own comparison decides
+
+
+# -- public functions --------------------------------------------------------------------------
+def upgrade(
+    bind: Bind, revision: str = "head", *, table_prefix: str = DEFAULT_TABLE_PREFIX
+) -> None:
+    """Upgrade kvstore's tables to ``revision`` (default: the newest).
+
+    Tables that ``connect(create=True)`` made without a version stamp are adopted at
+    :data:`BASELINE` first. An unknown revision raises ``ValueError`` and changes nothing.
+    """
+    from alembic import command
+
+    prefix = _check_args(revision, table_prefix)
+    with begin(bind) as conn:
+        _adopt_unversioned(conn, prefix)
+        _alembic(command.upgrade, conn, prefix, revision)
+
+
+def downgrade(bind: Bind, revision: str, *, table_prefix: str = DEFAULT_TABLE_PREFIX) -> None:
+    """Downgrade kvstore's tables to ``revision``; ``"base"`` removes every table, trigger and
+    function kvstore created, the version table included (the ``alembic downgrade base``
+    command keeps the empty version table, as Alembic always does)."""
+    from alembic import command
+
+    prefix = _check_args(revision, table_prefix)
+    with begin(bind) as conn:
+        _alembic(command.downgrade, conn, prefix, revision)
+        if _stamped(conn, prefix) == set():
+            # Alembic deliberately never drops its version table; an empty one is still a
+            # kvstore table left behind, which "downgrade to base" promises not to leave.
+            sa.Table(version_table(prefix), sa.MetaData()).drop(conn)
+
+
+def current(bind: Bind, *, table_prefix: str = DEFAULT_TABLE_PREFIX) -> str | None:
+    """The revision kvstore's tables are at, or ``None`` when they carry no version stamp."""
+    prefix = check_table_prefix(table_prefix)
+    with _read(bind) as conn:
+        stamped = _stamped(conn, prefix)
+    if not stamped:
+        return None
+    return ",".join(sorted(stamped))
+
+
+def heads() -> list[str]:
+    """The newest revision(s) of the shipped migration scripts."""
+    return sorted(_script().get_heads())
+
+
+def check(bind: Bind, *, table_prefix: str = DEFAULT_TABLE_PREFIX) -> list[str]:
+    """Differences between kvstore's models and the database, one readable line each.
+
+    Reports a missing or outdated version stamp, missing or different tables, columns, types,
+    indexes and constraints (Alembic's ``compare_metadata``), and missing triggers. An empty
+    list means the database is exactly what the models expect. Never writes.
+    """
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    prefix = check_table_prefix(table_prefix)
+    t = tables(prefix)
+    vt = version_table(prefix)
+    problems: list[str] = []
+    with _read(bind) as conn:
+        stamped = _stamped(conn, prefix)
+        newest = set(heads())
+        if stamped is None:
+            problems.append(
+                f"version table {vt} is missing: the schema is not stamped by kvstore's migrations"
+            )
+        elif not stamped:
+            problems.append(
+                f"version table {vt} is empty: the schema is not stamped by kvstore's migrations"
+            )
+        elif stamped != newest:
+            problems.append(
+                f"the schema is at revision {', '.join(sorted(stamped))}, the newest is "
+                f"{', '.join(sorted(newest))}: run kvstore.migrate() or `kvstore db upgrade`"
+            )
+        mc = MigrationContext.configure(conn, opts=context_options(prefix))
+        diffs = compare_metadata(mc, t.metadata)
+        missing = {d[1].name for d in diffs if isinstance(d, tuple) and d[0] == "add_table"}
+        if missing == set(t.metadata.tables):
+            return [*problems, f"kvstore's tables ({prefix}entries and the rest) do not exist"]
+        for diff in diffs:
+            if isinstance(diff, tuple) and diff[0] == "add_index" and diff[1].table.name in missing:
+                continue  # said by "table ... is missing"
+            problems.append(_describe(diff, conn.dialect))
+        problems.extend(_partial_index_problems(conn, prefix, missing))
+        if t.entries.name not in missing:
+            problems.extend(_trigger_problems(conn, prefix))
+    return problems
+
+
+def _partial_index_problems(conn: Connection, prefix: str, missing: set[str]) -> list[str]:
+    # compare_metadata matches indexes by name and columns only; whether an index is partial
+    # (its WHERE clause) decides what it costs every write, so it is compared here: both
+    # dialects reflect the predicate as the "<dialect>_where" option.
+    option = f"{conn.dialect.name}_where"
+    inspector = sa.inspect(conn)
+    problems = []
+    for table in tables(prefix).metadata.sorted_tables:
+        if table.name in missing:
+            continue
+        found = {ix["name"]: ix for ix in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in found:
+                continue  # reported as missing by compare_metadata
+            want = index.dialect_kwargs.get(option) is not None
+            have = found[index.name].get("dialect_options", {}).get(option) is not None
+            if want != have:
+                what = (
+                    "covers every row in the database, partial in kvstore's models"
+                    if want
+                    else "is partial in the database, covers every row in kvstore's models"
+                )
+                problems.append(f"index {index.name} on {table.name} {what}")
+    return problems
+
+
+def ensure_schema(
+    bind: Engine | Connection | Session, *, table_prefix: str = DEFAULT_TABLE_PREFIX
+) -> None:
+    """Make sure kvstore's tables exist and are at the newest revision (``connect(create=True)``).
+
+    * Up to date: one query, nothing else (Alembic is not even imported).
+    * No tables: ``create_all`` (tables, indexes, triggers) and a stamp at the newest revision,
+      in one transaction; replaying every revision would give the same schema, slower.
+    * Stamped at an older revision: upgrade. Tables without a stamp: adopt, then upgrade.
+
+    With an ``Engine`` the work is its own transaction. With a ``Connection`` or ``Session`` it
+    joins the caller's transaction (which the caller commits). Several processes may call this
+    at once: the loser of the race sees the winner's tables and returns.
+    """
+    prefix = check_table_prefix(table_prefix)
+    conn = _caller_connection(bind)
+    if conn is not None:
+        _ensure_in_transaction(conn, prefix)
+    elif isinstance(bind, Engine):
+        _ensure_with_engine(bind, prefix)
+    else:
+        raise TypeError(
+            f"ensure_schema() takes an Engine, a Connection or a Session, not {type(bind).__name__}"
+        )
+
+
+# -- ensure_schema -----------------------------------------------------------------------------
+def _ensure_with_engine(engine: Engine, prefix: str) -> None:
+    sql = f"SELECT version_num FROM {version_table(prefix)}"
+    for attempt in range(_ATTEMPTS):
+        try:
+            with engine.connect() as conn:
+                try:
+                    if {row[0] for row in conn.exec_driver_sql(sql)} == {HEAD}:
+                        return
+                except sa.exc.DBAPIError:
+                    pass  # no version table yet: the slow path finds out why, under a lock
+            with begin(engine) as conn:
+                # Looks again inside the transaction: on SQLite BEGIN IMMEDIATE has serialised
+                # us behind any other process doing the same.
+                _create_or_upgrade(conn, prefix)
+            return
+        except sa.exc.DBAPIError:
+            # Another process created or upgraded the tables between our look and our DDL
+            # (PostgreSQL makes the loser wait for the winner's commit, then fail with
+            # "already exists"), or SQLite's busy timeout ran out: look again.
+            if attempt == _ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2**attempt * (1 + random.random()))
+
+
+def _ensure_in_transaction(conn: Connection, prefix: str) -> None:
+    if _stamped(conn, prefix) == {HEAD}:
+        return  # before any BEGIN: an up-to-date schema must not make the caller's a write
+    _driver_begin(conn)
+    try:
+        # A savepoint, so the loser of a race can roll back its failed DDL without aborting
+        # the caller's transaction (PostgreSQL refuses every statement after an error).
+        with conn.begin_nested():
+            _create_or_upgrade(conn, prefix)
+    except sa.exc.DBAPIError:
+        if _stamped(conn, prefix) != {HEAD}:
+            raise
+
+
+def _create_or_upgrade(conn: Connection, prefix: str) -> None:
+    stamped = _stamped(conn, prefix)
+    if stamped == {HEAD}:
+        return
+    t = tables(prefix)
+    if not stamped and not sa.inspect(conn).has_table(t.entries.name):
+        # The models' "after_create" events add the triggers.
+        t.metadata.create_all(conn)
+        _stamp(conn, prefix, HEAD)
+        return
+    from alembic import command
+
+    _adopt_unversioned(conn, prefix)
+    _alembic(command.upgrade, conn, prefix, "heads")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _check_args(revision: object, table_prefix: str) -> str:
+    if not isinstance(revision, str) or not revision:
+        raise TypeError(f"revision must be a non-empty str, got {revision!r}")
+    return check_table_prefix(table_prefix)
+
+
+def _caller_connection(bind: object) -> Connection | None:
+    """The caller's Connection (a Session's current one), or None for anything else."""
+    if isinstance(bind, Connection):
+        return bind
+    # Checked by name, as the store does, so that engine-bound use never imports the ORM.
+    if any(
+        c.__name__ == "Session" and c.__module__.startswith("sqlalchemy.orm")
+        for c in type(bind).__mro__
+    ):
+        conn: Connection = bind.connection()  # type: ignore[attr-defined]
+        return conn
+    return None
+
+
+def _engine(url: str) -> Engine:
+    from .store import _engine_from_url  # store imports this module: import late
+
+    return _engine_from_url(url, {})
+
+
+@contextlib.contextmanager
+def begin(bind: Bind) -> Iterator[Connection]:
+    """A Connection inside a transaction, for schema changes: kvstore's own (committed when the
+    block succeeds, rolled back otherwise) for a URL or an Engine, the caller's for a Connection
+    or Session. On SQLite the transaction is begun at the driver, so DDL is transactional."""
+    if isinstance(bind, str):
+        engine = _engine(bind)
+        try:
+            with begin(engine) as conn:
+                yield conn
+        finally:
+            engine.dispose()
+    elif isinstance(bind, Engine):
+        with bind.begin() as conn:
+            _driver_begin(conn)
+            yield conn
+    elif (given := _caller_connection(bind)) is not None:
+        _driver_begin(given)
+        yield given
+    else:
+        raise TypeError(
+            f"expected a database URL, an Engine, a Connection or a Session, not {type(bind).__name__}"
+        )
+
+
+@contextlib.contextmanager
+def _read(bind: Bind) -> Iterator[Connection]:
+    if isinstance(bind, str):
+        engine = _engine(bind)
+        try:
+            with _read(engine) as conn:
+                yield conn
+        finally:
+            engine.dispose()
+    elif isinstance(bind, Engine):
+        _dialect.for_engine(bind)
+        with bind.connect() as conn:
+            yield conn
+    elif (given := _caller_connection(bind)) is not None:
+        yield given
+    else:
+        raise TypeError(
+            f"expected a database URL, an Engine, a Connection or a Session, not {type(bind).__name__}"
+        )
+
+
+def _driver_begin(conn: Connection) -> None:
+    # pysqlite (before Python 3.12) only BEGINs before DML, so DDL would autocommit statement
+    # by statement: a failed migration would leave half a schema, and a caller's rollback would
+    # not undo it. Beginning at the driver makes SQLite's DDL as transactional as PostgreSQL's.
+    # The dialect's write BEGIN (IMMEDIATE on SQLite) also queues concurrent migrators: a
+    # deferred transaction that read the schema and then tries to write fails with "database
+    # is locked" at once, without waiting, when another process got there first.
+    d = _dialect.for_name(conn.dialect.name)
+    dbapi = conn.connection.driver_connection
+    if not d.in_driver_transaction(dbapi):
+        conn.exec_driver_sql(d.default_begin)
+
+
+def _stamped(conn: Connection, prefix: str) -> set[str] | None:
+    """The revisions in the version table; ``None`` when there is no version table."""
+    vt = version_table(prefix)
+    if not sa.inspect(conn).has_table(vt):
+        return None
+    return {row[0] for row in conn.exec_driver_sql(f"SELECT version_num FROM {vt}")}
+
+
+@functools.cache
+def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config(None, DEFAULT_TABLE_PREFIX))
+
+
+def _config(conn: Connection | None, prefix: str) -> Config:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location()))
+    cfg.attributes["table_prefix"] = prefix
+    if conn is not None:
+        cfg.attributes["connection"] = conn
+    return cfg
+
+
+def _migration_context(conn: Connection, prefix: str) -> MigrationContext:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn, opts={"version_table": version_table(prefix)})
+
+
+def _stamp(conn: Connection, prefix: str, revision: str) -> None:
+    _migration_context(conn, prefix).stamp(_script(), revision)
+
+
+def _adopt_unversioned(conn: Connection, prefix: str) -> None:
+    if not _stamped(conn, prefix) and sa.inspect(conn).has_table(tables(prefix).entries.name):
+        _stamp(conn, prefix, BASELINE)
+
+
+# Alembic's ``context`` and ``op`` are module-level proxies, installed while a command runs:
+# two commands at once in one process (two threads upgrading) would swap them under each other.
+# Re-entrant, because the application's own env.py or migration may call kvstore.migrate().
+_ALEMBIC_LOCK = threading.RLock()
+
+
+def _alembic(fn: Any, conn: Connection, prefix: str, revision: str) -> None:
+    import alembic.context
+    import alembic.op
+    from alembic.util import CommandError
+
+    with _ALEMBIC_LOCK:
+        # When the caller is itself inside an Alembic command (kvstore.migrate() called from the
+        # application's env.py or from one of its migrations), ours would remove the caller's
+        # proxies on exit; put them back, or the caller's next context/op call fails.
+        callers = [getattr(m, "_proxy", None) for m in (alembic.context, alembic.op)]
+        try:
+            fn(_config(conn, prefix), revision)
+        except CommandError as exc:
+            # Unknown revision, or a target on the wrong side of the current one: a caller's
+            # mistake, detected before any migration runs.
+            raise ValueError(f"cannot migrate kvstore's tables to {revision!r}: {exc}") from None
+        finally:
+            for proxy in callers:
+                if proxy is not None:
+                    proxy._install_proxy()
+
+
+# Catalog queries for triggers. They belong in kvstore._dialect with the trigger DDL (asked for
+# in the migrations report); until then they live here, keyed by dialect name.
+_TRIGGER_CATALOG = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table",
+    "postgresql": "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND NOT tgisinternal",
+}
+_CREATE_TRIGGER_RE = re.compile(r"CREATE\s+TRIGGER\s+(\w+)", re.IGNORECASE)
+
+
+def _trigger_problems(conn: Connection, prefix: str) -> list[str]:
+    name = conn.dialect.name
+    entries = tables(prefix).entries.name
+    expected = {
+        m for stmt in _dialect.trigger_sql(name, prefix) for m in _CREATE_TRIGGER_RE.findall(stmt)
+    }
+    found = {row[0] for row in conn.execute(sa.text(_TRIGGER_CATALOG[name]), {"table": entries})}
+    return [
+        f"trigger {trigger} on table {entries} is missing" for trigger in sorted(expected - found)
+    ]
+
+
+def _describe(diff: Any, dialect: sa.Dialect) -> str:
+    """One line for an entry of Alembic's ``compare_metadata`` result."""
+    if isinstance(diff, list):  # modifications of one column come as a list of tuples
+        return "; ".join(_describe(d, dialect) for d in diff)
+    kind = diff[0]
+    if kind in ("add_table", "remove_table"):
+        where = "is missing" if kind == "add_table" else "is not in kvstore's models"
+        return f"table {diff[1].name} {where}"
+    if kind in ("add_column", "remove_column"):
+        where = "is missing" if kind == "add_column" else "is not in kvstore's models"
+        return f"column {diff[2]}.{diff[3].name} {where}"
+    if kind in (
+        "add_index",
+        "remove_index",
+        "add_constraint",
+        "remove_constraint",
+        "add_fk",
+        "remove_fk",
+    ):
+        obj = diff[1]
+        what = {"index": "index", "constraint": "constraint", "fk": "foreign key"}[
+            kind.split("_", 1)[1]
+        ]
+        cols = ", ".join(c.name for c in getattr(obj, "columns", ()))
+        where = "is missing" if kind.startswith("add") else "is not in kvstore's models"
+        return f"{what} {obj.name} on {obj.table.name}({cols}) {where}"
+    if kind.startswith("modify_"):
+        _, _schema, table, column, _kw, db_value, model_value = diff
+        attr = kind.removeprefix("modify_")
+        if attr == "type":
+            db_value, model_value = (v.compile(dialect=dialect) for v in (db_value, model_value))
+        elif attr == "nullable":
+            attr, db_value, model_value = (
+                "NULL",
+                *("allowed" if v else "refused" for v in (db_value, model_value)),
+            )
+        return f"column {table}.{column}: {attr} {db_value} in the database, {model_value} in kvstore's models"
+    return f"difference: {diff!r}"

@@ -1,0 +1,596 @@
+"""kvstore's shipped Alembic migrations, run on SQLite (a file) and PostgreSQL.
+
+Each PostgreSQL test works under its own table prefix (``m`` + 8 hex digits + ``_``) and drops
+whatever it created; the test that needs a real ``alembic_version`` of a host application gets
+its own PostgreSQL schema instead. Nothing else in the database is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+import kvstore
+from kvstore import _dialect, migrations
+from kvstore._schema import tables
+from kvstore.migrations import HEAD
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Every object a prefix owns, as one catalog query per backend: tables, indexes, sequences,
+# triggers and (PostgreSQL) trigger functions.
+_CATALOG = {
+    "sqlite-file": "SELECT name FROM sqlite_master WHERE substr(name, 1, length(:p)) = :p",
+    "postgresql": """
+        SELECT relname FROM pg_class
+         WHERE relnamespace = current_schema()::regnamespace AND left(relname, length(:p)) = :p
+        UNION ALL SELECT tgname FROM pg_trigger WHERE left(tgname, length(:p)) = :p
+        UNION ALL SELECT proname FROM pg_proc
+         WHERE pronamespace = current_schema()::regnamespace AND left(proname, length(:p)) = :p
+    """,
+}
+_TRIGGERS = {
+    "sqlite-file": "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t",
+    "postgresql": "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:t) AND NOT tgisinternal",
+}
+
+
+@dataclass
+class DB:
+    """One empty kvstore schema to migrate: a fresh SQLite file, or a fresh PostgreSQL prefix."""
+
+    name: str
+    url: str
+    engine: sa.Engine
+    prefix: str
+    _prefixes: list[str] = field(default_factory=list)
+
+    def new_prefix(self) -> str:
+        """Another prefix, cleaned up after the test like the first."""
+        p = f"m{uuid.uuid4().hex[:8]}_"
+        self._prefixes.append(p)
+        return p
+
+    def objects(self, prefix: str | None = None) -> set[str]:
+        with self.engine.connect() as conn:
+            return {
+                r[0]
+                for r in conn.execute(sa.text(_CATALOG[self.name]), {"p": prefix or self.prefix})
+            }
+
+    def triggers(self, prefix: str | None = None) -> set[str]:
+        entries = tables(prefix or self.prefix).entries.name
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(sa.text(_TRIGGERS[self.name]), {"t": entries})}
+
+    def drop_everything(self) -> None:
+        dialect = self.engine.dialect.name
+        for p in self._prefixes:
+            with self.engine.begin() as conn:
+                if sa.inspect(conn).has_table(f"{p}entries"):
+                    for stmt in _dialect.drop_trigger_sql(dialect, p):
+                        conn.exec_driver_sql(stmt)
+                for t in [*tables(p).metadata.tables, migrations.version_table(p)]:
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {t} CASCADE")
+                # PostgreSQL's trigger function outlives a table dropped without its trigger
+                for stmt in _dialect.drop_trigger_sql(dialect, p)[1:]:
+                    conn.exec_driver_sql(stmt)
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DB]:
+    if request.param == "sqlite-file":
+        url = f"sqlite:///{tmp_path / 'm.db'}"
+        engine = sa.create_engine(url, poolclass=NullPool)
+        # The default prefix on SQLite (a fresh file each test); unique ones on PostgreSQL.
+        yield DB(request.param, url, engine, "kv_")
+        engine.dispose()
+        return
+    url = request.getfixturevalue("pg_url")
+    engine = sa.create_engine(url, poolclass=NullPool)
+    d = DB(request.param, url, engine, "")
+    d.prefix = d.new_prefix()
+    try:
+        yield d
+    finally:
+        d.drop_everything()
+        engine.dispose()
+
+
+def _count_statements(engine: sa.Engine) -> Callable[[], list[str]]:
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    return lambda: seen
+
+
+def _kvstore_tables(prefix: str) -> set[str]:
+    return {*tables(prefix).metadata.tables, migrations.version_table(prefix)}
+
+
+# -- the scripts ------------------------------------------------------------------------------
+def test_head_constant_matches_the_scripts() -> None:
+    assert migrations.heads() == [HEAD]
+    script = migrations._script()
+    assert script.get_revision(migrations.BASELINE) is not None
+    assert (migrations.script_location() / "env.py").is_file()
+    assert not (migrations.script_location() / "__init__.py").exists()  # would shadow alembic
+
+
+# -- upgrade / downgrade ----------------------------------------------------------------------
+def test_upgrade_from_empty_creates_exactly_the_models(db: DB) -> None:
+    assert migrations.current(db.engine, table_prefix=db.prefix) is None
+    migrations.upgrade(db.engine, table_prefix=db.prefix)
+    assert migrations.current(db.url, table_prefix=db.prefix) == HEAD
+    names = set(sa.inspect(db.engine).get_table_names())
+    assert {n for n in names if n.startswith(db.prefix)} == _kvstore_tables(db.prefix)
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+    assert db.triggers()  # the triggers are part of the migration
+    migrations.upgrade(db.engine, table_prefix=db.prefix)  # at head: nothing to do
+    assert migrations.current(db.engine, table_prefix=db.prefix) == HEAD
+
+
+def test_downgrade_to_base_leaves_nothing_then_upgrade_again(db: DB) -> None:
+    migrations.upgrade(db.url, table_prefix=db.prefix)
+    assert db.objects() >= _kvstore_tables(db.prefix)
+    migrations.downgrade(db.url, "base", table_prefix=db.prefix)
+    assert db.objects() == set()  # no table, index, sequence, trigger or function
+    assert migrations.current(db.engine, table_prefix=db.prefix) is None
+    migrations.upgrade(db.url, "head", table_prefix=db.prefix)
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+
+
+def test_migrated_triggers_delete_chunks_with_their_entry(db: DB) -> None:
+    migrations.upgrade(db.engine, table_prefix=db.prefix)
+    chunks = tables(db.prefix).chunks
+    with kvstore.connect(db.engine, table_prefix=db.prefix, create=False, chunk_size=1024) as store:
+        store.put("big", os.urandom(5000))
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(chunks)).scalar_one() >= 5
+        assert len(store.get("big")) == 5000
+        store.delete("big")
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(chunks)).scalar_one() == 0
+
+
+def test_two_prefixes_migrate_independently(db: DB) -> None:
+    other = db.new_prefix()
+    migrations.upgrade(db.engine, table_prefix=db.prefix)
+    assert migrations.current(db.engine, table_prefix=other) is None
+    migrations.upgrade(db.engine, table_prefix=other)
+    migrations.downgrade(db.engine, "base", table_prefix=other)
+    assert db.objects(other) == set()
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+
+
+def test_upgrade_in_the_callers_transaction(db: DB) -> None:
+    # With a Connection, kvstore never commits: a rollback undoes the migration (on SQLite too,
+    # whose driver would otherwise autocommit DDL).
+    with db.engine.connect() as conn:
+        migrations.upgrade(conn, table_prefix=db.prefix)
+        assert migrations.current(conn, table_prefix=db.prefix) == HEAD
+        conn.rollback()
+    assert db.objects() == set()
+    with Session(db.engine) as session:
+        migrations.upgrade(session, table_prefix=db.prefix)
+        session.commit()
+    assert migrations.current(db.engine, table_prefix=db.prefix) == HEAD
+
+
+def test_upgrade_adopts_tables_made_without_a_stamp(db: DB) -> None:
+    # Tables from a create_all() (an older connect(create=True)) carry no version: upgrade()
+    # takes them as BASELINE instead of failing on "table already exists".
+    tables(db.prefix).metadata.create_all(db.engine)
+    assert migrations.current(db.engine, table_prefix=db.prefix) is None
+    migrations.upgrade(db.engine, table_prefix=db.prefix)
+    assert migrations.current(db.engine, table_prefix=db.prefix) == HEAD
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+
+
+def test_bad_input_is_refused_before_anything_is_written(db: DB) -> None:
+    with pytest.raises(ValueError, match="no-such-revision"):
+        migrations.upgrade(db.engine, "no-such-revision", table_prefix=db.prefix)
+    assert db.objects() == set()
+    with pytest.raises(ValueError, match="table_prefix"):
+        migrations.upgrade(db.engine, table_prefix="Bad-Prefix")
+    with pytest.raises(TypeError):
+        migrations.downgrade(db.engine, None, table_prefix=db.prefix)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="int"):
+        migrations.upgrade(42, table_prefix=db.prefix)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mysql"):
+        migrations.upgrade("mysql://u@h/db", table_prefix=db.prefix)
+    with pytest.raises(ValueError, match="not a database URL"):
+        migrations.current("not a url", table_prefix=db.prefix)
+    assert db.objects() == set()
+
+
+# -- check ------------------------------------------------------------------------------------
+def test_check_reports_what_is_missing(db: DB) -> None:
+    problems = migrations.check(db.engine, table_prefix=db.prefix)
+    assert any("do not exist" in p for p in problems)
+    assert any(migrations.version_table(db.prefix) in p for p in problems)
+
+    migrations.upgrade(db.engine, table_prefix=db.prefix)
+    t = tables(db.prefix)
+    with db.engine.begin() as conn:
+        for stmt in _dialect.drop_trigger_sql(db.engine.dialect.name, db.prefix):
+            conn.exec_driver_sql(stmt)
+        conn.exec_driver_sql(f"DROP TABLE {t.list_items.name}")
+        conn.exec_driver_sql(f"DROP INDEX ix_{db.prefix}entries_expiry")
+        conn.exec_driver_sql(
+            f"CREATE INDEX ix_{db.prefix}entries_expiry ON {t.entries.name} (namespace, expires_at)"
+        )
+    problems = migrations.check(db.engine, table_prefix=db.prefix)
+    assert f"table {t.list_items.name} is missing" in problems
+    assert any(p.startswith("trigger ") and "is missing" in p for p in problems)
+    assert any(f"ix_{db.prefix}entries_expiry" in p and "partial" in p for p in problems)
+    assert not any(HEAD in p for p in problems)  # the stamp itself is fine
+
+
+def test_check_reports_a_missing_or_empty_stamp(db: DB) -> None:
+    tables(db.prefix).metadata.create_all(db.engine)
+    assert migrations.check(db.engine, table_prefix=db.prefix) == [
+        f"version table {migrations.version_table(db.prefix)} is missing: the schema is not "
+        "stamped by kvstore's migrations"
+    ]
+    migrations.upgrade(db.engine, table_prefix=db.prefix)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(f"DELETE FROM {migrations.version_table(db.prefix)}")
+    assert [p for p in migrations.check(db.engine, table_prefix=db.prefix) if "is empty" in p]
+
+
+def test_check_ignores_other_tables_in_the_database(db: DB) -> None:
+    migrations.upgrade(db.engine, table_prefix=db.prefix)
+    other = db.new_prefix()
+    migrations.upgrade(db.engine, table_prefix=other)  # someone else's tables, prefix or not
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+
+
+# -- ensure_schema ----------------------------------------------------------------------------
+def test_ensure_schema_on_empty_creates_and_stamps(db: DB) -> None:
+    migrations.ensure_schema(db.engine, table_prefix=db.prefix)
+    assert migrations.current(db.engine, table_prefix=db.prefix) == HEAD
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+
+
+def test_ensure_schema_at_head_is_one_query(db: DB) -> None:
+    migrations.ensure_schema(db.engine, table_prefix=db.prefix)
+    statements = _count_statements(db.engine)
+    migrations.ensure_schema(db.engine, table_prefix=db.prefix)
+    assert len(statements()) == 1
+    assert "SELECT" in statements()[0]
+    # In the caller's transaction: whether the version table exists, then what it says.
+    with db.engine.begin() as conn:
+        before = len(statements())
+        migrations.ensure_schema(conn, table_prefix=db.prefix)
+        assert len(statements()) - before <= 2
+
+
+def test_ensure_schema_at_head_does_not_import_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    migrations.ensure_schema(sa.create_engine(url, poolclass=NullPool))
+    code = textwrap.dedent(f"""
+        import sys
+        import sqlalchemy as sa
+        from kvstore import migrations
+        migrations.ensure_schema(sa.create_engine({url!r}))
+        print(sorted(m for m in sys.modules if m == "alembic" or m.startswith("alembic.")))
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_ensure_schema_adopts_unstamped_and_fills_an_empty_stamp(db: DB) -> None:
+    tables(db.prefix).metadata.create_all(db.engine)
+    migrations.ensure_schema(db.engine, table_prefix=db.prefix)
+    assert migrations.current(db.engine, table_prefix=db.prefix) == HEAD
+    # `alembic downgrade base` keeps an empty version table: ensure_schema starts over from it
+    migrations.downgrade(db.engine, "base", table_prefix=db.prefix)
+    sa.Table(
+        migrations.version_table(db.prefix),
+        sa.MetaData(),
+        sa.Column("version_num", sa.String(32), primary_key=True),
+    ).create(db.engine)
+    migrations.ensure_schema(db.engine, table_prefix=db.prefix)
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+
+
+def test_ensure_schema_joins_the_callers_transaction(db: DB) -> None:
+    with db.engine.connect() as conn:
+        migrations.ensure_schema(conn, table_prefix=db.prefix)
+        assert migrations.current(conn, table_prefix=db.prefix) == HEAD
+        conn.rollback()
+    assert db.objects() == set()
+    with Session(db.engine) as session:
+        migrations.ensure_schema(session, table_prefix=db.prefix)
+        session.commit()
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+    with pytest.raises(TypeError, match="str"):
+        migrations.ensure_schema(db.url, table_prefix=db.prefix)  # type: ignore[arg-type]
+
+
+def _race(n: int, work: Callable[[], None]) -> list[BaseException]:
+    barrier = threading.Barrier(n, timeout=30)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert not any(th.is_alive() for th in threads), "ensure_schema hung"
+    return errors
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("via", ["engine", "connection"])
+def test_ensure_schema_concurrent_callers_all_succeed(db: DB, via: str) -> None:
+    # Separate engines, so every caller has its own connection, as separate processes would.
+    for _ in range(3):
+        prefix = db.new_prefix()
+
+        def work(prefix: str = prefix) -> None:
+            engine = sa.create_engine(db.url, poolclass=NullPool)
+            try:
+                if via == "engine":
+                    migrations.ensure_schema(engine, table_prefix=prefix)
+                else:
+                    with engine.begin() as conn:
+                        migrations.ensure_schema(conn, table_prefix=prefix)
+            finally:
+                engine.dispose()
+
+        assert _race(4, work) == []
+        assert migrations.current(db.engine, table_prefix=prefix) == HEAD
+        assert migrations.check(db.engine, table_prefix=prefix) == []
+
+
+@pytest.mark.timeout(120)
+def test_ensure_schema_concurrent_on_unstamped_tables(db: DB) -> None:
+    # The upgrade path (adopt, then run Alembic) raced by four callers.
+    tables(db.prefix).metadata.create_all(db.engine)
+
+    def work() -> None:
+        engine = sa.create_engine(db.url, poolclass=NullPool)
+        try:
+            migrations.ensure_schema(engine, table_prefix=db.prefix)
+        finally:
+            engine.dispose()
+
+    assert _race(4, work) == []
+    assert migrations.current(db.engine, table_prefix=db.prefix) == HEAD
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+
+
+@pytest.mark.timeout(120)
+def test_upgrades_in_threads_of_one_process(db: DB) -> None:
+    # Alembic's module-level proxies are shared by every thread: kvstore serialises its runs.
+    prefixes = [db.prefix, *(db.new_prefix() for _ in range(3))]
+    todo = list(prefixes)
+    lock = threading.Lock()
+
+    def work() -> None:
+        with lock:
+            prefix = todo.pop()
+        migrations.upgrade(db.url, table_prefix=prefix)
+
+    assert _race(4, work) == []
+    for prefix in prefixes:
+        assert migrations.check(db.engine, table_prefix=prefix) == []
+
+
+def test_connect_create_leaves_the_store_at_head(db: DB) -> None:
+    with kvstore.connect(db.url, table_prefix=db.prefix) as store:
+        store.put("k", b"v")
+    assert migrations.current(db.engine, table_prefix=db.prefix) == HEAD
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+
+
+# -- the alembic command line -----------------------------------------------------------------
+def _alembic(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "KVSTORE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_alembic_command_line_from_the_repo_root(db: DB) -> None:
+    x = ["-x", f"url={db.url}", "-x", f"table_prefix={db.prefix}"]
+    done = _alembic(*x, "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    assert migrations.current(db.engine, table_prefix=db.prefix) == HEAD
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+    done = _alembic(*x, "downgrade", "base")
+    assert done.returncode == 0, done.stderr
+    # Alembic itself keeps its (now empty) version table; everything else is gone.
+    assert (
+        db.objects()
+        - {migrations.version_table(db.prefix), f"{migrations.version_table(db.prefix)}_pkc"}
+        == set()
+    )
+    assert migrations.current(db.engine, table_prefix=db.prefix) is None
+
+
+def test_alembic_offline_sql_touches_no_database(tmp_path: Path) -> None:
+    target = tmp_path / "never.db"
+    done = _alembic(
+        "-x", f"url=sqlite:///{target}", "-x", "table_prefix=off_", "upgrade", "head", "--sql"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "CREATE TABLE off_entries" in done.stdout
+    assert "CREATE TRIGGER off_entries_ad" in done.stdout
+    assert "INSERT INTO off_alembic_version" in done.stdout
+    assert not target.exists()
+
+
+# -- living next to the host application's own Alembic ---------------------------------------
+_HOST_ENV = """
+import sqlalchemy as sa
+from alembic import context
+
+import kvstore
+import kvstore.models
+from kvstore import migrations
+
+config = context.config
+host = sa.MetaData()
+sa.Table("users", host, sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String(50)))
+
+PREFIXES = ("kv_", "inner_")  # the second is migrated from inside the app's migration
+KVSTORE_TABLES = frozenset().union(*(migrations.table_names(p) for p in PREFIXES))
+VERSION_TABLES = {migrations.version_table(p) for p in PREFIXES}
+
+
+def skip_kvstore(name, type_, parent_names):
+    return type_ != "table" or name not in KVSTORE_TABLES
+
+
+def skip_kvstore_version_tables(name, type_, parent_names):
+    return type_ != "table" or name not in VERSION_TABLES
+
+
+variant = config.attributes["variant"]
+target, include_name = {
+    "filtered": (host, skip_kvstore),
+    "with-kvstore-metadata": (
+        [host, *(kvstore.models.tables(p).metadata for p in PREFIXES)],
+        skip_kvstore_version_tables,
+    ),
+    "no-filter": (host, None),
+}[variant]
+
+connection = config.attributes["connection"]
+migrations.upgrade(connection)  # kvstore's own migrations, in the app's transaction
+context.configure(connection=connection, target_metadata=target, include_name=include_name)
+with context.begin_transaction():
+    context.run_migrations()
+"""
+
+_HOST_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+from kvstore import migrations
+
+revision = "host0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    # kvstore.migrate() from inside a migration: op must still work afterwards
+    migrations.upgrade(op.get_bind(), table_prefix="inner_")
+    op.create_table("users", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String(50)))
+
+
+def downgrade():
+    op.drop_table("users")
+"""
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def host_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """A database of its own (a PostgreSQL schema), where a real ``alembic_version`` can live."""
+    if request.param == "sqlite-file":
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'host.db'}", poolclass=NullPool)
+        yield engine
+        engine.dispose()
+        return
+    url = request.getfixturevalue("pg_url")
+    schema = f"h{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine = sa.create_engine(
+        url, poolclass=NullPool, connect_args={"options": f"-csearch_path={schema}"}
+    )
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def _host_config(tmp_path: Path, conn: sa.Connection, variant: str) -> Any:
+    from alembic.config import Config
+
+    (tmp_path / "host_migrations" / "versions").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "host_migrations" / "env.py").write_text(_HOST_ENV)
+    (tmp_path / "host_migrations" / "versions" / "host0001.py").write_text(_HOST_REVISION)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(tmp_path / "host_migrations"))
+    cfg.attributes.update(connection=conn, variant=variant)
+    return cfg
+
+
+def test_host_alembic_version_is_untouched_and_autogenerate_ignores_kvstore(
+    host_engine: sa.Engine, tmp_path: Path
+) -> None:
+    from alembic.util import AutogenerateDiffsDetected
+
+    from alembic import command
+
+    with host_engine.begin() as conn:
+        command.upgrade(_host_config(tmp_path, conn, "filtered"), "head")
+    with host_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [
+            "host0001"
+        ]
+        assert conn.exec_driver_sql(
+            "SELECT version_num FROM kv_alembic_version"
+        ).scalars().all() == [HEAD]
+    assert migrations.check(host_engine) == []  # the app's "users" table is not kvstore's concern
+    assert migrations.check(host_engine, table_prefix="inner_") == []
+    assert "users" in sa.inspect(host_engine).get_table_names()
+
+    # kvstore's own migrations, again and back, never touch the app's version table
+    migrations.downgrade(host_engine, "base")
+    migrations.upgrade(host_engine)
+    with host_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all() == [
+            "host0001"
+        ]
+
+    # The app's autogenerate: clean with kvstore's tables filtered out, or known through
+    # kvstore.models.metadata; without either, it would drop them.
+    for variant in ("filtered", "with-kvstore-metadata"):
+        with host_engine.connect() as conn:
+            command.check(_host_config(tmp_path, conn, variant))
+    with (
+        host_engine.connect() as conn,
+        pytest.raises(AutogenerateDiffsDetected, match="kv_entries"),
+    ):
+        command.check(_host_config(tmp_path, conn, "no-filter"))
