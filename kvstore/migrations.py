@@ -265,7 +265,8 @@ def ensure_schema(
 ) -> None:
     """Make sure kvstore's tables exist and are at the newest revision (``connect(create=True)``).
 
-    * Up to date: one query, nothing else (Alembic is not even imported).
+    * Up to date: one query (two in the caller's transaction, which must not be disturbed by a
+      failing statement), nothing else; Alembic is not even imported.
     * No tables: ``create_all`` (tables, indexes, triggers) and a stamp at the newest revision,
       in one transaction; replaying every revision would give the same schema, slower.
     * Stamped at an older revision: upgrade. Tables without a stamp: adopt, then upgrade.
