@@ -3,7 +3,7 @@ inside the SQL database (SQLite or PostgreSQL) your application already has."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._keys import FOREVER, MAX_KEY_LENGTH, NOT_SET, VALID_KEY_RE
 from .base import EntryInfo, KeyValueStore
@@ -37,20 +37,21 @@ from .store import Store, Transaction, connect
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.orm import Session
 
 __version__ = "0.1.0"
 
 
 def migrate(
-    bind: str | Engine | Connection, revision: str = "head", *, table_prefix: str = "kv_"
-) -> Any:
+    bind: str | Engine | Connection | Session, revision: str = "head", *, table_prefix: str = "kv_"
+) -> None:
     """Run kvstore's shipped Alembic migrations up to ``revision`` (see docs/migrations.md).
 
     Imported lazily: using a store never loads Alembic.
     """
     from .migrations import upgrade
 
-    return upgrade(bind, revision, table_prefix=table_prefix)
+    upgrade(bind, revision, table_prefix=table_prefix)
 
 
 __all__ = [

@@ -1461,19 +1461,9 @@ def _engine_from_url(url: str, options: dict[str, Any]) -> Engine:
 
 
 def _create_tables(backend: _Backend, bind: Engine | Connection | Session) -> None:
-    md = backend.tables.metadata
-    if isinstance(bind, Engine):
-        for attempt in range(3):
-            try:
-                with bind.begin() as conn:
-                    md.create_all(conn)
-                return
-            except Exception:
-                # Several processes may create the tables at once; the loser sees them exist.
-                if attempt == 2:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-    elif isinstance(bind, Connection):
-        md.create_all(bind)
-    else:  # a Session
-        md.create_all(bind.connection())
+    # Creates missing tables and stamps them at the migrations' head (so `kvstore db upgrade`
+    # later finds them), or does one SELECT when they are there; it imports no Alembic
+    # unless the schema needs work.
+    from .migrations import ensure_schema
+
+    ensure_schema(bind, table_prefix=backend.tables.prefix)
