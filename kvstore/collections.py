@@ -65,8 +65,6 @@ __all__ = ["PersistentDict", "PersistentSet"]
 T = TypeVar("T")
 
 _MISSING: Any = object()
-#: the most bytes a stored key may take (the primary-key B-tree's limit on PostgreSQL)
-MAX_COLLECTION_KEY_BYTES = 1000
 _REPR_ITEMS = 20
 
 # Insert-if-absent, keeping the existing row (a set keeps the element added first, as the
