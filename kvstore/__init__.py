@@ -31,7 +31,7 @@ from .errors import (
     UnknownIndexError,
     VerificationError,
 )
-from .indexes import IndexInfo, json_field
+from .indexes import IndexDefinitionError, IndexInfo, json_field
 from .lists import PersistentList
 from .store import Store, Transaction, connect
 
@@ -63,6 +63,7 @@ __all__ = [
     "EntryInfo",
     "HMACDecorator",
     "HashDecorator",
+    "IndexDefinitionError",
     "IndexInfo",
     "IndexNotDeclaredError",
     "InvalidKeyError",

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._keys import NOT_SET
+from ._schema import from_micros
 from .errors import IndexNotDeclaredError, KVStoreError, UniqueViolation, UnknownIndexError
-from .models import from_micros
 
 if TYPE_CHECKING:
     from ._conn import Conn

@@ -815,9 +815,11 @@ class Store(KeyValueStore):
             for k, v in big:
                 self._put_stream_in(conn, k, v, fields)
             if state.specs:
-                for k, r in index_rows.items():
+                from .indexes import insert_entries
+
+                for k in index_rows:
                     conn.execute(self._b.sql("index_entries_delete"), {"ns": self._ns, "key": k})
-                    self._insert_index_rows(conn, state, k, r)
+                insert_entries(self, conn, state, index_rows)
 
         self._run_atomic(write)
         return [k for k, _ in checked]
