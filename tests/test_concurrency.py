@@ -450,7 +450,7 @@ def test_database_is_locked_is_retried_past_a_short_busy_timeout(
         t = threading.Thread(target=hold, daemon=True)
         t.start()
         assert holding.wait(10)
-        threading.Timer(0.3, release.set).start()
+        threading.Timer(0.15, release.set).start()
         calls[op]()
         t.join(10)
     finally:

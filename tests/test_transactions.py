@@ -851,6 +851,9 @@ class _App:
         self.metadata = Base.metadata
         self.Order = Order
         self.metadata.create_all(engine)
+        # kvstore's tables exist before any request, as after a deployment's migrations: a
+        # store bound to a transaction that rolls back would otherwise lose them with it.
+        kvstore.connect(engine).close()
 
     def orders(self) -> list[str]:
         with Session(self.engine) as s:
