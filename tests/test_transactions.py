@@ -1039,8 +1039,12 @@ def test_external_writes_are_invisible_to_others_until_commit(
 def test_a_url_store_can_read_while_the_app_writes_to_a_fresh_file(shared_backend: Any) -> None:
     engine = sa.create_engine(shared_backend.url)
     try:
+        with Session(engine) as session:  # the app creates kvstore's tables in its own way
+            kvstore.connect(session, namespace=shared_backend.namespace)
+            session.commit()
         with Session(engine) as session:
-            kvstore.connect(session, namespace=shared_backend.namespace).put("k", b"v")
+            kv = kvstore.connect(session, namespace=shared_backend.namespace, create=False)
+            kv.put("k", b"v")
             reader = shared_backend.connect(busy_timeout=0.2)
             try:
                 assert reader.keys() == []
