@@ -180,7 +180,7 @@ def _switch_to_wal(cur: Any, timeout: float) -> None:
     it: when several connections open a new file at once, all but one get "database is
     locked". Those retry until they see the winner's WAL mode, within the busy timeout.
     """
-    deadline = time.monotonic() + max(timeout, 1.0)
+    deadline = time.monotonic() + min(timeout, 1.0)
     delay = 0.005
     while True:
         mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
@@ -190,8 +190,13 @@ def _switch_to_wal(cur: Any, timeout: float) -> None:
             cur.execute("PRAGMA journal_mode = WAL")
             return
         except Exception as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+            if "locked" not in str(exc):
                 raise
+            if time.monotonic() > deadline:
+                # WAL is an optimisation, not a condition of correctness: while another
+                # connection holds a transaction (an application's Session on a file it
+                # created), keep the current journal and let a later connection switch.
+                return
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
 

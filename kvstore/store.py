@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from sqlalchemy import create_engine
@@ -224,7 +225,16 @@ class _Backend:
         assert isinstance(conn, RawConn)
         if conn.in_tx:
             conn.rollback()
-        if not conn.broken and not self.closed and len(self._idle) < 8:
+        # Idle connections stay checked out of the engine's pool: fine for an engine the store
+        # owns, but a caller's Engine would run short, and an in-memory database's only
+        # connection must go back with the driver's autocommit setting restored.
+        if (
+            not conn.broken
+            and not self.closed
+            and self.owns_engine
+            and self._slots is None
+            and len(self._idle) < 8
+        ):
             self._idle.append(conn)
         else:
             conn.close()
@@ -336,6 +346,21 @@ class Store(KeyValueStore):
                         time.sleep(min(0.5, 0.01 * 2**attempt) * random.random())
                         continue
                     raise
+
+    def _run_single(self, fn: Callable[[Conn], T]) -> T:
+        """Run one autocommitted statement (or, inside a transaction, just run it), retrying on
+        lock contention as :meth:`_run_atomic` does: SQLite's busy handler alone gives up
+        after ``busy_timeout``."""
+        attempt = 0
+        while True:
+            with self._connection() as conn:
+                try:
+                    return fn(conn)
+                except Exception as exc:
+                    if conn.in_tx or attempt >= 8 or not self._b.dialect.is_retryable(exc):
+                        raise
+            attempt += 1
+            time.sleep(min(0.5, 0.01 * 2**attempt) * random.random())
 
     def close(self) -> None:
         """Release the store's connections (and its engine, if it created it)."""
@@ -587,12 +612,18 @@ class Store(KeyValueStore):
         if conn is None and expected_version is None:
             state = self._index_state()
             if not state.specs and not state.undeclared:
-                with self._connection() as c:
-                    if not c.in_tx:
-                        params["gen"] = state.generation
-                        if c.execute(b.sql("upsert"), params).rowcount == 1:
-                            return
-                        self._refresh_index_state()
+
+                def fast(c: Conn) -> bool | None:
+                    if c.in_tx:
+                        return None
+                    params["gen"] = state.generation
+                    return bool(c.execute(b.sql("upsert"), params).rowcount == 1)
+
+                done = self._run_single(fast)
+                if done:
+                    return
+                if done is False:
+                    self._refresh_index_state()
         if conn is not None:
             self._write_in(conn, key, params, expected_version, value)
             return
@@ -755,10 +786,11 @@ class Store(KeyValueStore):
         in the same statement, by trigger."""
         key = self._key(key)
         ev = _check_version(expected_version)
-        with self._connection() as conn:
-            if ev is None:
-                conn.execute(self._b.sql("delete"), {"ns": self._ns, "key": key})
-                return
+        if ev is None:
+            self._run_single(
+                lambda conn: conn.execute(self._b.sql("delete"), {"ns": self._ns, "key": key})
+            )
+            return
         if ev == 0:
             with self._connection() as conn:
                 actual = self._version(conn, key)
@@ -982,23 +1014,31 @@ class Store(KeyValueStore):
         """Delete expired entries of this namespace in bounded batches; return how many."""
         total = 0
         while True:
-            with self._connection() as conn:
-                params = {"ns": self._ns, "now": _now_us(), "limit": _BATCH}
-                n = conn.execute(self._b.sql("purge_batch"), params).rowcount
+            params = {"ns": self._ns, "now": _now_us(), "limit": _BATCH}
+            n = self._run_single(partial(self._purge_batch, params=params))
             total += max(n, 0)
             if n < _BATCH:
                 return total
+
+    def _purge_batch(self, conn: Conn, params: dict[str, Any]) -> int:
+        return int(conn.execute(self._b.sql("purge_batch"), params).rowcount)
 
     # -- transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self, isolation: str | None = None) -> Iterator[Transaction]:
         """A transaction with the whole store API; nested ones are savepoints."""
         b = self._b
+        begin_sql = b.dialect.begin_sql(isolation)  # an unknown level is a ValueError, always
         active = b.local.__dict__.get("conn")
         if active is not None or b.external is not None:
             if isolation is not None and active is not None:
                 raise TransactionError(
                     "the isolation level can only be set on the outermost transaction"
+                )
+            if isolation is not None:
+                raise TransactionError(
+                    "this store joins the transaction of its Connection/Session, which has "
+                    "already begun: set the isolation level on that connection instead"
                 )
             conn = active if active is not None else b.external
             assert conn is not None
@@ -1009,7 +1049,6 @@ class Store(KeyValueStore):
             finally:
                 tx._closed = True
             return
-        begin_sql = b.dialect.begin_sql(isolation)
         conn = b.checkout()
         tx = Transaction(self, conn)
         try:
@@ -1037,6 +1076,12 @@ class Store(KeyValueStore):
         "database is locked" with jittered exponential backoff."""
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+        if (
+            isinstance(backoff, bool)
+            or not isinstance(backoff, int | float)
+            or not 0 <= backoff < float("inf")
+        ):
+            raise ValueError(f"backoff must be a non-negative number of seconds, got {backoff!r}")
         if self._b.local.__dict__.get("conn") is not None or self._b.external is not None:
             with self.transaction() as tx:  # nested: the outer transaction decides
                 return fn(tx)
@@ -1129,7 +1174,7 @@ class Transaction(Store):
         self._parent_tx: Transaction | None = parent if isinstance(parent, Transaction) else None
 
     def _acquire(self) -> tuple[Conn, bool]:
-        if self._closed or (self._parent_tx is not None and self._parent_tx._closed):
+        if self._ended():
             raise TransactionError("this transaction has ended; use it only inside its with block")
         if threading.get_ident() != self._thread:
             raise TransactionError("a transaction can only be used by the thread that opened it")
@@ -1138,12 +1183,22 @@ class Transaction(Store):
     def namespace(self, name: str) -> Transaction:
         tx = Transaction(Store(self._b, _check_namespace(name)), self._conn)
         tx._thread = self._thread
+        tx._parent_tx = self
         return tx
+
+    def _ended(self) -> bool:
+        tx: Transaction | None = self
+        while tx is not None:
+            if tx._closed:
+                return True
+            tx = tx._parent_tx
+        return False
 
     @contextlib.contextmanager
     def transaction(self, isolation: str | None = None) -> Iterator[Transaction]:
         self._acquire()
         if isolation is not None:
+            self._b.dialect.begin_sql(isolation)  # an unknown level is a ValueError, always
             raise TransactionError(
                 "the isolation level can only be set on the outermost transaction"
             )

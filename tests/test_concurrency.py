@@ -395,23 +395,12 @@ def test_a_thread_writing_while_another_holds_a_transaction(store: kvstore.Store
     assert store.keys() == ["mine", "theirs"]
 
 
-_NOT_RETRIED = (
-    "is one statement outside _run_atomic, so it is not retried: sqlite3.OperationalError "
-    "'database is locked' escapes as soon as the busy timeout runs out"
-)
-
-
 @pytest.mark.parametrize(
     "op",
     [
-        pytest.param("put", marks=pytest.mark.xfail(strict=True, reason="put " + _NOT_RETRIED)),
-        pytest.param(
-            "delete", marks=pytest.mark.xfail(strict=True, reason="delete " + _NOT_RETRIED)
-        ),
-        pytest.param(
-            "purge_expired",
-            marks=pytest.mark.xfail(strict=True, reason="purge_expired " + _NOT_RETRIED),
-        ),
+        "put",
+        "delete",
+        "purge_expired",
         "incr",
         "put_many",
         "delete_many",
