@@ -542,6 +542,15 @@ def test_transactions(store: kvstore.Store) -> None:
     assert store.list("l") == [1, 2]
 
 
+def test_list_of_a_transaction_ends_with_it(store: kvstore.Store) -> None:
+    with store.transaction() as tx:
+        pl = tx.list("l")
+        pl.append(1)
+    with pytest.raises(kvstore.TransactionError, match="ended"):
+        pl.append(2)
+    assert store.list("l") == [1]
+
+
 def test_list_object_outlives_a_rolled_back_header(store: kvstore.Store) -> None:
     # The header row is created inside a transaction that rolls back; the same object keeps
     # working afterwards (it does not keep an id that no longer exists).
