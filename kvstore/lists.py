@@ -19,6 +19,7 @@ no lock: each read statement sees one committed state. See ``docs/lists.md``.
 
 from __future__ import annotations
 
+import copy as _copy
 import hashlib
 import itertools
 import operator
@@ -394,7 +395,8 @@ class PersistentList(MutableSequence[Any]):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def __iter__(self) -> Iterator[Any]:
-        """Stream the items, :attr:`batch_size` per statement (see :meth:`_scan`)."""
+        """Stream the items, :attr:`batch_size` per statement; see docs/lists.md for what a
+        concurrent write does to a running iteration."""
         for _, value in self._scan():
             yield value
 
@@ -441,9 +443,7 @@ class PersistentList(MutableSequence[Any]):
     __copy__ = copy
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        import copy
-
-        return copy.deepcopy(list(self), memo)
+        return _copy.deepcopy(list(self), memo)
 
     @reprlib.recursive_repr("[...]")
     def __repr__(self) -> str:
@@ -725,10 +725,12 @@ class PersistentList(MutableSequence[Any]):
 
     def __imul__(self, n: SupportsIndex) -> Self:
         count = operator.index(n)
+        if count == 1:
+            return self
 
         def run(conn: Conn) -> None:
             head = self._lock(conn, create=False)
-            if head is None or head[1] == 0 or count == 1:
+            if head is None or head[1] == 0:
                 return
             lid, length = head
             if count <= 0:

@@ -642,17 +642,13 @@ def test_durable_after_reopening(shared_backend: Backend) -> None:
 
 
 def test_another_process_sees_writes_at_once(shared_backend: Backend) -> None:
-    script = (
-        textwrap.dedent(
-            f"""
+    script = textwrap.dedent(
+        f"""
         import kvstore
         with kvstore.PersistentList({shared_backend.url!r}, "ipc", namespace={shared_backend.namespace!r}) as l:
             assert l == ["parent"], list(l)
             l.append("child")
         """
-        )
-        .replace("kvstore.PersistentList", "kvstore.lists.PersistentList")
-        .replace("import kvstore", "import kvstore, kvstore.lists")
     )
     with shared_backend.connect() as s:
         pl = s.list("ipc")
