@@ -507,11 +507,17 @@ def test_live_view_shared_by_store_objects(shared_backend: Backend) -> None:
 
 def test_namespaces_isolate_lists(store: kvstore.Store) -> None:
     other = store.namespace("other" + store.namespace_name)
-    store.list("l").extend([1, 2])
-    assert other.list("l") == []
-    other.list("l").append(3)
-    assert store.list("l") == [1, 2] and other.list("l") == [3]
-    assert PersistentList(store, "l", namespace=other.namespace_name) == [3]
+    try:
+        store.list("l").extend([1, 2])
+        assert other.list("l") == []
+        other.list("l").append(3)
+        assert store.list("l") == [1, 2] and other.list("l") == [3]
+        assert PersistentList(store, "l", namespace=other.namespace_name) == [3]
+    finally:  # the fixture cleans up its own namespace only
+        sql = store._b.sql("test.drop_lists", "DELETE FROM {l} WHERE namespace = :ns")
+        with store._connection() as conn:
+            conn.execute(sql, {"ns": other.namespace_name})
+    assert _positions(other.list("l")) == (0, [])
 
 
 def test_transactions(store: kvstore.Store) -> None:
