@@ -602,10 +602,11 @@ class Store(KeyValueStore):
     ) -> None:
         """Write one entry, keeping the namespace's indexes in step.
 
-        The common case (no indexes, no open transaction) is a single guarded statement: it
-        writes only if the namespace's index generation is still the one we know, so another
-        process's ``create_index`` can never be missed. Otherwise the write, its compare-and-set
-        check and its index entries run in one transaction (or savepoint).
+        The common case (no indexes) is a single guarded statement, inside a transaction or
+        not: it writes only if the namespace's index generation is still the one we know, so
+        another process's ``create_index`` can never be missed, and being one statement it
+        needs no savepoint. Otherwise the write, its compare-and-set check and its index
+        entries run in one transaction (or savepoint).
         """
         b = self._b
         params = dict(fields, ns=self._ns, key=key)
@@ -613,17 +614,13 @@ class Store(KeyValueStore):
             state = self._index_state()
             if not state.specs and not state.undeclared:
 
-                def fast(c: Conn) -> bool | None:
-                    if c.in_tx:
-                        return None
+                def fast(c: Conn) -> bool:
                     params["gen"] = state.generation
                     return bool(c.execute(b.sql("upsert"), params).rowcount == 1)
 
-                done = self._run_single(fast)
-                if done:
+                if self._run_single(fast):
                     return
-                if done is False:
-                    self._refresh_index_state()
+                self._refresh_index_state()
         if conn is not None:
             self._write_in(conn, key, params, expected_version, value)
             return
