@@ -98,7 +98,9 @@ class Backend:
 
 def _cleanup_pg(engine: sa.Engine, namespace: str) -> None:
     t = kvstore.models.tables()
-    like = namespace + "/%"
+    # Namespaces are random per test, so everything starting with one is this test's own:
+    # derived collection namespaces ("<ns>/d/x") and any "<ns>-other" a test made.
+    like = namespace + "%"
     with engine.begin() as conn:
         for ns_cond in (t.entries.c.namespace == namespace, t.entries.c.namespace.like(like)):
             conn.execute(t.entries.delete().where(ns_cond))
