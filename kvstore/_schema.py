@@ -249,5 +249,3 @@ def tables(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
     if prefix == DEFAULT_TABLE_PREFIX:
         return _default
     return _define(prefix, MetaData(naming_convention=naming_convention))
-
-

@@ -17,7 +17,7 @@ from typing import IO, Any, BinaryIO
 
 from ._keys import NOT_SET, check_key, check_prefix
 
-__all__ = ["EntryInfo", "KeyValueStore"]
+__all__ = ["EntryInfo", "KeyValueStore", "SizedRawReader"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,46 @@ class KeyValueStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SizedRawReader(io.RawIOBase):
+    """A raw, read-only, seekable stream of ``size`` bytes with a real file's position rules
+    (seeking past the end is allowed, before the start is ``OSError``, anything after close is
+    ``ValueError``). Subclasses implement :meth:`readinto` from ``self._pos``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        if pos < 0:
+            raise OSError(22, "Invalid argument: negative seek position")
+        self._pos = pos
+        return pos
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
 
 
 def _copy(src: IO[bytes], dst: IO[bytes], bufsize: int = 1 << 20) -> None:

@@ -27,7 +27,7 @@ from typing import IO, Any, BinaryIO, NoReturn, Self, cast
 from urllib.parse import quote_plus, unquote_plus
 
 from ._keys import FOREVER, NOT_SET, ttl_to_seconds
-from .base import EntryInfo, KeyValueStore, read_source
+from .base import EntryInfo, KeyValueStore, SizedRawReader, read_source
 from .errors import (
     ConflictError,
     InvalidKeyError,
@@ -1011,39 +1011,13 @@ class _Signer(io.RawIOBase):
         return len(piece)
 
 
-class _Window(io.RawIOBase):
+class _Window(SizedRawReader):
     """The first ``size`` bytes of a seekable file (the value without its MAC)."""
 
     def __init__(self, src: IO[bytes], size: int) -> None:
+        super().__init__(size)
         self._src = src
-        self._size = size
-        self._pos = 0
         src.seek(0)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        self._check()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check()
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
-        if pos < 0:
-            raise OSError(22, "Invalid argument: negative seek position")
-        self._pos = pos
-        return pos
 
     def readinto(self, buf: Any) -> int:
         self._check()
@@ -1056,10 +1030,6 @@ class _Window(io.RawIOBase):
         buf[: len(data)] = data
         self._pos += len(data)
         return len(data)
-
-    def _check(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed file.")
 
     def close(self) -> None:
         if not self.closed:

@@ -23,7 +23,7 @@ from . import _dialect
 from ._conn import Conn, ExternalConn, RawConn
 from ._keys import NOT_SET, TTL, check_key, check_prefix, ttl_to_seconds
 from ._schema import Tables, check_table_prefix, from_micros, tables
-from .base import EntryInfo, KeyValueStore, read_source
+from .base import EntryInfo, KeyValueStore, SizedRawReader, read_source
 from .errors import (
     ConflictError,
     IndexNotDeclaredError,
@@ -905,9 +905,7 @@ class Store(KeyValueStore):
         def run(conn: Conn) -> None:
             b = self._b
             params = {"ns": self._ns, "key": source, "now": _now_us()}
-            row = conn.execute(b.sql("lock_row") + b.dialect.for_update, params).fetchone()
-            if row is None:
-                raise NotFoundError(source)
+            row = self._lock_row(conn, source, required=True)
             new_blob = None
             if row[1] is not None:
                 new_blob = secrets.randbits(62) + 1
@@ -934,6 +932,16 @@ class Store(KeyValueStore):
                 raise
             raise state.unique_violation(self, conn, dest, None) from None
 
+    def _lock_row(self, conn: Conn, key: str, *, required: bool = False) -> Any:
+        """The live row of ``key``, locked until the transaction ends (SQLite's write
+        transactions are exclusive already); ``None`` or NotFoundError when missing."""
+        b = self._b
+        params = {"ns": self._ns, "key": key, "now": _now_us()}
+        row = conn.execute(b.sql("lock_row") + b.dialect.for_update, params).fetchone()
+        if row is None and required:
+            raise NotFoundError(key)
+        return row
+
     def move(self, source: str, dest: str) -> str:
         """Rename ``source`` to ``dest`` atomically (replacing ``dest``)."""
         source, dest = self._key(source), self._key(dest)
@@ -946,14 +954,10 @@ class Store(KeyValueStore):
             b = self._b
             now = _now_us()
             params = {"ns": self._ns, "key": source, "now": now}
-            row = conn.execute(b.sql("lock_row") + b.dialect.for_update, params).fetchone()
-            if row is None:
-                raise NotFoundError(source)
+            row = self._lock_row(conn, source, required=True)
             # dest's version keeps rising even though the row is new, so a compare-and-set
             # holder of dest's old version cannot mistake the moved value for the one it saw.
-            dest_row = conn.execute(
-                b.sql("lock_row") + b.dialect.for_update, dict(params, key=dest)
-            ).fetchone()
+            dest_row = self._lock_row(conn, dest)
             version = max(int(row[2]), int(dest_row[2]) if dest_row else 0) + 1
             conn.execute(b.sql("delete"), {"ns": self._ns, "key": dest})
             conn.execute(b.sql("rename"), dict(params, dest=dest, version=version))
@@ -980,8 +984,7 @@ class Store(KeyValueStore):
 
     def _incr_in(self, conn: Conn, key: str, delta: int, initial: int) -> int:
         b = self._b
-        params = {"ns": self._ns, "key": key, "now": _now_us()}
-        row = conn.execute(b.sql("lock_row") + b.dialect.for_update, params).fetchone()
+        row = self._lock_row(conn, key)
         if row is None:
             new = initial + delta
             fields = self._fields(None, None, None)
@@ -1268,43 +1271,17 @@ class _ValueReader(io.BytesIO):
         return super().seek(offset, whence)
 
 
-class _BlobRaw(io.RawIOBase):
+class _BlobRaw(SizedRawReader):
     """Raw reader over a chunked value, on a connection holding a read snapshot."""
 
     def __init__(self, store: Store, conn: Conn, key: str, blob_id: int, size: int) -> None:
+        super().__init__(size)
         self._store = store
         self._conn: Conn | None = conn
         self._key = key
         self._blob = blob_id
-        self._size = size
-        self._pos = 0
         self._chunk_no = -1
         self._chunk = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        self._check()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check()
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
-        if pos < 0:
-            raise OSError(22, "Invalid argument: negative seek position")
-        self._pos = pos
-        return pos
 
     def readinto(self, buf: Any) -> int:
         self._check()
@@ -1324,10 +1301,6 @@ class _BlobRaw(io.RawIOBase):
         buf[: len(piece)] = piece
         self._pos += len(piece)
         return len(piece)
-
-    def _check(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed file.")
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
