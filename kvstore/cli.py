@@ -1117,6 +1117,43 @@ def db_check() -> None:
     click.echo("kvstore: the database schema matches kvstore's models", err=True)
 
 
+def _shared_option(name: str, field: str, help: str) -> click.Option:
+    """``--url`` and friends also after the command name (``kvstore db upgrade --url URL``),
+    overriding the group's value: people type them wherever they think of them."""
+
+    def apply(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            setattr(_settings(), field, value)
+
+    return click.Option(
+        [name],
+        metavar=field.upper().replace("_", "-") if field != "url" else "URL",
+        default=None,
+        expose_value=False,
+        callback=apply,
+        help=help,
+    )
+
+
+def _add_shared_options(group: click.Group) -> None:
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _add_shared_options(command)
+            continue
+        command.params += [
+            _shared_option("--url", "url", "Database URL (overrides the global --url)."),
+            _shared_option(
+                "--namespace", "namespace", "Namespace (overrides the global --namespace)."
+            ),
+            _shared_option(
+                "--table-prefix", "table_prefix", "Table prefix (overrides the global one)."
+            ),
+        ]
+
+
+_add_shared_options(cli)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``kvstore`` entry point: run the CLI and return its exit status."""
     return cli.main(argv, prog_name="kvstore", standalone_mode=False)

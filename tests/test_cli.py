@@ -722,6 +722,21 @@ def test_db_upgrade_current_check(shared_backend: Any, fresh_prefix: str, migrat
     assert_error(kv("db", "upgrade", "nonexistent-revision"), 2, "nonexistent-revision")
 
 
+def test_options_also_follow_the_command(tmp_path: Any, migrations: Any) -> None:
+    """API.md spells it `kvstore db upgrade --url URL`: the shared options work after the
+    command name too, overriding the global ones."""
+    url = f"sqlite:///{tmp_path}/after.db"
+    runner = CliRunner()
+    up = runner.invoke(cli, ["db", "upgrade", "--url", url, "--table-prefix", "late_"])
+    assert up.exit_code == 0, up.output
+    assert migrations.current(url, table_prefix="late_") is not None
+    put = runner.invoke(cli, ["--url", "sqlite:///elsewhere.db", "put", "k", "v", "--url", url, "--namespace", "n2"])
+    assert put.exit_code == 0, put.output
+    with kvstore.connect(url, namespace="n2") as store:
+        assert store.get("k") == b"v"
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
 def test_db_commands_report_bad_urls(migrations: Any) -> None:
     runner = CliRunner()
     for sub in ("upgrade", "current", "check"):
