@@ -624,7 +624,10 @@ class Store(KeyValueStore):
         if conn is not None:
             self._write_in(conn, key, params, expected_version, value)
             return
-        self._run_atomic(lambda c: self._write_in(c, key, params, expected_version, value))
+        # write=False: the guarded statement takes the table lock itself (see _write_in)
+        self._run_atomic(
+            lambda c: self._write_in(c, key, params, expected_version, value), write=False
+        )
 
     def _write_in(
         self,
@@ -634,21 +637,35 @@ class Store(KeyValueStore):
         expected_version: int | None,
         value: Callable[[], bytes],
     ) -> None:
+        """Write one entry and its index entries on ``conn``, inside a transaction.
+
+        The guarded statement is the first of the transaction to touch the entries table: on
+        PostgreSQL it takes the table's write lock, which conflicts with an index build's, and
+        it checks the index generation in the same statement, so neither a LOCK nor a
+        generation query is needed here. When it writes nothing, either the namespace's
+        indexes changed (refresh and write again) or the compare-and-set failed.
+        """
         b = self._b
-        state = self._index_state(conn, check=True)
-        if state.undeclared:
-            raise IndexNotDeclaredError(self._ns, state.undeclared)
-        rows = state.rows_for(key, value) if state.specs else []
-        params["gen"] = state.generation
-        if expected_version is None:
-            n = conn.execute(b.sql("upsert"), params).rowcount
-        elif expected_version == 0:
-            n = conn.execute(b.sql("insert_new"), params).rowcount
+        state = self._index_state(conn)  # cached; loaded on this connection if not yet
+        for _ in range(5):
+            if state.undeclared:
+                raise IndexNotDeclaredError(self._ns, state.undeclared)
+            rows = state.rows_for(key, value) if state.specs else []
+            params["gen"] = state.generation
+            if expected_version is None:
+                n = conn.execute(b.sql("upsert"), params).rowcount
+            elif expected_version == 0:
+                n = conn.execute(b.sql("insert_new"), params).rowcount
+            else:
+                n = conn.execute(b.sql("update_cas"), dict(params, ev=expected_version)).rowcount
+            if n == 1:
+                break
+            fresh = self._refresh_index_state(conn)
+            if fresh.generation == state.generation and expected_version is not None:
+                raise ConflictError(key, expected_version, self._version(conn, key))
+            state = fresh
         else:
-            n = conn.execute(b.sql("update_cas"), dict(params, ev=expected_version)).rowcount
-        if n != 1:
-            actual = self._version(conn, key)
-            raise ConflictError(key, expected_version or 0, actual)
+            raise TransactionError(f"the indexes of namespace {self._ns!r} kept changing")
         if state.specs:
             conn.execute(b.sql("index_entries_delete"), {"ns": self._ns, "key": key})
             self._insert_index_rows(conn, state, key, rows)
@@ -657,6 +674,11 @@ class Store(KeyValueStore):
         self, conn: Conn, state: NamespaceIndexes, key: str, rows: list[dict[str, Any]]
     ) -> None:
         if not rows:
+            return
+        if all(r["uvalue"] is None for r in rows):
+            # (index_id, ivalue, key) cannot collide: the key's old entries are gone and the
+            # rows are distinct, so no savepoint (two round trips) is needed
+            conn.executemany(self._b.sql("index_entry_insert"), rows)
             return
         for attempt in range(2):
             try:
@@ -765,7 +787,7 @@ class Store(KeyValueStore):
 
         if not _seekable(src):
             # A stream cannot be replayed, so no retry: run it once.
-            with self._connection() as conn, self._atomic(conn):
+            with self._connection() as conn, self._atomic(conn, write=False):
                 write(conn)
             return
         start = src.tell() - len(first)
@@ -776,7 +798,7 @@ class Store(KeyValueStore):
             first = _read_exactly(src, size + 1)
             write(conn)
 
-        self._run_atomic(attempt)
+        self._run_atomic(attempt, write=False)
 
     def delete(self, key: str, *, expected_version: int | None = None) -> None:
         """Delete ``key`` (no error when it is missing); its chunks and index entries go with it
@@ -977,7 +999,9 @@ class Store(KeyValueStore):
                 raise TypeError(f"incr {name} must be an int, not {type(v).__name__}")
         for _ in range(20):
             try:
-                return self._run_atomic(lambda conn: self._incr_in(conn, key, delta, initial))
+                return self._run_atomic(
+                    lambda conn: self._incr_in(conn, key, delta, initial), write=False
+                )
             except ConflictError:
                 continue  # another writer created the key first: add to its value instead
         raise TransactionError(f"incr of {key!r} kept conflicting with concurrent writers")
