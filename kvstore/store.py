@@ -179,6 +179,7 @@ class _Backend:
         }
         # index state, per namespace: see indexes.NamespaceIndexes
         self.index_state: dict[str, NamespaceIndexes] = {}
+        self.reopen: dict[str, Any] | None = None
         self.declared: dict[tuple[str, str], Callable[[bytes], Any]] = {}
 
     def _type_names(self) -> dict[str, str]:
@@ -288,6 +289,17 @@ class Store(KeyValueStore):
     @property
     def tables(self) -> Tables:
         return self._b.tables
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A store opened from a URL pickles as "connect to that URL again" (for
+        multiprocessing, and decorators that wrap it); its data stays in the database."""
+        reopen = self._b.reopen
+        if reopen is None or type(self) is not Store:
+            raise TypeError(
+                "only a store opened from a URL can be pickled (it reconnects when "
+                "unpickled); one bound to an Engine, Connection, Session or transaction cannot"
+            )
+        return (_reconnect, (reopen, self._ns, self.default_ttl_secs))
 
     def namespace(self, name: str) -> Store:
         """A store on the same tables and connection for another namespace."""
@@ -1470,6 +1482,7 @@ def connect(
     ):
         raise ValueError(f"chunk_size must be an int between 1 KiB and 256 MiB, got {chunk_size!r}")
     owns = isinstance(bind, str)
+    bind_url = bind if isinstance(bind, str) else None
     if isinstance(bind, str):
         bind = _engine_from_url(bind, dict(engine_options or {}))
     ttl_to_seconds(default_ttl_secs, NOT_SET)  # validate early
@@ -1487,9 +1500,29 @@ def connect(
     except BaseException:
         backend.close()
         raise
+    if owns:
+        # What a pickled store reconnects with (the URL was the caller's own, password
+        # included); stores on an Engine/Connection/Session cannot be pickled.
+        backend.reopen = dict(
+            bind=bind_url,
+            table_prefix=table_prefix,
+            sqlite_synchronous=sync,
+            busy_timeout=busy_timeout,
+            chunk_size=chunk_size,
+            engine_options=dict(engine_options or {}),
+        )
     store = Store(backend, namespace, root=True)
     store.default_ttl_secs = default_ttl_secs
     return store
+
+
+def _reconnect(reopen: dict[str, Any], namespace: str, default_ttl_secs: Any) -> Store:
+    return connect(
+        reopen["bind"],
+        namespace=namespace,
+        default_ttl_secs=default_ttl_secs,
+        **{k: v for k, v in reopen.items() if k != "bind"},
+    )
 
 
 def _engine_from_url(url: str, options: dict[str, Any]) -> Engine:

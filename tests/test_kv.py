@@ -418,3 +418,22 @@ def test_prefix_scan_property(store: kvstore.Store, keys: list[str], prefix: str
     store.put_many([(k, b"") for k in keys])
     assert store.keys(prefix) == sorted(k for k in keys if k.startswith(prefix))
     assert len(store) == len(keys)
+
+
+def test_url_stores_pickle_as_a_reconnect(tmp_path: Any) -> None:
+    import pickle
+
+    url = f"sqlite:///{tmp_path}/p.db"
+    with kvstore.connect(url, namespace="pk", table_prefix="pk_", default_ttl_secs=100) as s:
+        s.put("a", b"1")
+        clone = pickle.loads(pickle.dumps(kvstore.PrefixDecorator("p-", s)))
+        clone.put("b", b"2")
+        assert s.get("p-b") == b"2"
+        inner = clone.store
+        assert (inner.namespace_name, inner.tables.prefix, inner.default_ttl_secs) == ("pk", "pk_", 100)
+        assert inner.get("a") == b"1"
+        inner.close()
+        with pytest.raises(TypeError, match="opened from a URL"):
+            pickle.dumps(kvstore.connect(s.__dict__["_b"].engine))
+        with s.transaction() as tx, pytest.raises(TypeError):
+            pickle.dumps(tx)
