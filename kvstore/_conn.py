@@ -80,7 +80,16 @@ class Conn:
         except BaseException:
             self.rollback()
             raise
-        self.commit()
+        self.commit_or_rollback()
+
+    def commit_or_rollback(self) -> None:
+        """Commit; if that fails, roll back so the connection never goes back to the pool
+        with a transaction still open (a failed SQLite COMMIT leaves it open)."""
+        try:
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
 
 
 class RawConn(Conn):
@@ -118,8 +127,21 @@ class RawConn(Conn):
         self.in_tx = True
 
     def commit(self) -> None:
+        cur = self.dbapi.execute("COMMIT")
         self.in_tx = False
-        self.dbapi.execute("COMMIT")
+        if self.dialect.commit_was_rollback(cur):
+            # PostgreSQL answers COMMIT of a transaction aborted by an earlier (caught) error
+            # with a silent ROLLBACK: the caller must not believe its writes were kept.
+            from .errors import TransactionError
+
+            raise TransactionError(
+                "the transaction was rolled back: a statement in it failed earlier (an "
+                "exception caught inside the block), so PostgreSQL refused to commit it"
+            )
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.dialect.is_closed(self.dbapi))
 
     def rollback(self) -> None:
         self.in_tx = False

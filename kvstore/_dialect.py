@@ -97,6 +97,18 @@ class Dialect:
         """Run a statement whose result is mostly bytes (chunks of large values)."""
         return dbapi_conn.execute(sql, params)
 
+    def commit_was_rollback(self, cursor: Any) -> bool:
+        """Whether a COMMIT actually rolled back (SQLite raises instead)."""
+        return False
+
+    def is_closed(self, dbapi_conn: Any) -> bool:
+        """Whether a connection is dead (closed by the server, or broken)."""
+        try:
+            dbapi_conn.total_changes  # noqa: B018 - raises ProgrammingError once closed
+        except Exception:
+            return True
+        return False
+
     # -- values ------------------------------------------------------------------------------
     def load_json(self, value: Any) -> Any:
         if value is None:
@@ -156,6 +168,12 @@ class PostgresDialect(Dialect):
         # psycopg returns results in text format by default, and bytea's text format is hex:
         # twice the bytes on the wire plus a decode. Binary results move chunks as they are.
         return dbapi_conn.execute(sql, params, binary=True)
+
+    def commit_was_rollback(self, cursor: Any) -> bool:
+        return getattr(cursor, "statusmessage", None) == "ROLLBACK"
+
+    def is_closed(self, dbapi_conn: Any) -> bool:
+        return bool(dbapi_conn.closed or dbapi_conn.broken)
 
     def in_driver_transaction(self, dbapi_conn: Any) -> bool:
         return True  # psycopg begins implicitly before any statement, SAVEPOINT included

@@ -572,6 +572,9 @@ def drop_index(store: Store, name: str) -> None:
     b = store._b
 
     def run(conn: Conn) -> None:
+        # the same lock as a build: a writer that checked the index generation must not
+        # see it change (and its index rows lose their index) before it commits
+        _lock_for_build(store, conn)
         row = conn.execute(
             b.sql("index_def", _INDEX_DEF), {"ns": store._ns, "name": name}
         ).fetchone()
@@ -582,7 +585,7 @@ def drop_index(store: Store, name: str) -> None:
         _bump_generation(store, conn)
 
     try:
-        store._run_atomic(run)
+        store._run_atomic(run, write=False)
         b.declared.pop((store._ns, name), None)
     finally:
         b.index_state.pop(store._ns, None)

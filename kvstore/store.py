@@ -48,6 +48,7 @@ T = TypeVar("T")
 # buffers (libpq keeps its largest message buffer) and allocator slack stay a few MiB.
 DEFAULT_CHUNK_SIZE = 256 << 10
 _BATCH = 1000
+_MAX_BIGINT = 1 << 63
 _NAMESPACE_MAX = 100
 
 _LIVE = "(expires_at IS NULL OR expires_at > :now)"
@@ -116,6 +117,10 @@ _SQL: dict[str, str] = {
     "index_entry_insert": "INSERT INTO {ie} (index_id, ivalue, uvalue, key) "
     "VALUES (:index_id, :ivalue, :uvalue, :key)",
 }
+
+
+class _Retry(Exception):
+    """Internal: run the operation's transaction again."""
 
 
 def _now_us() -> int:
@@ -226,6 +231,8 @@ class _Backend:
         assert isinstance(conn, RawConn)
         if conn.in_tx:
             conn.rollback()
+        if not conn.broken and conn.closed:
+            conn.broken = True  # the server dropped it: invalidate rather than reuse
         # Idle connections stay checked out of the engine's pool: fine for an engine the store
         # owns, but a caller's Engine would run short, and an in-memory database's only
         # connection must go back with the driver's autocommit setting restored.
@@ -597,9 +604,12 @@ class Store(KeyValueStore):
     def _fields(self, ttl_secs: Any, metadata: Any, content_type: Any) -> dict[str, Any]:
         ttl = ttl_to_seconds(ttl_secs, self.default_ttl_secs)
         now = _now_us()
+        exp = None if ttl is None else now + int(ttl * 1_000_000)
+        if exp is not None and exp >= _MAX_BIGINT:
+            raise ValueError(f"ttl_secs={ttl_secs!r} is too large (expiry beyond the year 294,000)")
         return {
             "now": now,
-            "exp": None if ttl is None else now + int(ttl * 1_000_000),
+            "exp": exp,
             "meta": _check_metadata(metadata),
             "ct": _check_content_type(content_type),
         }
@@ -852,13 +862,16 @@ class Store(KeyValueStore):
         fields = self._fields(ttl_secs, None, None)
         if not checked:
             return []
+        # A key given twice keeps its last value (as dict.update does), whatever the sizes:
+        # large and small values are written in separate passes below.
+        unique = list(dict(checked).items())
 
         def write(conn: Conn) -> None:
             state = self._index_state(conn, check=True)
             if state.undeclared:
                 raise IndexNotDeclaredError(self._ns, state.undeclared)
-            big = [(k, v) for k, v in checked if len(v) > self._b.chunk_size]
-            small = [(k, v) for k, v in checked if len(v) <= self._b.chunk_size]
+            big = [(k, v) for k, v in unique if len(v) > self._b.chunk_size]
+            small = [(k, v) for k, v in unique if len(v) <= self._b.chunk_size]
             rows = []
             for k, v in small:
                 rows.append(
@@ -994,13 +1007,25 @@ class Store(KeyValueStore):
             dest_row = self._lock_row(conn, dest)
             version = max(int(row[2]), int(dest_row[2]) if dest_row else 0) + 1
             conn.execute(b.sql("delete"), {"ns": self._ns, "key": dest})
-            conn.execute(b.sql("rename"), dict(params, dest=dest, version=version))
+            try:
+                conn.execute(b.sql("rename"), dict(params, dest=dest, version=version))
+            except Exception as exc:
+                # Another transaction created dest after our DELETE (a missing row cannot be
+                # locked in advance): roll back and move again, now seeing its dest.
+                if b.dialect.is_unique_violation(exc):
+                    raise _Retry from None
+                raise
             conn.execute(
                 b.sql("index_entries_rename"), {"ns": self._ns, "key": source, "dest": dest}
             )
 
-        self._run_atomic(run)
-        return dest
+        for _ in range(10):
+            try:
+                self._run_atomic(run)
+                return dest
+            except _Retry:
+                continue
+        raise TransactionError(f"move to {dest!r} kept racing with concurrent writers")
 
     def incr(self, key: str, delta: int = 1, initial: int = 0) -> int:
         """Add ``delta`` to the integer stored at ``key`` and return the result, atomically.
@@ -1095,7 +1120,7 @@ class Store(KeyValueStore):
             except BaseException:
                 conn.rollback()
                 raise
-            conn.commit()
+            conn.commit_or_rollback()
         finally:
             tx._closed = True
             b.local.conn = None
@@ -1390,8 +1415,8 @@ def _check_value(key: str, data: object) -> bytes:
 def _check_version(v: object) -> int | None:
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"expected_version must be a non-negative int, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _MAX_BIGINT:
+        raise ValueError(f"expected_version must be a non-negative 64-bit int, got {v!r}")
     return v
 
 
@@ -1404,9 +1429,31 @@ def _check_metadata(metadata: object) -> str | None:
         if not isinstance(k, str):
             raise TypeError(f"metadata keys must be str, got {k!r}")
     try:
-        return json.dumps(dict(metadata), allow_nan=False, separators=(",", ":"))
+        text = json.dumps(dict(metadata), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+    _check_text_in(metadata, "metadata")
+    return text
+
+
+def _check_text_in(obj: Any, what: str) -> None:
+    """Refuse strings SQL text (and PostgreSQL's JSONB) cannot hold: NUL and lone surrogates."""
+    if isinstance(obj, str):
+        if "\x00" in obj:
+            raise ValueError(f"{what} cannot contain NUL characters: {obj!r}")
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{what} must be valid Unicode (no lone surrogates): {obj!r}"
+            ) from None
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _check_text_in(k, what)
+            _check_text_in(v, what)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            _check_text_in(v, what)
 
 
 def _check_content_type(ct: object) -> str | None:
@@ -1414,6 +1461,7 @@ def _check_content_type(ct: object) -> str | None:
         return None
     if not isinstance(ct, str) or len(ct) > 255:
         raise ValueError(f"content_type must be a str of at most 255 characters, got {ct!r}")
+    _check_text_in(ct, "content_type")
     return ct
 
 

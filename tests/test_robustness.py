@@ -1,0 +1,85 @@
+"""Regressions from review: failures must never lose writes silently or poison connections."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import kvstore
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"metadata": {"a": "x\x00y"}}, ValueError),
+        ({"metadata": {"a": ["\ud800"]}}, ValueError),
+        ({"metadata": {"k\x00": 1}}, ValueError),
+        ({"content_type": "text/\x00"}, ValueError),
+        ({"content_type": "\ud800"}, ValueError),
+        ({"ttl_secs": 1e20}, ValueError),
+        ({"ttl_secs": dt.timedelta.max}, ValueError),
+        ({"expected_version": 2**64}, ValueError),
+    ],
+)
+def test_values_sql_cannot_hold_are_refused_before_writing(
+    store: kvstore.Store, kwargs: dict[str, Any], exc: type
+) -> None:
+    with pytest.raises(exc):
+        store.put("k", b"v", **kwargs)
+    assert "k" not in store
+    with store.transaction() as tx:  # refused before the database: the transaction goes on
+        tx.put("a", b"1")
+        with pytest.raises(exc):
+            tx.put("k", b"v", **kwargs)
+    assert store.keys() == ["a"]
+
+
+def test_a_caught_database_error_never_loses_a_transaction_silently(store: kvstore.Store) -> None:
+    """After a statement fails inside a transaction and the error is caught, the transaction
+    either commits everything (SQLite keeps it usable) or raises at commit (PostgreSQL aborts
+    it) - never exits normally having kept nothing."""
+    committed = False
+    try:
+        with store.transaction() as tx:
+            tx.put("a", b"1")
+            with tx._connection() as conn, pytest.raises(Exception):  # noqa: B017, PT011
+                conn.execute("SELECT * FROM no_such_table_kvstore")
+        committed = True
+    except kvstore.TransactionError:
+        pass
+    assert store.keys() == (["a"] if committed else [])
+
+
+def test_put_many_keeps_the_last_value_of_a_repeated_key(backend: Any) -> None:
+    with backend.connect(chunk_size=1024) as s:
+        big, small = b"x" * 5000, b"small"
+        s.put_many([("k", big), ("k", small)])
+        assert s.get("k") == small
+        s.put_many([("j", small), ("j", big)])
+        assert s.get("j") == big
+
+
+def test_a_store_recovers_when_the_server_drops_its_connections(pg_url: str) -> None:
+    store = kvstore.connect(pg_url, namespace="robust-reconnect")
+    try:
+        store.put("k", b"1")
+        with store._connection() as conn:  # the connection the store keeps between calls
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        admin = sa.create_engine(pg_url)
+        with admin.begin() as c:
+            c.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
+        admin.dispose()
+        errors = 0
+        for _ in range(3):
+            try:
+                assert store.get("k") == b"1"
+            except Exception:
+                errors += 1  # the call that finds its connection dead may fail once...
+        assert errors <= 1  # ...but the dead connection is not reused
+        assert store.get("k") == b"1"
+    finally:
+        store.delete("k")
+        store.close()
