@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kvstore  # noqa: E402
+import kvstore
 
 
 def per_op(fn: Callable[[], Any], n: int) -> float:

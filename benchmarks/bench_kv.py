@@ -28,8 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kvstore  # noqa: E402
-from kvstore.store import _now_us  # noqa: E402
+import kvstore
+from kvstore.store import _now_us
 
 
 def timed(fn: Callable[[], Any], n: int, repeat: int = 3) -> float:

@@ -45,7 +45,7 @@ def test_a_caught_database_error_never_loses_a_transaction_silently(store: kvsto
     try:
         with store.transaction() as tx:
             tx.put("a", b"1")
-            with tx._connection() as conn, pytest.raises(Exception):  # noqa: B017, PT011
+            with tx._connection() as conn, pytest.raises(Exception):  # noqa: B017
                 conn.execute("SELECT * FROM no_such_table_kvstore")
         committed = True
     except kvstore.TransactionError:
