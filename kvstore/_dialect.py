@@ -52,6 +52,10 @@ class Dialect:
         """Driver-ready SQL for a statement written with ``:name`` placeholders."""
         return text
 
+    def begin_locks_database(self, begin_sql: str) -> bool:
+        """Whether a transaction begun so holds the database-wide write lock from the start."""
+        return begin_sql != "BEGIN DEFERRED"
+
     def begin_sql(self, isolation: str | None) -> str:
         if isolation is None:
             return self.default_begin
@@ -149,6 +153,9 @@ class PostgresDialect(Dialect):
     default_begin = "BEGIN"
     read_snapshot_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
     max_params = 5000
+
+    def begin_locks_database(self, begin_sql: str) -> bool:
+        return False  # row locks only
 
     def sql(self, text: str) -> str:
         return _PARAM_RE.sub(r"%(\1)s", text.replace("%", "%%"))

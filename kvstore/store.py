@@ -119,6 +119,19 @@ _SQL: dict[str, str] = {
 }
 
 
+# Databases on which this thread has a transaction open, by any store: a write through
+# another store (another engine) on the same database would wait for that transaction's own
+# locks - until SQLite's busy timeout, or forever on a PostgreSQL row lock.
+_open_transactions = threading.local()
+
+
+def _open_in_thread() -> dict[str, int]:
+    d: dict[str, int] | None = _open_transactions.__dict__.get("dbs")
+    if d is None:
+        d = _open_transactions.dbs = {}
+    return d
+
+
 class _Retry(Exception):
     """Internal: run the operation's transaction again."""
 
@@ -185,6 +198,12 @@ class _Backend:
         # index state, per namespace: see indexes.NamespaceIndexes
         self.index_state: dict[str, NamespaceIndexes] = {}
         self.reopen: dict[str, Any] | None = None
+        # which database this is, to spot two stores on one database in one transaction
+        self.db_key = (
+            None
+            if self.engine is None or memory
+            else self.engine.url.render_as_string(hide_password=True)
+        )
         self.declared: dict[tuple[str, str], Callable[[bytes], Any]] = {}
 
     def _type_names(self) -> dict[str, str]:
@@ -352,6 +371,7 @@ class Store(KeyValueStore):
     def _run_atomic(self, fn: Callable[[Conn], T], *, write: bool = True) -> T:
         """Run ``fn`` in one transaction (a savepoint inside an open one), retrying on lock
         contention when we own the transaction."""
+        self._check_not_mixing()
         attempt = 0
         while True:
             with self._connection() as conn:
@@ -366,10 +386,22 @@ class Store(KeyValueStore):
                         continue
                     raise
 
+    def _check_not_mixing(self) -> None:
+        b = self._b
+        if b.db_key is None or b.local.__dict__.get("conn") is not None:
+            return
+        if _open_in_thread().get(b.db_key):
+            raise TransactionError(
+                "this thread has a transaction open on this database through another store "
+                "(another engine), holding its write lock; write through that transaction's "
+                "store, or commit first - this write would wait for that lock"
+            )
+
     def _run_single(self, fn: Callable[[Conn], T]) -> T:
         """Run one autocommitted statement (or, inside a transaction, just run it), retrying on
         lock contention as :meth:`_run_atomic` does: SQLite's busy handler alone gives up
         after ``busy_timeout``."""
+        self._check_not_mixing()
         attempt = 0
         while True:
             with self._connection() as conn:
@@ -1112,9 +1144,17 @@ class Store(KeyValueStore):
             return
         conn = b.checkout()
         tx = Transaction(self, conn)
+        locks_db = False
         try:
             conn.begin(begin_sql)
             b.local.conn = conn
+            # Only a transaction that holds the whole database's write lock (SQLite's
+            # IMMEDIATE/EXCLUSIVE) is certain to block another engine's write; PostgreSQL's row
+            # locks block only writes to the same rows, so refusing all would refuse valid ones.
+            db_key = b.db_key
+            locks_db = db_key is not None and b.dialect.begin_locks_database(begin_sql)
+            if db_key is not None and locks_db:
+                _open_in_thread()[db_key] = _open_in_thread().get(db_key, 0) + 1
             try:
                 yield tx
             except BaseException:
@@ -1123,6 +1163,8 @@ class Store(KeyValueStore):
             conn.commit_or_rollback()
         finally:
             tx._closed = True
+            if locks_db and b.db_key is not None:
+                _open_in_thread()[b.db_key] -= 1
             b.local.conn = None
             b.checkin(conn)
 

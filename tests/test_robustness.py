@@ -83,3 +83,28 @@ def test_a_store_recovers_when_the_server_drops_its_connections(pg_url: str) -> 
     finally:
         store.delete("k")
         store.close()
+
+
+def test_writing_through_another_engine_inside_a_transaction_is_an_error(tmp_path: Any) -> None:
+    """Two stores (two engines) on one SQLite file: inside one's (write-locking) transaction,
+    a write through the other would wait for the transaction's own lock until the busy
+    timeout - it is refused at once instead. Reads still work."""
+    url = f"sqlite:///{tmp_path}/two.db"
+    a = kvstore.connect(url)
+    b = kvstore.connect(url, busy_timeout=60)
+    try:
+        b.put("k", b"0")
+        with a.transaction() as tx:
+            tx.put("k", b"1")
+            assert b.get("k") == b"0"  # reads are fine: the other store sees committed data
+            with pytest.raises(kvstore.TransactionError, match="another store"):
+                b.put("k", b"2")
+            with pytest.raises(kvstore.TransactionError):
+                b.delete_many(["k"])
+        with a.transaction(isolation="DEFERRED") as tx:  # holds no write lock: allowed
+            assert tx.get("k") == b"1"
+            b.put("k", b"3")
+        assert a.get("k") == b"3"
+    finally:
+        a.close()
+        b.close()
