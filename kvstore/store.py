@@ -812,23 +812,16 @@ class Store(KeyValueStore):
             self._write(key, fields, expected_version, lambda: first)
             return
 
-        def write(conn: Conn) -> None:
-            blob_id = secrets.randbits(62) + 1
-            digest = hashlib.sha256()
-            total = 0
-            n = 0
-            sql = b.sql("put_chunk")
-            # Every chunk but the last is exactly chunk_size: readers find byte i in chunk
-            # i // chunk_size without an offset table.
+        def chunks() -> Iterator[bytes]:
             buf, rest = first[:size], first[size:]
             while buf:
-                digest.update(buf)
-                total += len(buf)
-                conn.execute(sql, {"blob": blob_id, "n": n, "data": buf})
-                n += 1
+                yield buf
                 buf = rest + _read_exactly(src, size - len(rest))
                 rest = b""
-            fields.update(value=None, blob_id=blob_id, size=total, sum=digest.hexdigest())
+
+        def write(conn: Conn) -> None:
+            blob_id, total, checksum = self._insert_chunks(conn, chunks())
+            fields.update(value=None, blob_id=blob_id, size=total, sum=checksum)
             params = dict(fields, ns=self._ns, key=key)
             # Index extractors see the whole value: only namespaces with indexes pay for it.
             self._write_in(
@@ -932,23 +925,29 @@ class Store(KeyValueStore):
         self._run_atomic(write)
         return [k for k, _ in checked]
 
+    def _insert_chunks(self, conn: Conn, chunks: Iterable[bytes]) -> tuple[int, int, str]:
+        """Store a large value's chunks under a new blob id; (blob id, size, SHA-256 hex).
+
+        Every chunk but the last must be exactly chunk_size: readers find byte i in chunk
+        i // chunk_size without an offset table."""
+        blob_id = secrets.randbits(62) + 1
+        digest = hashlib.sha256()
+        total = 0
+        sql = self._b.sql("put_chunk")
+        for n, buf in enumerate(chunks):
+            digest.update(buf)
+            total += len(buf)
+            conn.execute(sql, {"blob": blob_id, "n": n, "data": buf})
+        return blob_id, total, digest.hexdigest()
+
     def _put_stream_in(self, conn: Conn, key: str, data: bytes, fields: dict[str, Any]) -> None:
         size = self._b.chunk_size
-        blob_id = secrets.randbits(62) + 1
         view = memoryview(data)
-        for n, start in enumerate(range(0, len(data), size)):
-            conn.execute(
-                self._b.sql("put_chunk"),
-                {"blob": blob_id, "n": n, "data": bytes(view[start : start + size])},
-            )
+        blob_id, total, checksum = self._insert_chunks(
+            conn, (bytes(view[i : i + size]) for i in range(0, len(data), size))
+        )
         params = dict(
-            fields,
-            ns=self._ns,
-            key=key,
-            value=None,
-            blob_id=blob_id,
-            size=len(data),
-            sum=hashlib.sha256(data).hexdigest(),
+            fields, ns=self._ns, key=key, value=None, blob_id=blob_id, size=total, sum=checksum
         )
         self._write_in(conn, key, params, None, lambda: data)
 
