@@ -19,6 +19,8 @@ no lock: each read statement sees one committed state. See ``docs/lists.md``.
 
 from __future__ import annotations
 
+import array
+import collections
 import copy as _copy
 import hashlib
 import itertools
@@ -109,6 +111,25 @@ _SQL: dict[str, str] = {
     "repeat": "INSERT INTO {li} (list_id, pos, value) SELECT list_id, pos + :off, value FROM {li}"
     " WHERE list_id = :id AND pos >= 0 AND pos < :k",
 }
+
+
+# The built-in types whose __rmul__ is sequence repetition rather than number multiplication:
+# CPython's number protocol never calls it for ``l * x``, and for ``x * l`` it repeats ``x``.
+_REPEATABLE = (str, bytes, bytearray, tuple, list, collections.deque, array.array)
+_NOT_INDEX = "' object cannot be interpreted as an integer"
+
+
+def _type_name(obj: object) -> str:
+    """``type(obj)``'s name as CPython's own messages print it (its ``tp_name``: ``float``,
+    ``decimal.Decimal``, ``array.array``, a Python class's bare name). Python cannot read
+    ``tp_name`` directly, but the index protocol's error for the same object prints it."""
+    try:
+        operator.index(obj)  # type: ignore[arg-type]
+    except TypeError as exc:
+        text = str(exc)
+        if text.startswith("'") and text.endswith(_NOT_INDEX):
+            return text[1 : -len(_NOT_INDEX)]
+    return type(obj).__name__
 
 
 def _check_name(name: object) -> str:
@@ -500,13 +521,29 @@ class PersistentList(MutableSequence[Any]):
             return other + list(self)
         return NotImplemented
 
+    # ``l * x`` and ``x * l`` for an ``x`` without ``__index__`` raise what the built-in raises.
+    # A list gets that message from its sequence-repeat slot, which CPython tries only after
+    # the number protocol (``x.__rmul__``) declined; a class defined in Python has no such
+    # slot, so both steps are spelled out here.
     def __mul__(self, n: SupportsIndex) -> list[Any]:
         if not hasattr(type(n), "__index__"):
-            return NotImplemented
+            reflected = getattr(type(n), "__rmul__", None)
+            if reflected is not None and not isinstance(n, _REPEATABLE):
+                result = reflected(n, self)
+                if result is not NotImplemented:
+                    return result  # type: ignore[no-any-return]
+            raise TypeError(f"can't multiply sequence by non-int of type '{_type_name(n)}'")
         count = operator.index(n)
         return list(self) * count if count > 0 else []
 
-    __rmul__ = __mul__
+    def __rmul__(self, n: SupportsIndex) -> list[Any]:
+        if not hasattr(type(n), "__index__"):
+            if isinstance(n, _REPEATABLE):
+                # "x" * l: Python goes on to repeat the str by l, and words the error itself
+                return NotImplemented
+            raise TypeError(f"can't multiply sequence by non-int of type '{_type_name(n)}'")
+        count = operator.index(n)
+        return list(self) * count if count > 0 else []
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, value: Any) -> None:
@@ -724,6 +761,9 @@ class PersistentList(MutableSequence[Any]):
         self._write(run)
 
     def __imul__(self, n: SupportsIndex) -> Self:
+        if not hasattr(type(n), "__index__"):
+            # Python falls back to l * n (and n.__rmul__), which raises the built-in's error
+            return NotImplemented
         count = operator.index(n)
         if count == 1:
             return self

@@ -11,7 +11,11 @@ import textwrap
 import threading
 import time
 import uuid
+from array import array
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +358,6 @@ _SAME_MESSAGE: list[Callable[[Any], Any]] = [
 # Same exception type; Python words these differently for a class that is not list.
 _SAME_TYPE: list[Callable[[Any], Any]] = [
     lambda seq: seq + (1,),  # noqa: RUF005 - the operator is what is tested
-    lambda seq: seq * 1.5,
     lambda seq: seq < (1,),
     lambda seq: seq.sort(1),
     lambda seq: seq.pop(0, 0),
@@ -383,6 +386,83 @@ def test_same_exception_types_as_list(store: kvstore.Store) -> None:
         with pytest.raises(TypeError):
             op([1, 2, 3])
     assert pl == [1, 2, 3]
+
+
+class _ScalesSequences:
+    """A number-like type whose own multiplication accepts a list on either side."""
+
+    def __mul__(self, other: Any) -> tuple[str, list[Any]]:
+        return ("mul", list(other))
+
+    def __rmul__(self, other: Any) -> tuple[str, list[Any]]:
+        return ("rmul", list(other))
+
+
+class _Plain:
+    pass
+
+
+_NON_INT_FACTORS = [
+    1.5,
+    "x",
+    b"x",
+    bytearray(b"x"),
+    (1,),
+    [1],
+    None,
+    1j,
+    Decimal("1.5"),
+    Fraction(1, 2),
+    OrderedDict(),
+    deque([1]),
+    array("i"),
+    _Plain(),
+    _ScalesSequences(),
+]
+
+
+@pytest.mark.parametrize("factor", _NON_INT_FACTORS, ids=lambda f: type(f).__name__)
+def test_multiplying_by_a_non_int_is_the_builtins_error(store: kvstore.Store, factor: Any) -> None:
+    # docs/lists.md promises list's messages: "can't multiply sequence by non-int of type
+    # 'float'", not Python's generic "unsupported operand type(s)" for an unknown class
+    pl = store.list("mul")
+    pl.extend([1, 2])
+
+    def imul(seq: Any) -> Any:
+        seq *= factor
+        return seq
+
+    for op, reflected in ((lambda seq: seq * factor, False), (lambda seq: factor * seq, True)):
+        got = _outcome(lambda: op(pl))  # noqa: B023 - called at once
+        want = _outcome(lambda: op([1, 2]))  # noqa: B023 - called at once
+        if reflected and isinstance(factor, str | bytes | bytearray | tuple | list | deque | array):
+            # "x" * l repeats "x" and names the type of l, which is ours here
+            want = (*want[:2], want[2].replace("type 'list'", "type 'PersistentList'"))
+        assert got == want
+        assert pl == [1, 2]
+    got = _outcome(lambda: imul(pl))
+    assert (got, pl) == (_outcome(lambda: imul([1, 2])), [1, 2])
+    if isinstance(factor, float):
+        assert got[2] == "can't multiply sequence by non-int of type 'float'"
+
+
+class _Index:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __index__(self) -> int:
+        return self.n
+
+
+def test_multiplying_by_an_int_like_list(store: kvstore.Store) -> None:
+    pl = store.list("mul")
+    for n in (2, True, False, 0, -1, _Index(3)):
+        pl[:] = [1, "a"]
+        model = [1, "a"]
+        assert pl * n == model * n and n * pl == n * model
+        pl *= n
+        model *= n
+        assert pl == model
 
 
 def test_empty_list_errors(store: kvstore.Store) -> None:
