@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import time
 from typing import Final
 
 from .errors import InvalidKeyError
@@ -37,11 +38,16 @@ def check_key(key: object) -> str:
 
 
 def check_prefix(prefix: object) -> str:
-    """A prefix may be empty, but otherwise obeys the key alphabet (or it could match nothing)."""
-    if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
-    if prefix:
-        check_key(prefix[:MAX_KEY_LENGTH])
+    """A prefix may be empty, but otherwise obeys the key alphabet over its whole length (a
+    character outside it could match nothing, and NUL would reach the database). A prefix
+    longer than the longest key is valid and matches nothing."""
+    if type(prefix) is not str:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
+        prefix = str(prefix)
+    if prefix and VALID_KEY_RE.fullmatch(prefix) is None:
+        bad = sorted({c for c in prefix if VALID_KEY_RE.fullmatch(c) is None})
+        raise InvalidKeyError(prefix, f"character(s) {''.join(bad)!r} are not allowed in keys")
     return prefix
 
 
@@ -60,6 +66,18 @@ def ttl_to_seconds(ttl_secs: object, default: object) -> float | None:
         )
     if math.isnan(ttl_secs) or ttl_secs < 0:
         raise ValueError(f"ttl_secs must be non-negative, got {ttl_secs!r}")
-    if math.isinf(ttl_secs):
-        return None
+    # An expiry must be a datetime (stat() returns it, export writes it): refuse what would
+    # land past 9999-12-31 rather than store what no read path can show. inf is refused too:
+    # "never expires" is spelled FOREVER (or None), and inf more often means a bad computation.
+    if not ttl_secs < MAX_EXPIRY_EPOCH - time.time():
+        raise ValueError(
+            f"ttl_secs={ttl_secs!r} reaches past the year 9999; use kvstore.FOREVER for "
+            "an entry that never expires"
+        )
     return float(ttl_secs)
+
+
+#: the last instant a ``datetime`` can hold, in seconds since the Unix epoch
+MAX_EXPIRY_EPOCH: Final = (
+    dt.datetime.max.replace(tzinfo=dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+).total_seconds()

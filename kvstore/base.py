@@ -17,7 +17,7 @@ from typing import IO, Any, BinaryIO
 
 from ._keys import NOT_SET, check_key, check_prefix
 
-__all__ = ["EntryInfo", "KeyValueStore", "SizedRawReader"]
+__all__ = ["EntryInfo", "KeyValueStore", "SizedRawReader", "check_destination", "read_source"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,12 @@ class KeyValueStore(ABC):
     @abstractmethod
     def __len__(self) -> int: ...
 
+    def __bool__(self) -> bool:
+        """Always true, as minimalkv's stores are, and at no cost: without this, ``bool()``
+        falls back to ``__len__`` (a query) and an empty store is false, which makes client
+        code written as ``if app and store:`` (Flask-KVSession) silently skip its set-up."""
+        return True
+
     @abstractmethod
     def open(self, key: str) -> BinaryIO:
         """A readable, seekable binary file object over the value of ``key``."""
@@ -123,6 +129,7 @@ class KeyValueStore(ABC):
     def get_file(self, key: str, file: str | os.PathLike[str] | IO[bytes]) -> str:
         """Write the value of ``key`` to a path or writable binary file, in chunks."""
         self._check_valid_key(key)
+        check_destination(file)
         with self.open(key) as src:
             if isinstance(file, str | os.PathLike):
                 with open(file, "wb") as dst:
@@ -223,6 +230,17 @@ def _copy(src: IO[bytes], dst: IO[bytes], bufsize: int = 1 << 20) -> None:
         if not buf:
             return
         dst.write(buf)
+
+
+def check_destination(file: object) -> None:
+    """``TypeError`` unless ``file`` is a path or a writable binary file (as ``read_source``
+    refuses what cannot be read), checked before anything is read from the store."""
+    if isinstance(file, str | os.PathLike):
+        return
+    if not callable(getattr(file, "write", None)):
+        raise TypeError(f"expected a path or a writable binary file, not {type(file).__name__}")
+    if isinstance(file, io.TextIOBase):
+        raise TypeError("the file must be opened in binary mode ('wb'), not text mode")
 
 
 def read_source(file: str | os.PathLike[str] | IO[bytes]) -> tuple[IO[bytes], bool]:

@@ -27,7 +27,7 @@ from typing import IO, Any, BinaryIO, NoReturn, Self, cast
 from urllib.parse import quote_plus, unquote_plus
 
 from ._keys import FOREVER, NOT_SET, ttl_to_seconds
-from .base import EntryInfo, KeyValueStore, SizedRawReader, read_source
+from .base import EntryInfo, KeyValueStore, SizedRawReader, check_destination, read_source
 from .errors import (
     ConflictError,
     InvalidKeyError,
@@ -713,6 +713,7 @@ class HMACDecorator(StoreDecorator):
     def get_file(self, key: str, file: File) -> str:
         """Verify, then write: on :class:`VerificationError` the destination is untouched."""
         self._inner_key(key)
+        check_destination(file)
         with self.open(key) as src:
             if isinstance(file, str | os.PathLike):
                 with open(file, "wb") as dst:
