@@ -19,8 +19,18 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from ._dialect import Dialect
+from .errors import StorageFullError
 
 _savepoint_ids = itertools.count(1)
+
+
+def _full(exc: Exception) -> StorageFullError:
+    # A full disk reads the same on every dialect and driver: an OSError with ENOSPC. Checked
+    # in an ``except`` clause at each call (a ``try`` costs nothing until it raises; a context
+    # manager per statement would tax the hot path).
+    return StorageFullError(
+        f"the database is out of space: {getattr(exc, 'orig', None) or exc}", exc
+    )
 
 
 class Cursor(Protocol):
@@ -108,7 +118,12 @@ class RawConn(Conn):
         self.broken = False
 
     def execute(self, sql: str, params: Any = ()) -> Cursor:
-        cur: Cursor = self.dbapi.execute(sql, params)
+        try:
+            cur: Cursor = self.dbapi.execute(sql, params)
+        except Exception as exc:
+            if self.dialect.is_disk_full(exc):
+                raise _full(exc) from exc
+            raise
         return cur
 
     def execute_bytes(self, sql: str, params: Any = ()) -> Cursor:
@@ -118,7 +133,12 @@ class RawConn(Conn):
     def executemany(self, sql: str, params: Sequence[Any]) -> None:
         cur = self.dbapi.cursor()
         try:
-            cur.executemany(sql, params)
+            try:
+                cur.executemany(sql, params)
+            except Exception as exc:
+                if self.dialect.is_disk_full(exc):
+                    raise _full(exc) from exc
+                raise
         finally:
             cur.close()
 
@@ -127,7 +147,12 @@ class RawConn(Conn):
         self.in_tx = True
 
     def commit(self) -> None:
-        cur = self.dbapi.execute("COMMIT")
+        try:
+            cur = self.dbapi.execute("COMMIT")
+        except Exception as exc:
+            if self.dialect.is_disk_full(exc):
+                raise _full(exc) from exc
+            raise
         self.in_tx = False
         if self.dialect.commit_was_rollback(cur):
             # PostgreSQL answers COMMIT of a transaction aborted by an earlier (caught) error
@@ -184,12 +209,22 @@ class ExternalConn(Conn):
         return conn
 
     def execute(self, sql: str, params: Any = ()) -> Cursor:
-        cur: Cursor = self._connection().exec_driver_sql(sql, params)
+        try:
+            cur: Cursor = self._connection().exec_driver_sql(sql, params)
+        except Exception as exc:
+            if self.dialect.is_disk_full(exc):
+                raise _full(exc) from exc
+            raise
         return cur
 
     def executemany(self, sql: str, params: Sequence[Any]) -> None:
         if params:
-            self._connection().exec_driver_sql(sql, list(params))
+            try:
+                self._connection().exec_driver_sql(sql, list(params))
+            except Exception as exc:
+                if self.dialect.is_disk_full(exc):
+                    raise _full(exc) from exc
+                raise
 
     def begin(self, begin_sql: str) -> None:  # pragma: no cover - in_tx is always True
         raise AssertionError("an external connection is always inside the caller's transaction")

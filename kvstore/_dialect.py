@@ -47,6 +47,17 @@ class Dialect:
     default_begin = "BEGIN IMMEDIATE"
     read_snapshot_begin = "BEGIN DEFERRED"
     max_params = 900
+    #: table names the database keeps for itself
+    reserved_prefix = "sqlite_"
+
+    def check_table_prefix(self, prefix: str) -> str:
+        """Refuse a table prefix whose tables the database would not let kvstore create."""
+        if prefix.startswith(self.reserved_prefix):
+            raise ValueError(
+                f"table_prefix {prefix!r} is reserved by {self.name}: names starting with "
+                f"{self.reserved_prefix!r} belong to the database itself"
+            )
+        return prefix
 
     def sql(self, text: str) -> str:
         """Driver-ready SQL for a statement written with ``:name`` placeholders."""
@@ -136,6 +147,13 @@ class Dialect:
     def is_bad_integer(self, exc: BaseException) -> bool:
         return False
 
+    def is_disk_full(self, exc: BaseException) -> bool:
+        orig = _orig(exc)
+        # SQLITE_FULL: the disk, or PRAGMA max_page_count, is full
+        return getattr(orig, "sqlite_errorcode", None) == 13 or "database or disk is full" in str(
+            orig
+        )
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -153,6 +171,7 @@ class PostgresDialect(Dialect):
     default_begin = "BEGIN"
     read_snapshot_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
     max_params = 5000
+    reserved_prefix = "pg_"
 
     def begin_locks_database(self, begin_sql: str) -> bool:
         return False  # row locks only
@@ -196,6 +215,9 @@ class PostgresDialect(Dialect):
 
     def is_bad_integer(self, exc: BaseException) -> bool:
         return self._sqlstate(exc) in ("22P02", "22003")
+
+    def is_disk_full(self, exc: BaseException) -> bool:
+        return self._sqlstate(exc) in ("53100", "53200")  # disk_full, out_of_memory
 
 
 def _switch_to_wal(cur: Any, timeout: float) -> None:

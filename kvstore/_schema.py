@@ -49,7 +49,6 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -151,7 +150,8 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("updated_at", Timestamp, nullable=False),
         Column("expires_at", Timestamp, nullable=True),
         Column("content_type", String(255), nullable=True),
-        Column("metadata", JSON().with_variant(JSONB(), "postgresql"), nullable=True),
+        # json, not jsonb, on PostgreSQL: jsonb re-encodes numbers (1e16 became an int)
+        Column("metadata", JSON(), nullable=True),
         Column("checksum", String(64), nullable=False),
         PrimaryKeyConstraint("namespace", "key"),
     )

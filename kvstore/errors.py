@@ -8,16 +8,20 @@ working for code written against minimalkv or ``dict``.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 __all__ = [
     "ConflictError",
+    "DatabaseError",
     "IndexNotDeclaredError",
     "InvalidKeyError",
     "InvalidValueError",
     "KVStoreError",
     "NotFoundError",
     "ReadOnlyError",
+    "StorageFullError",
+    "TooManyReadersError",
     "TransactionError",
     "UniqueViolation",
     "UnknownIndexError",
@@ -120,3 +124,30 @@ class ReadOnlyError(KVStoreError, PermissionError):
 
 class TransactionError(KVStoreError):
     """A transaction could not be completed (retries exhausted, or the transaction was misused)."""
+
+
+class DatabaseError(KVStoreError):
+    """The database failed an operation (a lost connection, a full disk, a timeout). The
+    driver's exception is the ``__cause__``, and also ``orig``."""
+
+    def __init__(self, message: str, orig: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.orig = orig
+
+
+class StorageFullError(DatabaseError, OSError):
+    """The database's disk (or its size limit) is full: nothing of the failed write was
+    applied. Also an ``OSError`` with ``errno.ENOSPC``, as a full disk is for a file."""
+
+    def __init__(self, message: str, orig: BaseException | None = None) -> None:
+        DatabaseError.__init__(self, message, orig)
+        self.errno = errno.ENOSPC
+        self.strerror = message
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class TooManyReadersError(KVStoreError):
+    """``open()`` was refused because the store's readers already hold as many connections
+    as it lets them (``connect(max_open_readers=...)``); close some readers first."""

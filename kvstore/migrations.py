@@ -68,7 +68,7 @@ __all__ = [
 #: The newest revision. Kept as a constant so that ``connect()`` on an up-to-date database
 #: compares one row with it instead of importing Alembic and parsing every script; a test
 #: checks it against the scripts, so it cannot drift.
-HEAD = "0001"
+HEAD = "0002"
 #: The revision that tables created before kvstore shipped migrations (``create=True`` with
 #: no version table) are adopted at, so ``upgrade`` continues from there instead of failing
 #: on "table already exists".
@@ -480,6 +480,7 @@ def _alembic(fn: Any, conn: Connection, prefix: str, revision: str) -> None:
     import alembic.op
     from alembic.util import CommandError
 
+    _dialect.for_name(conn.dialect.name).check_table_prefix(prefix)
     with _ALEMBIC_LOCK:
         # When the caller is itself inside an Alembic command (kvstore.migrate() called from the
         # application's env.py or from one of its migrations), ours would remove the caller's

@@ -16,6 +16,7 @@ from functools import partial
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from sqlalchemy import create_engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -26,10 +27,12 @@ from ._schema import Tables, check_table_prefix, from_micros, tables
 from .base import EntryInfo, KeyValueStore, SizedRawReader, read_source
 from .errors import (
     ConflictError,
+    DatabaseError,
     IndexNotDeclaredError,
     InvalidValueError,
     KVStoreError,
     NotFoundError,
+    TooManyReadersError,
     TransactionError,
 )
 
@@ -49,7 +52,12 @@ T = TypeVar("T")
 DEFAULT_CHUNK_SIZE = 256 << 10
 _BATCH = 1000
 _MAX_BIGINT = 1 << 63
+#: values of at most this many chunks are read whole by open(), holding no connection
+SMALL_READ_CHUNKS = 4
+DEFAULT_MAX_OPEN_READERS = 8
 _NAMESPACE_MAX = 100
+#: SQLite's busy_timeout is a 32-bit count of milliseconds
+_MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
 
 _LIVE = "(expires_at IS NULL OR expires_at > :now)"
 _GUARD = "COALESCE((SELECT index_generation FROM {n} WHERE namespace = :ns), 0) = :gen"
@@ -152,8 +160,11 @@ class _Backend:
         sqlite_synchronous: str,
         busy_timeout: float,
         chunk_size: int,
+        max_open_readers: int = DEFAULT_MAX_OPEN_READERS,
     ) -> None:
         self.tables: Tables = tables(check_table_prefix(table_prefix))
+        self.max_open_readers = max_open_readers
+        self.readers = threading.BoundedSemaphore(max_open_readers)
         self.owns_engine = owns_engine
         self.chunk_size = chunk_size
         self.options = {"synchronous": sqlite_synchronous, "busy_timeout": busy_timeout}
@@ -173,6 +184,7 @@ class _Backend:
                 "connect() takes a database URL, an Engine, a Connection or a Session, "
                 f"not {type(bind).__name__}"
             )
+        self.dialect.check_table_prefix(self.tables.prefix)
         memory = self.engine is not None and _is_memory(self.engine)
         # An in-memory SQLite database exists once per connection: everything must share one.
         self._slots = threading.BoundedSemaphore(1) if memory else None
@@ -208,7 +220,7 @@ class _Backend:
 
     def _type_names(self) -> dict[str, str]:
         if self.dialect.name == "postgresql":
-            return {"bytea": "BYTEA", "bigint": "BIGINT", "text": "TEXT", "json": "JSONB"}
+            return {"bytea": "BYTEA", "bigint": "BIGINT", "text": "TEXT", "json": "JSON"}
         return {"bytea": "BLOB", "bigint": "INTEGER", "text": "TEXT", "json": "TEXT"}
 
     def sql(self, name: str, template: str | None = None) -> str:
@@ -239,6 +251,15 @@ class _Backend:
         assert self.engine is not None
         try:
             return RawConn(self.engine.raw_connection(), self.dialect, self.options)
+        except sa_exc.TimeoutError as exc:
+            if self._slots is not None:
+                self._slots.release()
+            raise DatabaseError(
+                f"no database connection became free in time: the engine's pool is exhausted "
+                f"({exc}); open() readers of large values, long transactions and other users "
+                "of the same Engine hold them",
+                exc,
+            ) from exc
         except BaseException:
             if self._slots is not None:
                 self._slots.release()
@@ -579,26 +600,46 @@ class Store(KeyValueStore):
     def open(self, key: str) -> BinaryIO:
         """A readable, seekable binary file over the value of ``key``, streamed from the
         database chunk by chunk. Large values are read from one snapshot: replacing the value
-        while the file is open does not change what it reads."""
+        while the file is open does not change what it reads.
+
+        A value of up to :data:`SMALL_READ_CHUNKS` chunks is read whole and holds nothing.
+        A larger one holds a connection (its snapshot) until the file is closed, and at most
+        ``max_open_readers`` such files may be open per ``connect()``: one more is refused at
+        once with :class:`TooManyReadersError`, so readers can never starve the store's
+        other calls of connections.
+        """
         key = self._key(key)
         b = self._b
         conn, release = self._acquire()
-        snapshot = release and not b.single_connection
         try:
-            if snapshot:
-                conn.begin(b.dialect.read_snapshot_begin)
             params = {"ns": self._ns, "key": key, "now": _now_us()}
             row = conn.execute(b.sql("get"), params).fetchone()
             if row is None:
                 raise NotFoundError(key)
             if row[1] is None:
                 return _ValueReader(bytes(row[0]))
-            if not snapshot:
-                # No connection to spare for a snapshot: read it all (the value is replaced
-                # atomically, so this is consistent too).
+            if not release or b.single_connection or row[2] <= SMALL_READ_CHUNKS * b.chunk_size:
+                # Small, or no connection to spare for a snapshot: read it whole (a value is
+                # replaced atomically, so this is consistent too).
                 return _ValueReader(self._read_blob(conn, key, row[1], row[2]))
-            raw = _BlobRaw(self, conn, key, row[1], row[2])
-            release = False  # the reader gives the connection back when it closes
+            if not b.readers.acquire(blocking=False):
+                raise TooManyReadersError(
+                    f"{b.max_open_readers} open() readers of large values are already open on "
+                    "this store, each holding a connection; close some (use them as context "
+                    "managers), or connect(max_open_readers=...) allows more"
+                )
+            try:
+                conn.begin(b.dialect.read_snapshot_begin)
+                row = conn.execute(b.sql("get"), params).fetchone()
+                if row is None:
+                    raise NotFoundError(key)
+                if row[1] is None:
+                    return _ValueReader(bytes(row[0]))
+                raw = _BlobRaw(self, conn, key, row[1], row[2])
+            except BaseException:
+                b.readers.release()
+                raise
+            release = False  # the reader gives the connection (and its slot) back when closed
             return io.BufferedReader(raw, buffer_size=min(b.chunk_size, 1 << 16))
         finally:
             if release:
@@ -637,8 +678,6 @@ class Store(KeyValueStore):
         ttl = ttl_to_seconds(ttl_secs, self.default_ttl_secs)
         now = _now_us()
         exp = None if ttl is None else now + int(ttl * 1_000_000)
-        if exp is not None and exp >= _MAX_BIGINT:
-            raise ValueError(f"ttl_secs={ttl_secs!r} is too large (expiry beyond the year 294,000)")
         return {
             "now": now,
             "exp": exp,
@@ -1412,6 +1451,7 @@ class _BlobRaw(SizedRawReader):
                     conn.rollback()
             finally:
                 self._store._b.checkin(conn)
+                self._store._b.readers.release()
         super().close()
 
     def __del__(self) -> None:
@@ -1461,6 +1501,11 @@ def _check_version(v: object) -> int | None:
     return v
 
 
+#: nesting levels metadata may have: deeper documents are refused up front (json.dumps and a
+#: recursive walk would hit Python's recursion limit instead)
+MAX_METADATA_DEPTH = 64
+
+
 def _check_metadata(metadata: object) -> str | None:
     if metadata is None:
         return None
@@ -1469,32 +1514,34 @@ def _check_metadata(metadata: object) -> str | None:
     for k in metadata:
         if not isinstance(k, str):
             raise TypeError(f"metadata keys must be str, got {k!r}")
+    _check_text_in(metadata, "metadata")
     try:
         text = json.dumps(dict(metadata), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
-    _check_text_in(metadata, "metadata")
     return text
 
 
 def _check_text_in(obj: Any, what: str) -> None:
-    """Refuse strings SQL text (and PostgreSQL's JSONB) cannot hold: NUL and lone surrogates."""
-    if isinstance(obj, str):
-        if "\x00" in obj:
-            raise ValueError(f"{what} cannot contain NUL characters: {obj!r}")
-        try:
-            obj.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(
-                f"{what} must be valid Unicode (no lone surrogates): {obj!r}"
-            ) from None
-    elif isinstance(obj, Mapping):
-        for k, v in obj.items():
-            _check_text_in(k, what)
-            _check_text_in(v, what)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            _check_text_in(v, what)
+    """Refuse strings SQL text cannot hold (NUL, lone surrogates) and nesting deeper than
+    :data:`MAX_METADATA_DEPTH`, walking the document without recursion."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError(f"{what} cannot contain NUL characters: {item!r}")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"{what} must be valid Unicode (no lone surrogates): {item!r}"
+                ) from None
+        elif isinstance(item, Mapping | list | tuple):
+            if depth >= MAX_METADATA_DEPTH:
+                raise ValueError(f"{what} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            children = [*item.keys(), *item.values()] if isinstance(item, Mapping) else item
+            stack.extend((c, depth + 1) for c in children)
 
 
 def _check_content_type(ct: object) -> str | None:
@@ -1555,6 +1602,7 @@ def connect(
     busy_timeout: float = 30.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     engine_options: Mapping[str, Any] | None = None,
+    max_open_readers: int = DEFAULT_MAX_OPEN_READERS,
 ) -> Store:
     """Open a key-value store.
 
@@ -1570,6 +1618,23 @@ def connect(
         or not 1024 <= chunk_size <= 1 << 28
     ):
         raise ValueError(f"chunk_size must be an int between 1 KiB and 256 MiB, got {chunk_size!r}")
+    if (
+        isinstance(busy_timeout, bool)
+        or not isinstance(busy_timeout, int | float)
+        or not 0 <= busy_timeout <= _MAX_BUSY_TIMEOUT
+    ):
+        raise ValueError(
+            f"busy_timeout must be a number of seconds between 0 and {_MAX_BUSY_TIMEOUT}, "
+            f"got {busy_timeout!r}"
+        )
+    if (
+        isinstance(max_open_readers, bool)
+        or not isinstance(max_open_readers, int)
+        or not 0 <= max_open_readers <= 10_000
+    ):
+        raise ValueError(
+            f"max_open_readers must be an int from 0 to 10000, got {max_open_readers!r}"
+        )
     owns = isinstance(bind, str)
     bind_url = bind if isinstance(bind, str) else None
     if isinstance(bind, str):
@@ -1582,6 +1647,7 @@ def connect(
         sqlite_synchronous=sync,
         busy_timeout=float(busy_timeout),
         chunk_size=chunk_size,
+        max_open_readers=max_open_readers,
     )
     try:
         if create:
@@ -1598,6 +1664,7 @@ def connect(
             sqlite_synchronous=sync,
             busy_timeout=busy_timeout,
             chunk_size=chunk_size,
+            max_open_readers=max_open_readers,
             engine_options=dict(engine_options or {}),
         )
     store = Store(backend, namespace, root=True)

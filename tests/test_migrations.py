@@ -156,6 +156,36 @@ def test_downgrade_to_base_leaves_nothing_then_upgrade_again(db: DB) -> None:
     assert migrations.check(db.engine, table_prefix=db.prefix) == []
 
 
+def test_0002_upgrades_a_populated_0001_database_in_place(db: DB) -> None:
+    migrations.upgrade(db.url, "0001", table_prefix=db.prefix)
+    # 0001's PostgreSQL column is jsonb: a row written then keeps what jsonb made of it
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {db.prefix}entries (namespace, key, value, size, version, "
+                "created_at, updated_at, metadata, checksum) "
+                "VALUES ('default', 'old', :v, 1, 1, 0, 0, :m, '')"
+            ),
+            {"v": b"x", "m": '{"n": 1.5, "s": "text"}'},
+        )
+    migrations.upgrade(db.url, table_prefix=db.prefix)
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+    store = kvstore.connect(db.url, table_prefix=db.prefix, create=False)
+    try:
+        assert store.stat("old").metadata == {"n": 1.5, "s": "text"}
+        store.put("new", b"y", metadata={"big": 1e16, "neg": -6.382684991819165e16})
+        assert store.stat("new").metadata == {"big": 1e16, "neg": -6.382684991819165e16}
+        assert type(store.stat("new").metadata["big"]) is float
+    finally:
+        store.close()
+    migrations.downgrade(db.url, "0001", table_prefix=db.prefix)
+    assert migrations.current(db.url, table_prefix=db.prefix) == "0001"
+    migrations.upgrade(db.url, table_prefix=db.prefix)
+    with kvstore.connect(db.url, table_prefix=db.prefix, create=False) as again:
+        assert again.keys() == ["new", "old"]
+        assert again.stat("old").metadata == {"n": 1.5, "s": "text"}
+
+
 def test_migrated_triggers_delete_chunks_with_their_entry(db: DB) -> None:
     migrations.upgrade(db.engine, table_prefix=db.prefix)
     chunks = tables(db.prefix).chunks
