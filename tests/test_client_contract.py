@@ -78,7 +78,7 @@ _FAR = [3e11, 10**12, dt.timedelta(days=3_000_000), 1e308, float("inf"), dt.time
 
 @pytest.mark.parametrize("ttl", _FAR, ids=repr)
 def test_ttl_past_year_9999_is_refused_and_writes_nothing(store: kvstore.Store, ttl: Any) -> None:
-    with pytest.raises(ValueError, match="9999|non-negative"):
+    with pytest.raises(ValueError, match=r"9999|non-negative"):
         store.put("k", b"v", ttl_secs=ttl)
     with pytest.raises(ValueError):
         store.put_many({"a": b"1", "b": b"2"}, ttl_secs=ttl)
@@ -221,9 +221,7 @@ def test_readers_of_large_values_have_a_bounded_budget(shared_backend: Backend) 
 
 
 def test_pool_exhaustion_is_a_kvstore_error(shared_backend: Backend) -> None:
-    engine = sa.create_engine(
-        shared_backend.url, pool_size=1, max_overflow=0, pool_timeout=0.2
-    )
+    engine = sa.create_engine(shared_backend.url, pool_size=1, max_overflow=0, pool_timeout=0.2)
     try:
         s = kvstore.connect(engine, namespace=shared_backend.namespace, chunk_size=1024)
         s.put("big", os.urandom(10 * 1024))
@@ -285,10 +283,9 @@ def test_sqlite_full_disk_is_an_oserror_and_loses_nothing(tiny_disk: Path) -> No
         ):
             with pytest.raises(kvstore.StorageFullError):
                 call()
-        with pytest.raises(kvstore.StorageFullError):
-            with s.transaction() as tx:
-                for i in range(200):
-                    tx.put(f"t{i}", os.urandom(2000))
+        with pytest.raises(kvstore.StorageFullError), s.transaction() as tx:
+            for i in range(200):
+                tx.put(f"t{i}", os.urandom(2000))
         # Nothing acknowledged is lost, nothing refused is half there.
         assert s.keys() == sorted(done)
         assert all(len(s.get(k)) == 2000 for k in done)
@@ -310,9 +307,7 @@ def test_sqlite_full_disk_is_an_oserror_and_loses_nothing(tiny_disk: Path) -> No
         s.close()
 
 
-def test_postgresql_full_disk_is_an_oserror_and_loses_nothing(
-    tiny_disk: Path, pg_url: str
-) -> None:
+def test_postgresql_full_disk_is_an_oserror_and_loses_nothing(tiny_disk: Path, pg_url: str) -> None:
     shutil.chown(tiny_disk, "postgres", "postgres")
     space = "kvfull_" + uuid.uuid4().hex[:8]
     prefix = "f" + uuid.uuid4().hex[:8] + "_"
