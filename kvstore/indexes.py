@@ -936,21 +936,25 @@ def _resolve_after(
     if flt.kind == "none":
         return b"", key  # nothing matches, whatever the position
     # The key's position in this query is its first matching value in this order (_dedupe).
-    cond, params = flt.render("i", "")
-    text = (
-        f"SELECT i.ivalue FROM {{ie}} i WHERE {_INDEX_ID} AND i.key = :akey AND {cond} "
-        f"ORDER BY i.ivalue {'DESC' if desc else 'ASC'} LIMIT 1"
-    )
-    params.update(ns=store._ns, name=name, akey=key)
     with store._connection() as conn:
-        row = conn.execute(store._b.sql("ix:" + text, text), params).fetchone()
-        if row is None:
+        rows = conn.execute(*_position_statement(store, name, key)).fetchall()
+        values = [v for v in (bytes(r[0]) for r in rows) if flt.matches(v)]
+        if not values:
             _check_exists(store, name, conn)
             raise ValueError(
                 f"after={key!r}: that key is not a result of this query (any more); pass "
                 "after=(index value, key) to continue past a key that was changed or deleted"
             )
-    return bytes(row[0]), key
+    return max(values) if desc else min(values), key
+
+
+def _position_statement(store: Store, name: str, key: str) -> tuple[str, dict[str, Any]]:
+    """All of ``key``'s entries in the index, for ``after=key``; the caller filters them. With
+    the filter in the WHERE (the rejected form, ``... ORDER BY i.ivalue LIMIT 1``) SQLite reads
+    the primary-key range up to the key instead, on every page, so a walk by ``after=key``
+    pages was quadratic in the range; the key's own entries are few (see _dedupe)."""
+    text = f"SELECT i.ivalue FROM {{ie}} i WHERE {_INDEX_ID} AND {_key_is(store, 'i', ':akey')}"
+    return store._b.sql("ix:" + text, text), {"ns": store._ns, "name": name, "akey": key}
 
 
 def _check_exists(store: Store, name: str, conn: Conn) -> None:

@@ -901,17 +901,23 @@ class Explainer:
         # A multi-valued query's "first matching value" subquery (alias j) must look up the
         # row's own key in the (index_id, key) B-tree: read through the primary key it scans
         # the whole range once per result row, quadratic in the matches.
-        self.key_probe, self.range_probe = {
+        # after=key's look-up (alias i) likewise.
+        self.key_probe, self.range_probe, self.position_read = {
             "postgresql": (
                 r"Index Scan using ix_kv_index_entries_index_id_kv_index_entries_key on "
                 r"kv_index_entries j .*\n\s+Index Cond: \(\(index_id = i\.index_id\) AND "
                 r"\(\(key\)::text = \(i\.key\)::text\)\)",
                 "on kv_index_entries j",
+                r"Index Scan using ix_kv_index_entries_index_id_kv_index_entries_key on "
+                r"kv_index_entries i .*\n\s+Index Cond: \(\(index_id = \$\d+\) AND "
+                r"\(\(key\)::text = ",
             ),
             "sqlite": (
                 r"SEARCH j USING INDEX ix_kv_index_entries_index_id_kv_index_entries_key "
                 r"\(index_id=\? AND key=\?\)",
                 "SEARCH j USING",
+                r"SEARCH i USING INDEX ix_kv_index_entries_index_id_kv_index_entries_key "
+                r"\(index_id=\? AND key=\?\)",
             ),
         }[store.dialect_name]
 
@@ -923,6 +929,12 @@ class Explainer:
         probes = re.findall(self.key_probe, shown)
         assert len(probes) == (1 if multi else 0), (what, shown)
         assert shown.count(self.range_probe) == len(probes), (what, shown)
+
+    def check_position(self, sql: str, params: dict[str, Any]) -> None:
+        """Assert that ``after=key``'s look-up reads the key's entries by (index_id, key)."""
+        shown = self.plan(sql, params)
+        assert re.search(self.position_read, shown), shown
+        assert not any(s in shown for s in self.full_scans), shown
 
     def plan(self, sql: str, params: dict[str, Any]) -> str:
         with self.store._connection() as conn:
@@ -984,6 +996,7 @@ def test_every_query_shape_uses_the_index(store: kvstore.Store, explainer: Expla
                 explainer.check(sql, params, plan.flt.multi, ("count", value, q))
             found = list(ix._run_find(plan))
             assert 0 < len(found) <= 10
+    explainer.check_position(*ix._position_statement(store, "f", "k004031"))
     # the lookups answer in milliseconds, not in a scan's time
     t = time.perf_counter()
     for i in range(50):
