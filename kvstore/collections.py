@@ -8,11 +8,16 @@ shares the store's transactions, connections and indexes.
 
 How keys are stored (see ``docs/collections.md``):
 
-* dict keys with the ``"json"`` serializer are ``str`` and are stored verbatim as the entry key,
-  so SQL users can read them and iteration is in code-point order of the keys;
-* dict keys with any other serializer, and every set element, are stored as a canonical text
-  encoding of the key (JSON text for JSON set elements, URL-safe base64 of the serialized key
-  otherwise), so the entry key is the element's identity and equal elements meet in one row.
+* a dict's keys are encoded by its *key* serializer, not by the value serializer: with
+  ``key_serializer="str"`` (the default unless the values are pickle or marshal) keys are ``str``
+  stored verbatim as the entry key, so SQL users can read them and iteration is in code-point
+  order of the keys; with ``"pickle"`` or ``"marshal"`` (the default for those value
+  serializers, which is the storage format dicts have always had with them) or another
+  serializer, keys are the URL-safe base64 of the serialized canonical key;
+* a set's elements are encoded by its serializer (a set has no values besides its elements):
+  JSON text for JSON elements, URL-safe base64 of the serialized canonical element otherwise.
+
+Either way the entry key is the element's identity, so equal elements meet in one row.
 
 Every compound method is one statement or one transaction (diskcache's ``Index`` taught that the
 ``MutableMapping`` defaults - ``setdefault``, ``pop``, ``popitem`` - are check-then-act races).
@@ -126,6 +131,43 @@ def _check_stored_key(text: str) -> str:
         return check_collection_key(text)
     except ValueError as exc:
         raise ValueError(f"cannot store this key: {exc}") from None
+
+
+#: the ``key_serializer`` of a dict whose keys are ``str`` stored verbatim
+_STR_KEYS = "str"
+
+
+def _key_codec(spec: Any, values: Any) -> tuple[Any, Callable[[Any], bytes] | None]:
+    """A dict's key serializer and its bytes encoder (``None``: ``str`` keys stored verbatim).
+
+    The default follows the value serializer only where dicts have always stored keys that way
+    (pickle and marshal keys are base64 of their canonical pickle/marshal, and must stay
+    readable); everywhere else it is verbatim ``str``, which every value serializer can hold."""
+    if spec is None:
+        spec = (
+            values if values is serializers.PICKLE or values is serializers.MARSHAL else _STR_KEYS
+        )
+    if isinstance(spec, str) and spec == _STR_KEYS:
+        return _STR_KEYS, None
+    try:
+        ser = serializers.get_serializer(spec)
+    except ValueError:
+        raise ValueError(
+            f"unknown key_serializer {spec!r}; use 'str' (str keys stored verbatim), 'pickle', "
+            "'marshal', 'raw' (bytes keys) or an object with dumps/loads"
+        ) from None
+    if ser is serializers.JSON:
+        # JSON gives tuples back as lists, which cannot be keys, and JSON text of a str key
+        # would only be a less readable "str"
+        raise ValueError(
+            "key_serializer='json' is not offered: use 'str' for str keys stored verbatim, or "
+            "'pickle' or 'marshal' for other key types"
+        )
+    if ser is serializers.PICKLE:
+        return ser, _pickle_key
+    if ser is serializers.MARSHAL:
+        return ser, _marshal_key
+    return ser, ser.dumps
 
 
 class _Collection:
@@ -296,11 +338,14 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     ``PersistentDict("sqlite:///data.db", name="settings")`` (the dict then owns the store it
     opened; close it, or use it as a context manager).
 
-    Keys are ``str`` with the default ``"json"`` serializer (any other key type is a
-    ``TypeError``, never silently converted) and iterate in code-point order, not insertion
-    order; with another serializer keys are any hashable value it can encode. Values are
-    anything the serializer can encode; reading a value returns a new object each time, so
-    mutating it changes nothing stored (``d["k"].append(1)`` is lost: write ``d["k"] = ...``).
+    Values are anything ``serializer`` can encode; reading a value returns a new object each
+    time, so mutating it changes nothing stored (``d["k"].append(1)`` is lost: write
+    ``d["k"] = ...``). Keys are encoded by ``key_serializer``, whatever the values are:
+    ``"str"`` (the default, except with pickle or marshal values) takes ``str`` keys, stored
+    verbatim and iterated in code-point order, not insertion order (any other key type is a
+    ``TypeError``, never silently converted); ``"pickle"`` and ``"marshal"`` (the defaults for
+    those value serializers) take any hashable value they can encode, as does ``"raw"`` for
+    ``bytes`` keys or an object with ``dumps``/``loads``.
     """
 
     _kind = "d"
@@ -311,18 +356,20 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         name: str,
         *,
         serializer: Any = "json",
+        key_serializer: Any = None,
         namespace: str | None = None,
         **connect_options: Any,
     ) -> None:
+        # before opening anything: a bad key serializer must not leave a store open
+        self._key_ser, self._key_bytes = _key_codec(
+            key_serializer, serializers.get_serializer(serializer)
+        )
         super().__init__(bind, name, serializer=serializer, namespace=namespace, **connect_options)
-        if self._json:
-            self._key_bytes: Callable[[Any], bytes] | None = None
-        elif self._ser is serializers.PICKLE:
-            self._key_bytes = _pickle_key
-        elif self._ser is serializers.MARSHAL:
-            self._key_bytes = _marshal_key
-        else:
-            self._key_bytes = self._ser.dumps
+
+    @property
+    def key_serializer(self) -> Any:
+        """``"str"`` for str keys stored verbatim, else the serializer that encodes the keys."""
+        return self._key_ser
 
     # -- keys ----------------------------------------------------------------------------------
     def _encode_key(self, key: Any) -> str:
@@ -331,8 +378,8 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         if self._key_bytes is None:
             if not isinstance(key, str):
                 raise TypeError(
-                    f"keys of a PersistentDict with the json serializer are str, not "
-                    f"{type(key).__name__} (use serializer='pickle' or 'marshal' for other keys)"
+                    f"keys of this PersistentDict are str (key_serializer='str'), not "
+                    f"{type(key).__name__}; use key_serializer='pickle' or 'marshal' for other keys"
                 )
             return _check_stored_key(str(key))
         data = self._key_bytes(_canonical(key))
@@ -350,7 +397,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     def _decode_key(self, text: str) -> Any:
         if self._key_bytes is None:
             return text
-        return self._ser.loads(base64.urlsafe_b64decode(text))
+        return self._key_ser.loads(base64.urlsafe_b64decode(text))
 
     def _dumps(self, value: Any) -> bytes:
         data = self._ser.dumps(value)
@@ -730,7 +777,10 @@ class PersistentSet(_Collection, MutableSet[Any]):
     and ``discard`` are one primary-key statement each. With the ``"json"`` serializer
     elements are ``str``, ``int``, ``float``, ``bool`` or ``None``; numbers that compare equal
     (``1``, ``1.0``, ``True``) are one element, as in a built-in set, which keeps the one added
-    first. Operators return plain ``set`` objects; in-place operators are one transaction each.
+    first. With another serializer elements are the hashable values it encodes (``bytes`` with
+    ``"raw"``): a set has no values besides its elements, so its one serializer is its element
+    encoding. Operators return plain ``set`` objects; in-place operators are one transaction
+    each.
     """
 
     _kind = "s"

@@ -3,7 +3,11 @@ the persistence guarantees (visibility, durability, transactions, atomic compoun
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import marshal
+import pickle
 import subprocess
 import sys
 import threading
@@ -467,7 +471,8 @@ def test_marshal_and_custom_serializers(store: kvstore.Store) -> None:
     assert c["a"] == "HELLO"
     with pytest.raises(TypeError, match="strings only"):
         c["b"] = 1
-    assert list(c) == ["A"]  # keys go through the serializer too: they are any value it encodes
+    # the value serializer does not touch the keys (it used to, and turned "a" into "A")
+    assert list(c) == ["a"]
 
 
 def test_popitem_takes_the_last_key(store: kvstore.Store) -> None:
@@ -886,3 +891,116 @@ def test_joins_the_callers_transaction(shared_backend: Any) -> None:
     finally:
         if shared_backend.engine is None:
             engine.dispose()
+
+
+# -- keys do not depend on the value serializer -------------------------------------------------
+
+
+class _Upper:
+    """A value serializer that cannot encode str keys the way values need (module-level, so a
+    dict using it can be pickled)."""
+
+    def dumps(self, obj: Any) -> bytes:
+        if not isinstance(obj, dict):
+            raise TypeError("dicts only")
+        return json.dumps(obj).upper().encode()
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data.decode().lower())
+
+
+_VALUES_BY_SERIALIZER: list[tuple[Any, Any]] = [
+    ("json", {"v": [1]}),
+    ("pickle", {"v": (1, b"x")}),
+    ("marshal", {"v": (1, b"x")}),
+    ("raw", b"\x00\x01"),
+    (_Upper(), {"v": "x"}),
+]
+
+
+@pytest.mark.parametrize(
+    "serializer, value", _VALUES_BY_SERIALIZER, ids=["json", "pickle", "marshal", "raw", "custom"]
+)
+def test_str_keys_work_with_every_value_serializer(
+    store: kvstore.Store, serializer: Any, value: Any
+) -> None:
+    d = store.dict("keys", serializer=serializer)
+    keys = ["b", "a", "Zürich / 2", "", "\U0001f600"]
+    for k in keys:
+        d[k] = value
+    model = dict.fromkeys(keys, value)
+    assert d == model and d["Zürich / 2"] == value and "a" in d and d.get("zz") is None
+    assert sorted(d) == sorted(model) and dict(d.items()) == model
+    assert d.pop("a") == value and d.setdefault("a", value) == value
+    d.update({"c": value})
+    assert d.get_many(["a", "c", "nope"]) == {"a": value, "c": value}
+    # json, raw and custom value serializers store str keys verbatim (readable with SQL, in
+    # code-point order); pickle and marshal keep the base64 keys they always had
+    stored = d._s.keys()
+    if serializer in ("pickle", "marshal"):
+        assert stored != sorted(d) and d.key_serializer is kvstore.serializers.get_serializer(
+            serializer
+        )
+    else:
+        assert stored == list(d) == sorted(d) and d.key_serializer == "str"
+
+
+def test_raw_dict_regression(store: kvstore.Store) -> None:
+    d = store.dict("blobs", serializer="raw")
+    d["b"] = b"\x00\x01"
+    assert d == {"b": b"\x00\x01"} and d["b"] == b"\x00\x01"
+    with pytest.raises(TypeError, match="str"):
+        d[b"b"] = b"x"  # keys are str: bytes keys need key_serializer="raw"
+    with pytest.raises(TypeError, match="raw serializer stores bytes"):
+        d["c"] = "text"
+
+
+def test_key_serializer_choices(store: kvstore.Store) -> None:
+    # bytes keys with raw values
+    b = PersistentDict(store, "bytes", serializer="raw", key_serializer="raw")
+    b[b"\x00k"] = b"v"
+    assert b == {b"\x00k": b"v"} and list(b) == [b"\x00k"]
+    with pytest.raises(TypeError):
+        b["str"] = b"v"
+    # any keys with JSON values, which json_field can still index
+    j = PersistentDict(store, "points", key_serializer="pickle")
+    j[(0, 0)] = {"name": "origin"}
+    j[1] = {"name": "one"}
+    assert j == {(0, 0): {"name": "origin"}, 1: {"name": "one"}}
+    j.create_index("by_name", kvstore.json_field("name"))
+    assert j.find("by_name", "origin") == [(0, 0)]
+    # str keys stored verbatim with pickle values
+    s = PersistentDict(store, "pickled", serializer="pickle", key_serializer="str")
+    s["k"] = {1, 2}
+    assert s == {"k": {1, 2}} and s._s.keys() == ["k"]
+    with pytest.raises(ValueError, match="key_serializer='json'"):
+        PersistentDict(store, "x", key_serializer="json")
+    with pytest.raises(ValueError, match="unknown key_serializer"):
+        PersistentDict(store, "x", key_serializer="yaml")
+    with pytest.raises(TypeError):
+        PersistentDict(store, "x", key_serializer=42)
+
+
+def test_keys_written_before_key_serializer_keep_reading(store: kvstore.Store) -> None:
+    """Rows as earlier versions wrote them: pickle and marshal dicts read them unchanged;
+    dicts of raw or custom values read them with the key serializer that wrote them."""
+    fast = io.BytesIO()
+    pickler = pickle.Pickler(fast, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump((1, "a"))
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode()
+
+    old = {
+        "pickle": (b64(fast.getvalue()), pickle.dumps([1]), (1, "a"), [1]),
+        "marshal": (b64(marshal.dumps((1, "a"), 2)), marshal.dumps([1]), (1, "a"), [1]),
+    }
+    for serializer, (key, data, want_key, want_value) in old.items():
+        store._derived("d", "old-" + serializer).put(key, data)
+        d = store.dict("old-" + serializer, serializer=serializer)
+        assert d == {want_key: want_value} and d[want_key] == want_value
+        d[want_key] = "new"  # and writes the same row
+        assert len(d) == 1 and d[want_key] == "new"
+    store._derived("d", "old-raw").put(b64(b"k"), b"v")
+    assert PersistentDict(store, "old-raw", serializer="raw", key_serializer="raw") == {b"k": b"v"}

@@ -621,3 +621,26 @@ def test_namespaces_and_serializers_isolate(store: kvstore.Store) -> None:
     p.update([(1, "a"), frozenset({2}), b"raw", 1.0])
     assert p == {(1, "a"), frozenset({2}), b"raw", 1}
     assert (1, "a") in p and 1 in p and True in p
+
+
+# -- raw elements, copies, pickling --------------------------------------------------------------
+
+
+def test_raw_serializer_holds_bytes(store: kvstore.Store) -> None:
+    # a set has no values besides its elements: its serializer encodes them, so with "raw"
+    # they are bytes (a dict's raw serializer is for its values; its keys stay str)
+    s = store.set("blobs", serializer="raw")
+    model = {b"\x00\x01", b"", b"a" * 600, "é".encode()}
+    s.update(model)
+    s.add(b"\x00\x01")
+    assert s == model and len(s) == 4 and b"" in s and b"\x00\x01" in s
+    assert sorted(s) == sorted(model) and s & {b"", b"x"} == {b""} and {b"x"} - s == {b"x"}
+    assert "a" not in s and 1 not in s  # what raw cannot store cannot be a member
+    for bad in ("text", 1, None):
+        with pytest.raises(TypeError, match="raw serializer stores bytes"):
+            s.add(bad)
+    with pytest.raises(TypeError, match="unhashable"):
+        s.add(bytearray(b"x"))  # as in a built-in set
+    s.discard(b"")
+    model.discard(b"")
+    assert s.pop() in model and len(s) == 2
