@@ -32,6 +32,7 @@ import io
 import json
 import marshal
 import pickle
+import types
 from collections.abc import (
     Callable,
     ItemsView,
@@ -726,7 +727,19 @@ def _repr_dict(items: Iterator[tuple[Any, Any]]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-class _DictKeys(KeysView[Any]):
+class _View:
+    """What the three views share with the built-in's views besides the ABCs."""
+
+    _mapping: PersistentDict
+
+    @property
+    def mapping(self) -> types.MappingProxyType[Any, Any]:
+        """A read-only proxy of the dict, as a built-in view's ``mapping`` (it reads through to
+        the database, like the view)."""
+        return types.MappingProxyType(self._mapping)
+
+
+class _DictKeys(_View, KeysView[Any]):
     _mapping: PersistentDict
 
     def __reversed__(self) -> Iterator[Any]:
@@ -736,7 +749,7 @@ class _DictKeys(KeysView[Any]):
         return f"{type(self._mapping).__name__}.keys({self._mapping.name!r})"
 
 
-class _DictValues(ValuesView[Any]):
+class _DictValues(_View, ValuesView[Any]):
     _mapping: PersistentDict
 
     def __iter__(self) -> Iterator[Any]:
@@ -755,7 +768,16 @@ class _DictValues(ValuesView[Any]):
         return f"{type(self._mapping).__name__}.values({self._mapping.name!r})"
 
 
-class _DictItems(ItemsView[Any, Any]):
+# The built-in views that CPython's set operations on views treat as sets (sizes compared).
+_BUILTIN_SET_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.items()))
+
+
+class _DictItems(_View, ItemsView[Any, Any]):
+    """The items view. Membership and the set operators follow CPython's ``dict_items``
+    (``Objects/dictobject.c``) step by step, so results *and* errors are the built-in's: the
+    ABC's versions unpack any object as a pair (``"ab"`` is the item ``("a", "b")``), and fail
+    on ``1`` or ``"a"`` instead of answering False."""
+
     _mapping: PersistentDict
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
@@ -763,6 +785,107 @@ class _DictItems(ItemsView[Any, Any]):
 
     def __reversed__(self) -> Iterator[tuple[Any, Any]]:
         return self._mapping._items(desc=True)
+
+    def __contains__(self, item: object) -> bool:
+        # only a 2-tuple (or a tuple subclass) can be an item; its key must be hashable (a
+        # TypeError otherwise, as in a dict), its value need not be
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        key, value = item
+        try:
+            found = self._mapping[key]
+        except KeyError:
+            return False
+        return found is value or bool(found == value)
+
+    def _members(self, other: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+        """Each item of ``other`` and whether it is in the view: ``item in self`` for each in
+        turn, but with the keys of ``batch_size`` items looked up in one query. Lazy, so a
+        caller that stops at the first member (``isdisjoint``) reads no further, and an error
+        (an unhashable key) surfaces only after the items before it, as it would item by item."""
+        d = self._mapping
+        it = iter(other)
+        size = max(1, int(d.batch_size))
+        while True:
+            chunk: list[tuple[Any, str | None]] = []
+            error: BaseException | None = None
+            exhausted = True
+            for item in it:
+                k = None
+                if isinstance(item, tuple) and len(item) == 2:
+                    try:
+                        k = d._lookup(item[0])
+                    except Exception as exc:  # an unhashable key: after the items before it
+                        error = exc
+                        break
+                chunk.append((item, k))
+                if len(chunk) == size:
+                    exhausted = False
+                    break
+            wanted = [k for k in dict.fromkeys(k for _, k in chunk) if k is not None]
+            found = d._s.get_many(wanted) if wanted else {}
+            for item, k in chunk:
+                data = None if k is None else found.get(k)
+                if data is None:
+                    yield item, False
+                else:
+                    value = d._ser.loads(data)
+                    yield item, value is item[1] or bool(value == item[1])
+            if error is not None:
+                raise error
+            if exhausted:
+                return
+
+    # Set operations return plain sets. As in CPython, the operand that is not a view is
+    # iterated as it is (a TypeError if it cannot be), never refused with NotImplemented, and
+    # a hash is taken wherever the built-in puts an item into a set, so an unhashable value is
+    # the same TypeError at the same places.
+    def __and__(self, other: Any) -> set[Any]:
+        if type(other) is set and len(self) <= len(other):
+            return other.intersection(self)
+        if type(other) in _BUILTIN_SET_VIEWS and len(other) > len(self):
+            return {item for item in self if item in other}
+        return {item for item, member in self._members(other) if member}
+
+    __rand__ = __and__
+
+    def __or__(self, other: Any) -> set[Any]:
+        out = set(self)
+        out.update(other)
+        return out
+
+    def __ror__(self, other: Any) -> set[Any]:
+        out = set(other)
+        out.update(self)
+        return out
+
+    def __sub__(self, other: Any) -> set[Any]:
+        out = set(self)
+        out.difference_update(other)
+        return out
+
+    def __rsub__(self, other: Any) -> set[Any]:
+        out = set(other)
+        out.difference_update(self)
+        return out
+
+    def __xor__(self, other: Any) -> set[Any]:
+        out = set(self)
+        out.symmetric_difference_update(other)
+        return out
+
+    def __rxor__(self, other: Any) -> set[Any]:
+        out = set(other)
+        out.symmetric_difference_update(self)
+        return out
+
+    def isdisjoint(self, other: Iterable[Any]) -> bool:
+        if other is self:
+            return not self._mapping
+        sized = isinstance(other, set | frozenset) or type(other) in _BUILTIN_SET_VIEWS
+        if sized and len(other) > len(self):  # type: ignore[arg-type]
+            return not any(item in other for item in self)
+        return not any(member for _, member in self._members(other))
 
     def __repr__(self) -> str:
         return f"{type(self._mapping).__name__}.items({self._mapping.name!r})"

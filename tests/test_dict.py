@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import marshal
 import pickle
 import subprocess
 import sys
 import threading
+import types
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -891,6 +893,126 @@ def test_joins_the_callers_transaction(shared_backend: Any) -> None:
     finally:
         if shared_backend.engine is None:
             engine.dispose()
+
+
+# -- the items view is dict_items --------------------------------------------------------------
+
+
+def _normalised(outcome: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Python names the operand's class in "'<=' not supported between instances of ..."
+    return tuple(
+        o.replace("_DictItems", "dict_items") if isinstance(o, str) else o for o in outcome
+    )
+
+
+def _outcome(fn: Any) -> tuple[Any, ...]:
+    try:
+        return ("ok", fn())
+    except Exception as exc:
+        return ("raised", type(exc), str(exc))
+
+
+_ITEM_PROBES: list[Any] = [
+    "a", "ab", "ba", 1, 1.0, None, b"ab", ("a",), ("a", "b", "c"), ["a", "b"], ("a", "b"),
+    ("b", "a"), ("a", [1]), ("a", 1), ("a", 1.0), ("a", True), ("b", 2), ("c", {"x": 1}),
+    ([], 1), ({}, "b"), (1, 2), ((1, 2), None),
+]  # fmt: skip
+_ITEM_OTHERS: list[Any] = [
+    [], ["a"], [1], ["ab"], "ab", 1, None, [("a", "b")], [("a", [1])], [("b", 2)], [([], 1)],
+    [("a", "b"), ("a", "b", "c")], [("a", 1), ([], 1)], [("z", 0), ("a", 1), ("b", 2)],
+    {("b", 2)}, {("a", 1), 1, 2, 3, 4, 5}, frozenset({("b", 2), 1, 2, 3, 4}), set(),
+    {"a": 1}.items(), {"a": 1, "z": 1, "y": 2, "q": 3}.items(), {"a": 1}.keys(),
+    iter([("a", "b"), "ab"]),
+]  # fmt: skip
+_ITEM_OPS: list[tuple[str, Any]] = [
+    ("&", lambda v, o: v & o),
+    ("r&", lambda v, o: o & v),
+    ("|", lambda v, o: v | o),
+    ("r|", lambda v, o: o | v),
+    ("-", lambda v, o: v - o),
+    ("r-", lambda v, o: o - v),
+    ("^", lambda v, o: v ^ o),
+    ("r^", lambda v, o: o ^ v),
+    ("isdisjoint", lambda v, o: v.isdisjoint(o)),
+    ("==", lambda v, o: v == o),
+    ("!=", lambda v, o: v != o),
+    ("<=", lambda v, o: v <= o),
+    ("<", lambda v, o: v < o),
+    (">=", lambda v, o: v >= o),
+    (">", lambda v, o: v > o),
+]
+
+
+@pytest.mark.parametrize(
+    "serializer, content",
+    [
+        ("json", {}),
+        ("json", {"a": "b"}),
+        ("json", {"a": 1, "b": 2, "c": {"x": 1}}),
+        ("json", {"a": [1], "b": 2}),  # an unhashable value: TypeError where dict_items hashes
+        ("pickle", {1: 2, (1, 2): None, "a": True}),
+    ],
+)
+def test_items_view_is_dict_items(store: kvstore.Store, serializer: str, content: dict) -> None:
+    d = store.dict("items", serializer=serializer)
+    d.update(content)
+    d.batch_size = 2  # several membership batches per operation
+    ours, builtin = d.items(), content.items()
+    for probe in _ITEM_PROBES:
+        assert _outcome(lambda: probe in ours) == _outcome(lambda: probe in builtin), probe  # noqa: B023
+    for other in _ITEM_OTHERS:
+        for name, op in _ITEM_OPS:
+            if name.startswith("r") and type(other) in (type({}.keys()), type({}.items())):
+                # a built-in view on the left runs its own code, which treats only built-in
+                # views as sized sets: it iterates ours (and hashes unhashable values)
+                continue
+            if isinstance(other, Iterator):
+                want = _outcome(lambda: op(builtin, iter([("a", "b"), "ab"])))  # noqa: B023
+                got = _outcome(lambda: op(ours, iter([("a", "b"), "ab"])))  # noqa: B023
+            else:
+                want = _outcome(lambda: op(builtin, other))  # noqa: B023
+                got = _outcome(lambda: op(ours, other))  # noqa: B023
+            assert _normalised(got) == want, (name, other)
+    assert d == content  # no operation wrote anything
+
+
+def test_items_membership_regressions(store: kvstore.Store) -> None:
+    d = store.dict("items")
+    d["a"] = "b"
+    items = d.items()
+    # a str of length 2 is not the pair it unpacks to, and non-tuples are not items
+    assert "ab" not in items and "a" not in items and 1 not in items and ["a", "b"] not in items
+    assert ("a", "b") in items and ("a", ["b"]) not in items
+    assert ["a", ("a", "b"), "ab", 1] & items == {("a", "b")}
+    assert ["a", ("a", "b"), "ab"] - items == {"a", "ab"}
+    with pytest.raises(TypeError, match="unhashable"):
+        ([], 1) in items  # noqa: B015 - an unhashable key raises, as in dict_items
+    # isdisjoint stops at the first member, as the built-in does, even on an endless iterable
+    assert not items.isdisjoint(itertools.repeat(("a", "b")))
+    assert not items.isdisjoint([("a", "b"), ([], 1)])  # the unhashable key is never reached
+
+
+# -- views have .mapping, copies are snapshots, fromkeys --------------------------------------
+
+
+def test_views_have_a_read_only_mapping(store: kvstore.Store) -> None:
+    d = store.dict("settings")
+    d["a"] = 1
+    for view, builtin_view in (
+        (d.keys(), {}.keys()),
+        (d.values(), {}.values()),
+        (d.items(), {}.items()),
+    ):
+        proxy = view.mapping
+        assert type(proxy) is type(builtin_view.mapping) is types.MappingProxyType
+        assert proxy == {"a": 1} and proxy["a"] == 1 and len(proxy) == 1
+        d["b"] = 2  # it reads through to the database, as the view does
+        assert dict(proxy) == {"a": 1, "b": 2} and "b" in proxy and proxy.get("z") is None
+        assert type(proxy.copy()) is dict
+        for write in (lambda m: m.__setitem__("c", 3), lambda m: m.__delitem__("a")):
+            assert _outcome(lambda: write(proxy)) == _outcome(lambda: write(builtin_view.mapping))  # noqa: B023
+        del d["b"]
+    assert d == {"a": 1}
 
 
 # -- keys do not depend on the value serializer -------------------------------------------------
