@@ -26,6 +26,7 @@ Every compound method is one statement or one transaction (diskcache's ``Index``
 from __future__ import annotations
 
 import base64
+import copy as _copy
 import functools
 import hashlib
 import io
@@ -592,6 +593,13 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         """A plain ``dict`` snapshot of the contents."""
         return dict(self._items())
 
+    # copy.copy and copy.deepcopy give snapshots too: a copy that wrote through to the same
+    # rows would not be a copy
+    __copy__ = copy
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[Any, Any]:
+        return _copy.deepcopy(self.copy(), memo)
+
     def __eq__(self, other: object) -> bool:
         if other is self:
             return True
@@ -1058,6 +1066,13 @@ class PersistentSet(_Collection, MutableSet[Any]):
     def copy(self) -> set[Any]:
         """A plain ``set`` snapshot of the contents."""
         return set(self)
+
+    # copy.copy and copy.deepcopy give snapshots too: a copy that wrote through to the same
+    # rows would not be a copy
+    __copy__ = copy
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> set[Any]:
+        return _copy.deepcopy(self.copy(), memo)
 
     @classmethod
     def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:

@@ -4,6 +4,7 @@ the persistence guarantees (visibility, durability, transactions, atomic compoun
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import itertools
 import json
@@ -1013,6 +1014,25 @@ def test_views_have_a_read_only_mapping(store: kvstore.Store) -> None:
             assert _outcome(lambda: write(proxy)) == _outcome(lambda: write(builtin_view.mapping))  # noqa: B023
         del d["b"]
     assert d == {"a": 1}
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_copy_module_gives_snapshots(store: kvstore.Store, serializer: str) -> None:
+    d = store.dict("settings", serializer=serializer)
+    d.update(a=[1, 2], b={"x": 1})
+    model = {"a": [1, 2], "b": {"x": 1}}
+    shallow, deep = copy.copy(d), copy.deepcopy(d)
+    assert type(shallow) is type(deep) is dict
+    assert shallow == deep == model == copy.copy(model) == copy.deepcopy(model)
+    shallow["c"] = 3
+    deep["a"].append(3)
+    del shallow["a"]
+    assert d == model  # writing to a copy changes nothing stored
+    d["d"] = 4
+    assert "d" not in shallow and "d" not in deep  # and a copy does not follow later writes
+    # deepcopy keeps the sharing of the structure it copies, as for a dict
+    pair = copy.deepcopy([d, d])
+    assert pair[0] is pair[1] and pair[0] == dict(d)
 
 
 # -- keys do not depend on the value serializer -------------------------------------------------

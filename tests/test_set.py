@@ -644,3 +644,25 @@ def test_raw_serializer_holds_bytes(store: kvstore.Store) -> None:
     s.discard(b"")
     model.discard(b"")
     assert s.pop() in model and len(s) == 2
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_copy_module_gives_snapshots(store: kvstore.Store, serializer: str) -> None:
+    import copy
+
+    s = store.set("seen", serializer=serializer)
+    s.update(["a", 1, 2.5])
+    model = {"a", 1, 2.5}
+    shallow, deep = copy.copy(s), copy.deepcopy(s)
+    assert type(shallow) is type(deep) is set
+    assert shallow == deep == model == copy.copy(model) == copy.deepcopy(model)
+    shallow.add("new")
+    deep.discard("a")
+    assert s == model  # writing to a copy changes nothing stored
+    s.add("later")
+    assert "later" not in shallow and "later" not in deep  # and a copy does not follow
+    pair = copy.deepcopy([s, s])
+    assert pair[0] is pair[1] and pair[0] == set(s)
+    if serializer == "pickle":
+        s.add(("t", 1))
+        assert ("t", 1) in copy.deepcopy(s)
