@@ -46,7 +46,7 @@ from collections.abc import (
     ValuesView,
 )
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import serializers
 from ._conn import Conn
@@ -372,6 +372,42 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     def key_serializer(self) -> Any:
         """``"str"`` for str keys stored verbatim, else the serializer that encodes the keys."""
         return self._key_ser
+
+    @classmethod
+    def fromkeys(
+        cls,
+        iterable: Iterable[Any],
+        value: Any = None,
+        /,
+        *,
+        store: Any,
+        name: str,
+        serializer: Any = "json",
+        key_serializer: Any = None,
+        namespace: str | None = None,
+        **connect_options: Any,
+    ) -> Self:
+        """``dict.fromkeys`` for the dict ``name`` on ``store`` (a Store, a transaction, or
+        what :func:`kvstore.connect` takes): sets every key of ``iterable`` to ``value`` in one
+        transaction (all of them or, on error, none) and returns the dict. Keys already in the
+        dict and not in ``iterable`` stay: clear it first for exactly these keys."""
+        d = cls(
+            store,
+            name,
+            serializer=serializer,
+            key_serializer=key_serializer,
+            namespace=namespace,
+            **connect_options,
+        )
+        try:
+            data = d._dumps(value)
+            rows = {d._encode_key(key): data for key in iterable}
+            if rows:
+                d._s.put_many(list(rows.items()))
+        except BaseException:
+            d.close()
+            raise
+        return d
 
     # -- keys ----------------------------------------------------------------------------------
     def _encode_key(self, key: Any) -> str:

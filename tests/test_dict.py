@@ -1035,6 +1035,49 @@ def test_copy_module_gives_snapshots(store: kvstore.Store, serializer: str) -> N
     assert pair[0] is pair[1] and pair[0] == dict(d)
 
 
+def test_fromkeys(store: kvstore.Store) -> None:
+    d = PersistentDict.fromkeys("abca", store=store, name="fk")
+    assert type(d) is PersistentDict and d.name == "fk"
+    assert d == dict.fromkeys("abca") and store.dict("fk") == dict.fromkeys("abc")
+    d = PersistentDict.fromkeys(["x", "y"], [0], store=store, name="lists")
+    assert d == dict.fromkeys(["x", "y"], [0])  # noqa: RUF024 - the built-in is the model
+    p = PersistentDict.fromkeys(range(3), (1,), store=store, name="p", serializer="pickle")
+    assert p == dict.fromkeys(range(3), (1,)) and p.serializer is kvstore.serializers.PICKLE
+    r = PersistentDict.fromkeys(["k"], b"\x00", store=store, name="r", serializer="raw")
+    assert r == {"k": b"\x00"}
+    # all or nothing: a bad key or value writes no key
+    for keys, value in ((["new", 1], None), (["new"], object()), (["new", "a\x00"], None)):
+        with pytest.raises((TypeError, ValueError)):
+            PersistentDict.fromkeys(keys, value, store=store, name="fk")
+        assert "new" not in store.dict("fk")
+    # the keys join what the dict already holds (a named dict in the database is not new)
+    PersistentDict.fromkeys(["d"], 1, store=store, name="fk")
+    assert store.dict("fk") == {"a": None, "b": None, "c": None, "d": 1}
+    # inside a transaction it commits or rolls back with it
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        PersistentDict.fromkeys(["t"], store=tx, name="fk")
+        raise RuntimeError("roll back")
+    assert "t" not in store.dict("fk")
+    assert PersistentDict.fromkeys([], store=store, name="empty") == {}
+    with pytest.raises(TypeError):
+        PersistentDict.fromkeys(["a"], store=store)  # type: ignore[call-arg]
+
+
+def test_fromkeys_opens_and_owns_a_store_from_a_url(backend: Any) -> None:
+    url = backend.url
+    kw: dict[str, Any] = {"namespace": backend.namespace}
+    if backend.name == "sqlite-memory":
+        url = backend.connect()  # a memory database is reachable only through its store
+        kw = {}
+    d = PersistentDict.fromkeys(["a"], 1, store=url, name="owned", **kw)
+    try:
+        assert d == {"a": 1}
+    finally:
+        d.close()
+    if not isinstance(url, str):
+        url.close()
+
+
 # -- keys do not depend on the value serializer -------------------------------------------------
 
 
