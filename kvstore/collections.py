@@ -172,6 +172,27 @@ def _key_codec(spec: Any, values: Any) -> tuple[Any, Callable[[Any], bytes] | No
     return ser, ser.dumps
 
 
+def _serializer_spec(ser: Any) -> Any:
+    """What ``get_serializer`` turns back into ``ser`` after pickling: a built-in by its name
+    (an unpickled copy of the instance would not be the built-in, and would be treated as a
+    custom serializer), a custom one as the object the caller gave."""
+    if isinstance(ser, serializers._Custom):
+        return ser._obj
+    if any(ser is builtin for builtin in serializers._BY_NAME.values()):
+        return ser.name
+    return ser
+
+
+def _reopen(
+    cls: type[_Collection], base: Store, name: str, options: dict[str, Any], owns: bool
+) -> _Collection:
+    """Unpickle a collection: open it again on its (unpickled, so reconnected) parent store."""
+    obj = cls(base, name, **options)
+    if owns:  # the original closed its own store: so does this one
+        obj._owned = base
+    return obj
+
+
 class _Collection:
     """What PersistentDict and PersistentSet share: opening, the derived store, scanning."""
 
@@ -203,6 +224,9 @@ class _Collection:
             base = bind if namespace is None else bind.namespace(namespace)
         else:
             base = self._owned = connect(bind, namespace=namespace or "default", **connect_options)
+        # The store the collection was opened on, not the derived store behind it: pickling
+        # reopens the collection on it (a derived store cannot pickle itself).
+        self._base = base
         try:
             self._s = base._derived(self._kind, name)
         except BaseException:
@@ -219,6 +243,12 @@ class _Collection:
     def serializer(self) -> Any:
         return self._ser
 
+    @property
+    def store(self) -> Store:
+        """The store the collection was opened on: the one it was given (in the namespace it
+        was asked for), or the one it opened itself."""
+        return self._base
+
     def close(self) -> None:
         """Close the store this collection opened itself (a no-op for one given a Store)."""
         if self._owned is not None:
@@ -229,6 +259,16 @@ class _Collection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _options(self) -> dict[str, Any]:
+        return {"serializer": _serializer_spec(self._ser)}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as "open collection ``name`` on the parent store again": the parent store
+        pickles as a reconnect when it was opened from a URL, and raises its own TypeError
+        otherwise (an Engine, a Connection, a Session or a transaction cannot travel)."""
+        owns = self._owned is not None
+        return (_reopen, (type(self), self._base, self._name, self._options(), owns))
 
     def _sql(self, name: str, template: str) -> str:
         return self._s._b.sql("collections:" + name, template)
@@ -372,6 +412,10 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     def key_serializer(self) -> Any:
         """``"str"`` for str keys stored verbatim, else the serializer that encodes the keys."""
         return self._key_ser
+
+    def _options(self) -> dict[str, Any]:
+        key_ser = self._key_ser if self._key_bytes is None else _serializer_spec(self._key_ser)
+        return {**super()._options(), "key_serializer": key_ser}
 
     @classmethod
     def fromkeys(

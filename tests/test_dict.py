@@ -1189,3 +1189,70 @@ def test_keys_written_before_key_serializer_keep_reading(store: kvstore.Store) -
         assert len(d) == 1 and d[want_key] == "new"
     store._derived("d", "old-raw").put(b64(b"k"), b"v")
     assert PersistentDict(store, "old-raw", serializer="raw", key_serializer="raw") == {b"k": b"v"}
+
+
+# -- pickling: reopen on the parent store ------------------------------------------------------
+
+
+def test_pickling_reopens_on_the_parent_store(backend: Any) -> None:
+    s = backend.connect(own_engine=True)  # opened from a URL: it pickles as a reconnect
+    try:
+        opened = [
+            s.dict("plain"),
+            s.dict("pickled", serializer="pickle"),
+            PersistentDict(s, "bytes", serializer="raw", key_serializer="raw"),
+            s.dict("custom", serializer=_Upper()),
+            s.namespace(s.namespace_name + "x").dict("elsewhere", serializer="marshal"),
+        ]
+        values: list[tuple[Any, Any]] = [
+            ("k", [1]),
+            ((1, 2), {3}),
+            (b"k", b"v"),
+            ("k", {"v": 1}),
+            (1, (2,)),
+        ]
+        for d, (k, v) in zip(opened, values, strict=True):
+            d[k] = v
+            clone = pickle.loads(pickle.dumps(d))
+            try:
+                assert type(clone) is PersistentDict and clone.name == d.name
+                assert type(clone.serializer) is type(d.serializer)
+                assert clone.key_serializer == d.key_serializer or (
+                    type(clone.key_serializer) is type(d.key_serializer)
+                )
+                if backend.shared:  # the clone reconnected to the same database
+                    assert clone == d == {k: v}
+                    clone[k] = v  # same encodings: the same row
+                    del clone[k]
+                    assert k not in d
+                else:  # a new in-memory database: the same dict, empty
+                    assert clone == {}
+            finally:
+                clone.store.close()
+        assert opened[0].store is s and opened[-1].store.namespace_name == s.namespace_name + "x"
+        clone = pickle.loads(pickle.dumps(opened[0]))
+        assert clone.serializer is kvstore.serializers.JSON and clone.store is not s
+        clone.store.close()
+    finally:
+        s.close()
+
+
+def test_a_dict_that_opened_its_store_pickles_as_one_that_opens_it(shared_backend: Any) -> None:
+    d = PersistentDict(shared_backend.url, "own", namespace=shared_backend.namespace)
+    with d:
+        d["a"] = 1
+        with pickle.loads(pickle.dumps(d)) as clone:
+            assert clone == {"a": 1}
+        with pytest.raises(kvstore.KVStoreError, match="closed"):
+            clone["a"]  # the clone owned the store it reconnected, and closed it
+        assert d["a"] == 1
+
+
+def test_pickling_needs_a_store_opened_from_a_url(store: kvstore.Store) -> None:
+    on_engine = kvstore.connect(store._b.engine, namespace=store.namespace_name)
+    d = on_engine.dict("d")
+    d["a"] = 1
+    with pytest.raises(TypeError, match="only a store opened from a URL can be pickled"):
+        pickle.dumps(d)
+    with store.transaction() as tx, pytest.raises(TypeError, match="transaction"):
+        pickle.dumps(tx.dict("d"))

@@ -666,3 +666,41 @@ def test_copy_module_gives_snapshots(store: kvstore.Store, serializer: str) -> N
     if serializer == "pickle":
         s.add(("t", 1))
         assert ("t", 1) in copy.deepcopy(s)
+
+
+def test_pickling_reopens_on_the_parent_store(backend: Any) -> None:
+    import pickle
+
+    store = backend.connect(own_engine=True)  # opened from a URL: it pickles as a reconnect
+    try:
+        for s, elem in (
+            (store.set("plain"), "a"),
+            (store.set("pickled", serializer="pickle"), (1, frozenset({2}))),
+            (store.set("bytes", serializer="raw"), b"\x00"),
+            (store.namespace(store.namespace_name + "x").set("elsewhere"), 1),
+        ):
+            s.add(elem)
+            clone = pickle.loads(pickle.dumps(s))
+            try:
+                assert type(clone) is PersistentSet and clone.name == s.name
+                assert clone.serializer is s.serializer  # the built-in, not a copy of it
+                if backend.shared:
+                    assert clone == s == {elem}
+                    clone.discard(elem)
+                    assert elem not in s
+                else:  # a new in-memory database: the same set, empty
+                    assert clone == set()
+            finally:
+                clone.store.close()
+    finally:
+        store.close()
+
+
+def test_pickling_needs_a_store_opened_from_a_url(store: kvstore.Store) -> None:
+    import pickle
+
+    on_engine = kvstore.connect(store._b.engine, namespace=store.namespace_name)
+    with pytest.raises(TypeError, match="only a store opened from a URL can be pickled"):
+        pickle.dumps(on_engine.set("s"))
+    with store.transaction() as tx, pytest.raises(TypeError, match="transaction"):
+        pickle.dumps(tx.set("s"))
