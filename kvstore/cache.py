@@ -13,8 +13,8 @@ What vlermv's ``cache`` and diskcache's ``memoize`` give, plus what they lack:
 * **A namespace per function** (``<namespace>/c/<name>``), so ``cache_clear()`` removes exactly
   that function's results and the user's own key listing never shows cache entries.
 * ``None`` is a result like any other (a cached ``None`` is a hit), results go through a
-  serializer (``"json"`` by default; ``"pickle"`` only when asked), methods and
-  ``async def`` functions work.
+  serializer (``"auto"`` by default: ``bytes`` stored as they are, anything else as JSON;
+  ``"pickle"`` only when asked), methods and ``async def`` functions work.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar, cast, overload
 
 from ._keys import NOT_SET, TTL, ttl_to_seconds
 from .errors import ConflictError
-from .serializers import get_serializer
+from .serializers import _BY_NAME, JSON, get_serializer
 from .store import Store, Transaction
 
 __all__ = ["AsyncCachedFunction", "CachedFunction", "cached"]
@@ -46,6 +46,10 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 _NAME_MAX = 120  # what Store._derived accepts
 _KEY_FORMAT = "kvstore.cached/1:"  # hashed in front of the encoding, so a new format gets new keys
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1
+# The first byte of a stored bytes result under "auto". JSON text as json.dumps writes it
+# starts with one of {["-0123456789tfn, never "B", so one byte tells the two apart and JSON
+# results need no tag at all: they stay byte-identical to what "json" stores.
+_BYTES_TAG = b"B"
 
 _NO_LOCK = b""  # the "token" of a call made inside a transaction, which takes no lock
 _CLEAR_SQL = "DELETE FROM {e} WHERE namespace = :ns"
@@ -53,6 +57,67 @@ _CLEAR_SQL = "DELETE FROM {e} WHERE namespace = :ns"
 # not release the lock of the caller that took over. The checksum column is the SHA-256 of the
 # value, so matching on it is one statement with no read-then-delete race.
 _UNLOCK_SQL = "DELETE FROM {e} WHERE namespace = :ns AND key = :key AND checksum = :sum"
+
+
+# -- result encoding -----------------------------------------------------------------------------
+class _Auto:
+    """``cached``'s default result encoding: ``bytes`` as they are, anything else as JSON.
+
+    A bytes result (an HTTP body, a thumbnail) is stored as ``b"B"`` followed by the raw bytes
+    (no base64: a 1 MiB body takes 1 MiB + 1 byte, chunked like any large value). Every other
+    result is the exact JSON text the ``"json"`` serializer writes, untagged, because:
+
+    * entries stored with ``"json"`` (the default before ``"auto"``) are still hits, so an
+      upgrade does not empty every cache and the key format needs no new version;
+    * switching a function between ``"json"`` and ``"auto"`` keeps its JSON entries;
+    * a version that only knows JSON fails to decode a ``b"B"`` entry, which its lookup treats
+      as a miss (recompute and overwrite): mixed versions cost misses, never wrong results.
+
+    Only a whole result can be bytes: bytes inside a list or dict stay a ``TypeError``, since
+    any in-band JSON marker for them (``{"$bytes": ...}``) could also be a real result.
+    """
+
+    name = "auto"
+
+    def dumps(self, obj: Any) -> bytes:
+        if isinstance(obj, bytes | bytearray | memoryview):
+            # bytearray and memoryview come back as bytes, as a tuple comes back as a list
+            return _BYTES_TAG + bytes(obj)
+        try:
+            return JSON.dumps(obj)
+        except TypeError as exc:
+            raise TypeError(
+                f"{exc} (the default serializer stores JSON values, or bytes as a whole "
+                "result; pass serializer= to store other types)"
+            ) from None
+
+    def loads(self, data: bytes) -> Any:
+        if data[:1] == _BYTES_TAG:
+            return bytes(data[1:])
+        # Anything else is JSON, ours or a "json" entry; garbage raises, and is a miss.
+        return JSON.loads(data)
+
+    def __repr__(self) -> str:
+        return "<kvstore.cached serializer 'auto'>"
+
+
+_AUTO = _Auto()  # the default serializer of cached() (serializer="auto")
+
+
+def _result_serializer(spec: Any) -> Any:
+    # "auto" is cached()'s own name: the serializers shared with the collections keep their
+    # meaning ("json" stays JSON-only). Every other spec, a custom serializer object in
+    # particular, is used exactly as get_serializer() gives it.
+    if isinstance(spec, str) and spec == "auto":
+        return _AUTO
+    try:
+        return get_serializer(spec)
+    except ValueError:
+        names = ", ".join(repr(n) for n in ["auto", *sorted(_BY_NAME)])
+        raise ValueError(
+            f"unknown serializer {spec!r}; cached() takes one of {names} or an object with "
+            "dumps/loads"
+        ) from None
 
 
 # -- key derivation ------------------------------------------------------------------------------
@@ -230,8 +295,13 @@ class _Core:
         try:
             data: bytes = self.serializer.dumps(result)
         except TypeError as exc:
+            hint = ""
+            if self.serializer is JSON and isinstance(result, bytes | bytearray | memoryview):
+                # "json" was asked for by name, so it stays JSON-only (its entries stay JSON
+                # text for other readers); say what does store bytes.
+                hint = "; serializer='json' stores JSON only: the default, 'auto', stores bytes"
             raise TypeError(
-                f"cached {self.name}() returned a value it cannot store: {exc}"
+                f"cached {self.name}() returned a value it cannot store: {exc}{hint}"
             ) from exc
         return data
 
@@ -240,8 +310,9 @@ class _Core:
         data = self.encode_result(result)
         ttl = self.ttl_secs if self.ttl_secs is not None else self.parent.default_ttl_secs
         self.results.put(key, data, ttl)
-        # A miss returns what later hits will return (with "json", a tuple comes back as a
-        # list either way), rather than the original object the first caller alone would see.
+        # A miss returns what later hits will return (with JSON, a tuple comes back as a list
+        # either way; with "auto", a bytearray as bytes), rather than the original object the
+        # first caller alone would see.
         return self.serializer.loads(data)
 
     def try_lock(self, key: str) -> bytes | None:
@@ -483,7 +554,7 @@ def cached(
     ttl_secs: TTL = None,
     *,
     key: Callable[..., str] | None = None,
-    serializer: Any = "json",
+    serializer: Any = "auto",
     name: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> _Decorator:
@@ -492,10 +563,11 @@ def cached(
     ``ttl_secs`` is how long a result stays (``None``: the store's ``default_ttl_secs``,
     forever unless set). ``key`` derives the key of a call from its arguments when the
     default derivation cannot encode them (it gets the same arguments, ``self`` included for a
-    method, and returns a str). ``serializer`` encodes results (``"json"``, ``"pickle"``,
-    ``"marshal"``, ``"raw"`` or an object with ``dumps``/``loads``). ``name`` identifies the
-    function's cache (default ``"<module>.<qualname>"``): functions with one name share
-    entries. ``lock_timeout`` is how long (seconds) one computation may keep concurrent callers
+    method, and returns a str). ``serializer`` encodes results: ``"auto"`` (the default:
+    ``bytes`` stored raw, anything else as JSON), ``"json"`` (JSON only: every entry is JSON
+    text), ``"pickle"``, ``"marshal"``, ``"raw"``, or an object with ``dumps``/``loads``,
+    which gets every result unchanged. ``name`` identifies the function's cache (default
+    ``"<module>.<qualname>"``): functions with one name share entries. ``lock_timeout`` is how long (seconds) one computation may keep concurrent callers
     of the same arguments waiting before one of them computes too.
 
     Every argument is checked here, before anything is decorated.
@@ -515,7 +587,7 @@ def cached(
         store,
         ttl_secs,
         key,
-        get_serializer(serializer),
+        _result_serializer(serializer),
         None if name is None else _check_name(name),
         _check_lock_timeout(lock_timeout),
     )

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import multiprocessing
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ import pytest
 
 import kvstore
 from kvstore.cache import cached
+from kvstore.serializers import JSON
+from kvstore.store import DEFAULT_CHUNK_SIZE
 
 SHORT_TTL = 0.2
 
@@ -437,10 +440,295 @@ def test_an_undecodable_entry_is_a_miss(store: kvstore.Store) -> None:
         seen.add(x)
         return x
 
-    f.store.put(f.cache_key(1), b"\x80 not json")
-    assert f(1) == 1
-    assert f(1) == 1
+    for i, junk in enumerate([b"\x80 not json", b"", b'{"truncated', b"J{}"]):
+        f.store.put(f.cache_key(i), junk)
+        assert f(i) == i
+        assert f(i) == i
+    assert len(seen) == 4
+
+
+# -- the default serializer ("auto"): bytes as they are, anything else as JSON -------------------
+# Bytes that look like JSON, like the tag, or like nothing at all: each must come back as bytes.
+BYTES_RESULTS = [b"", b"\xff\x00", b"B", b"Bxyz", b"null", b'{"json": 1}', bytes(range(256))]
+
+JSON_RESULTS: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -7,
+    2**70,
+    1.5,
+    -0.0,
+    "",
+    "B",
+    "Bytes? no, a str",
+    "zürich ✓",
+    "null",
+    [],
+    {},
+    [1, "two", None, [3.5, {"k": False}]],
+    {"a": {"b": [1, 2, {"c": None}]}, "": "", "list": [[], [[]]]},
+]
+
+
+def _chunks_of(s: kvstore.Store, key: str) -> int:
+    """How many chunk rows hold the value of ``key`` (0 when it is stored inline)."""
+    sql = (
+        "SELECT COUNT(*) FROM {c} WHERE blob_id = "
+        "(SELECT blob_id FROM {e} WHERE namespace = :ns AND key = :key)"
+    )
+    with s._connection() as conn:
+        row = conn.execute(s._b.sql("test_cache.chunks", sql), {"ns": s._ns, "key": key})
+        return int(row.fetchone()[0])
+
+
+def test_bytes_results_round_trip_stored_raw(store: kvstore.Store) -> None:
+    seen = Counter()
+
+    @cached(store)
+    def body(i: int) -> bytes:
+        seen.add(i)
+        return BYTES_RESULTS[i]
+
+    for i, expected in enumerate(BYTES_RESULTS):
+        first, second = body(i), body(i)
+        assert type(first) is bytes and type(second) is bytes
+        assert first == second == expected
+        # one tag byte in front of the raw bytes: no base64, no JSON
+        assert body.store.get(body.cache_key(i)) == b"B" + expected
+    assert len(seen) == len(BYTES_RESULTS)
+
+
+def test_bytes_like_results_come_back_as_bytes(store: kvstore.Store) -> None:
+    class Body(bytes):
+        pass
+
+    values: dict[str, Any] = {
+        "bytearray": bytearray(b"\x00ba"),
+        "memoryview": memoryview(b"mv\xff"),
+        "subclass": Body(b"sub"),
+    }
+
+    @cached(store)
+    def f(kind: str) -> Any:
+        return values[kind]
+
+    for kind, value in values.items():
+        # a miss returns what a hit returns, as a tuple comes back as a list
+        for got in (f(kind), f(kind)):
+            assert type(got) is bytes
+            assert got == bytes(value)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [DEFAULT_CHUNK_SIZE - 1, DEFAULT_CHUNK_SIZE, 3 * DEFAULT_CHUNK_SIZE + 7],
+    ids=["tagged-fills-one-chunk", "tag-spills-over", "several-chunks"],
+)
+def test_large_bytes_results_take_the_chunked_path(store: kvstore.Store, size: int) -> None:
+    payload = random.Random(size).randbytes(size)
+    seen = Counter()
+
+    @cached(store)
+    def thumbnail(n: int) -> bytes:
+        seen.add(n)
+        return payload
+
+    assert thumbnail(size) == payload
+    assert thumbnail(size) == payload
     assert len(seen) == 1
+    key = thumbnail.cache_key(size)
+    assert thumbnail.store.stat(key).size == size + 1  # the tag is the only overhead
+    expected_chunks = 0 if size + 1 <= DEFAULT_CHUNK_SIZE else -(-(size + 1) // DEFAULT_CHUNK_SIZE)
+    assert _chunks_of(thumbnail.store, key) == expected_chunks
+
+
+def test_json_results_round_trip_with_the_default_serializer(store: kvstore.Store) -> None:
+    seen = Counter()
+
+    @cached(store)
+    def f(i: int) -> Any:
+        seen.add(i)
+        return JSON_RESULTS[i]
+
+    for i, expected in enumerate(JSON_RESULTS):
+        for got in (f(i), f(i)):
+            assert got == expected
+            # True stays bool (not 1), 0 an int, -0.0 keeps its sign
+            assert type(got) is type(expected) and repr(got) == repr(expected)
+        # byte-identical to what serializer="json" (the default before "auto") stores
+        assert f.store.get(f.cache_key(i)) == JSON.dumps(expected)
+    assert len(seen) == len(JSON_RESULTS)
+
+
+def test_tuples_and_dict_keys_come_back_as_json_gives_them(store: kvstore.Store) -> None:
+    @cached(store)
+    def f(kind: str) -> Any:
+        return {"tuple": (1, ("a", None), ()), "keys": {1: "x", 2.5: [("y",)]}}[kind]
+
+    assert f("tuple") == f("tuple") == [1, ["a", None], []]
+    assert f("keys") == f("keys") == {"1": "x", "2.5": [["y"]]}
+
+
+def test_bytes_inside_a_result_raise_and_store_nothing(store: kvstore.Store) -> None:
+    @cached(store)
+    def f(kind: str) -> Any:
+        return {"list": [b"x"], "dict": {"body": b"x"}, "tuple": (b"x", 1)}[kind]
+
+    for kind in ("list", "dict", "tuple"):
+        with pytest.raises(TypeError, match=r"cannot store.*bytes as a whole result"):
+            f(kind)
+    assert len(f.store) == 0
+
+
+def test_entries_of_the_json_serializer_are_hits(store: kvstore.Store) -> None:
+    """Entries written before "auto" was the default (plain JSON) are read as they were."""
+    old = cached(store, name="upgrade", serializer="json")(lambda x: {"x": x, "v": "old"})
+    assert old(1) == {"x": 1, "v": "old"}
+    store_of = old.store
+    store_of.put(old.cache_key(2), b'[2,"written by hand",null]')
+    seen = Counter()
+
+    @cached(store, name="upgrade")
+    def new(x: int) -> Any:
+        seen.add(x)
+        return b"new"
+
+    assert new(1) == {"x": 1, "v": "old"}
+    assert new(2) == [2, "written by hand", None]
+    assert seen.calls == []
+
+
+def test_a_bytes_entry_is_a_miss_for_a_json_only_reader(store: kvstore.Store) -> None:
+    """What a version that knows only JSON does with a bytes entry: a miss, never bytes
+    misread as JSON (no JSON text starts with the tag)."""
+    for data in BYTES_RESULTS:
+        with pytest.raises(ValueError):
+            JSON.loads(b"B" + data)
+    writer = cached(store, name="mixed")(lambda x: b"\xff\x00 body")
+    assert writer(1) == b"\xff\x00 body"
+    seen = Counter()
+
+    @cached(store, name="mixed", serializer="json")
+    def json_only(x: int) -> str:
+        seen.add(x)
+        return "recomputed"
+
+    assert json_only(1) == "recomputed"
+    assert json_only(1) == "recomputed"
+    assert len(seen) == 1
+    assert writer(1) == "recomputed"  # overwritten with JSON, which "auto" reads
+
+
+def test_an_explicit_json_serializer_stays_json_only(store: kvstore.Store) -> None:
+    @cached(store, serializer="json", lock_timeout=30)
+    def f(x: int) -> bytes:
+        return b"body"
+
+    with pytest.raises(TypeError, match=r"cannot store.*'auto'"):
+        f(1)
+    assert len(f.store) == 0
+    start = time.monotonic()
+    with pytest.raises(TypeError):
+        f(1)  # the lock was released
+    assert time.monotonic() - start < 5
+
+
+def test_custom_and_raw_serializers_get_bytes_untouched(store: kvstore.Store) -> None:
+    class Reversing:
+        def __init__(self) -> None:
+            self.dumped: list[Any] = []
+
+        def dumps(self, obj: Any) -> bytes:
+            self.dumped.append(obj)
+            return bytes(obj)[::-1]
+
+        def loads(self, data: bytes) -> Any:
+            return data[::-1]
+
+    rev = Reversing()
+
+    @cached(store, serializer=rev)
+    def f(x: int) -> bytes:
+        return b"abc"
+
+    assert f(1) == f(1) == b"abc"
+    assert rev.dumped == [b"abc"]
+    assert f.store.get(f.cache_key(1)) == b"cba"  # no tag: the serializer's bytes as they are
+
+    @cached(store, serializer="raw")
+    def g(x: int) -> bytes:
+        return b"Braw"
+
+    assert g(1) == g(1) == b"Braw"
+    assert g.store.get(g.cache_key(1)) == b"Braw"
+
+
+def test_refresh_switches_between_bytes_and_json(store: kvstore.Store) -> None:
+    state: dict[str, Any] = {"value": b"v1"}
+    seen = Counter()
+
+    @cached(store)
+    def read(key: str) -> Any:
+        seen.add(key)
+        return state["value"]
+
+    assert read("k") == b"v1"
+    for value in [b"\xff\x00", b"", None, {"now": ["json"]}, "B", b"B", b"v1"]:
+        state["value"] = value
+        assert read.refresh("k") == value
+        got = read("k")
+        assert got == value and type(got) is type(value)
+    assert len(seen) == 8
+
+
+def test_bytes_results_inside_a_transaction(store: kvstore.Store) -> None:
+    @cached(store)
+    def f(x: int) -> bytes:
+        return bytes([x]) * 3
+
+    with pytest.raises(RuntimeError), store.transaction():
+        assert f(255) == b"\xff\xff\xff"
+        assert f(255) == b"\xff\xff\xff"
+        raise RuntimeError("roll back")
+    assert len(f.store) == 0
+    with store.transaction():
+        assert f(0) == b"\x00\x00\x00"
+    assert f(0) == b"\x00\x00\x00"
+
+
+def test_async_bytes_and_json_results(store: kvstore.Store) -> None:
+    large = random.Random(7).randbytes(DEFAULT_CHUNK_SIZE + 1000)
+    values: dict[str, Any] = {
+        "empty": b"",
+        "binary": b"\xff\x00",
+        "large": large,
+        "none": None,
+        "nested": {"a": [1, {"b": None}], "c": "d"},
+    }
+    seen = Counter()
+
+    @cached(store)
+    async def fetch(name: str) -> Any:
+        seen.add(name)
+        await asyncio.sleep(0.01)
+        return values[name]
+
+    async def main() -> None:
+        for name, value in values.items():
+            assert await fetch(name) == value
+            got = await fetch(name)
+            assert got == value and type(got) is type(value)
+        values["empty"] = b"\x00refreshed"
+        assert await fetch.refresh("empty") == b"\x00refreshed"
+        assert await fetch("empty") == b"\x00refreshed"
+        fetch.invalidate("large")
+        results = await asyncio.gather(*(fetch("large") for _ in range(5)))
+        assert results == [large] * 5
+
+    asyncio.run(main())
+    assert len(seen) == len(values) + 2  # one refresh, one recompute after invalidate
 
 
 # -- exceptions and locks ----------------------------------------------------------------------------
@@ -525,7 +813,7 @@ def test_bad_arguments_are_refused_at_decoration(store: kvstore.Store) -> None:
         cached(store, ttl_secs=-1)
     with pytest.raises(ValueError, match="ttl_secs"):
         cached(store, ttl_secs="soon")
-    with pytest.raises(ValueError, match="unknown serializer"):
+    with pytest.raises(ValueError, match=r"unknown serializer 'yaml'.*'auto', 'json'"):
         cached(store, serializer="yaml")
     with pytest.raises(TypeError, match="key="):
         cached(store, key="url")  # type: ignore[arg-type]
@@ -746,6 +1034,22 @@ def test_threads_compute_a_missing_key_once(shared_store: kvstore.Store) -> None
 
     results = _run_threads(8, lambda: slow("hello"))
     assert results == ["HELLO"] * 8
+    assert len(seen) == 1
+
+
+@pytest.mark.timeout(120)
+def test_waiting_threads_get_a_bytes_result(shared_store: kvstore.Store) -> None:
+    seen = Counter()
+    _warm_up(shared_store)
+
+    @cached(shared_store, lock_timeout=30)
+    def render(name: str) -> bytes:
+        seen.add(name)
+        time.sleep(0.3)
+        return b"\x89PNG\r\n\x1a\n" + name.encode()
+
+    results = _run_threads(4, lambda: render("logo"))
+    assert results == [b"\x89PNG\r\n\x1a\nlogo"] * 4
     assert len(seen) == 1
 
 
