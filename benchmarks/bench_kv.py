@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kvstore
-from kvstore.store import _now_us
+from kvstore._entries import SQL, now_us
 
 
 def timed(fn: Callable[[], Any], n: int, repeat: int = 3) -> float:
@@ -81,7 +81,7 @@ class Results:
         print("(vs kvstore = kvstore's time / this implementation's time: 2.00x means kvstore takes twice as long)")
 
 
-def bench_store(store: kvstore.Store, res: Results, n: int, values: Values) -> None:
+def bench_store(store: kvstore.Store, res: Results, n: int, values: Values, who: str = "kvstore") -> None:
     keys = [f"key{i:07d}" for i in range(n)]
 
     def put() -> None:
@@ -106,39 +106,39 @@ def bench_store(store: kvstore.Store, res: Results, n: int, values: Values) -> N
         for _ in store.iter_keys():
             pass
 
-    res.add("put", "kvstore", timed(put, n))
-    res.add("get", "kvstore", timed(get, n))
-    res.add("put_many (per key)", "kvstore", timed(put_many, n))
-    res.add("get_many (per key)", "kvstore", timed(get_many, n))
-    res.add("iter_keys (per key)", "kvstore", timed(iterate, n))
+    res.add("put", who, timed(put, n))
+    res.add("get", who, timed(get, n))
+    res.add("put_many (per key)", who, timed(put_many, n))
+    res.add("get_many (per key)", who, timed(get_many, n))
+    res.add("iter_keys (per key)", who, timed(iterate, n))
 
 
 def bench_raw_same_sql(store: kvstore.Store, dbapi: Any, res: Results, n: int, values: Values, who: str) -> None:
     """The driver executing kvstore's own statements (rendered for this dialect)."""
-    b = store._b
     ns = store.namespace_name
-    put_sql, get_sql = b.sql("upsert"), b.sql("get")
+    put_r, get_r = store.scope.sql(SQL, "upsert"), store.scope.sql(SQL, "get")
+    put_sql, get_sql = put_r.sql, get_r.sql
     keys = [f"raw{i:07d}" for i in range(n)]
-    now = _now_us()
+    now = now_us()
     import hashlib
 
     value = values()
 
-    def params(k: str) -> dict[str, Any]:
-        return {
+    def params(k: str) -> Any:
+        return put_r.bind({
             "ns": ns, "key": k, "value": value, "blob_id": None, "size": len(value), "now": now,
             "exp": None, "ct": None, "meta": None, "sum": hashlib.sha256(value).hexdigest(), "gen": 0,
-        }
+        })
 
     def put() -> None:
         nonlocal value, now
-        value, now = values(), _now_us()
+        value, now = values(), now_us()
         for k in keys:
             dbapi.execute(put_sql, params(k))
 
     def get() -> None:
         for k in keys:
-            dbapi.execute(get_sql, {"ns": ns, "key": k, "now": now}).fetchone()
+            dbapi.execute(get_sql, get_r.bind({"ns": ns, "key": k, "now": now})).fetchone()
 
     res.add("put", who, timed(put, n))
     res.add("get", who, timed(get, n))
@@ -164,12 +164,34 @@ def bench_raw_minimal(dbapi: Any, res: Results, n: int, values: Values, who: str
     dbapi.execute("DROP TABLE bench_min")
 
 
+def bench_listened(url: str, res: Results, n: int, value: Values, **options: Any) -> None:
+    """kvstore on an Engine with a cursor listener (as OpenTelemetry or a query counter
+    installs): every statement then runs through SQLAlchemy's Connection so the listener
+    sees it; compare with the plain ``kvstore`` rows, which take the fast path."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    calls = [0]
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def count(*_: Any) -> None:
+        calls[0] += 1
+
+    store = kvstore.connect(engine, namespace="bench_listened", **options)
+    bench_store(store, res, n, value, who="kvstore, listened Engine")
+    store.delete_many(store.keys())
+    store.close()
+    engine.dispose()
+    assert calls[0] >= 2 * n, calls
+
+
 def sqlite_run(n: int, value: Values, synchronous: str) -> None:
     tmp = Path(tempfile.mkdtemp())
     url = f"sqlite:///{tmp / 'kv.db'}"
     res = Results(f"SQLite file (WAL, synchronous={synchronous}), {n} keys, {value.size}-byte values")
     store = kvstore.connect(url, sqlite_synchronous=synchronous)
     bench_store(store, res, n, value)
+    bench_listened(url, res, n, value, sqlite_synchronous=synchronous)
     raw = sqlite3.connect(tmp / "kv.db", isolation_level=None)
     raw.execute("PRAGMA journal_mode=WAL")
     raw.execute(f"PRAGMA synchronous={synchronous}")
@@ -232,13 +254,13 @@ def pg_run(url: str, n: int, value: Values) -> None:
     store = kvstore.connect(url, namespace="bench")
     store.delete_many(store.keys())
     bench_store(store, res, n, value)
-    dsn = store._b.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)  # type: ignore[union-attr]
+    bench_listened(url, res, n, value)
+    dsn = store.scope.backend.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)  # type: ignore[union-attr]
     raw = psycopg.connect(dsn, autocommit=True)
     bench_raw_same_sql(store, raw, res, n, value, "psycopg (same SQL)")
     bench_raw_minimal(raw, res, n, value, "psycopg (minimal)", "%s")
     store.delete_many(store.keys())
-    with store._connection() as conn:
-        conn.execute(store._b.sql("bench_cleanup", "DELETE FROM {e} WHERE namespace = :ns"), {"ns": "bench"})
+    kvstore._entries.clear_namespace(store.scope)
     store.close()
     res.show()
 

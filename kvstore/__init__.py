@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._keys import FOREVER, MAX_KEY_LENGTH, NOT_SET, VALID_KEY_RE
+from ._indexing import IndexInfo, json_field
+from ._validate import FOREVER, MAX_KEY_LENGTH, NOT_SET, VALID_KEY_RE
 from .base import EntryInfo, KeyValueStore
 from .cache import cached
 from .collections import PersistentDict, PersistentSet
@@ -21,10 +22,13 @@ from .decorators import (
 from .errors import (
     ConflictError,
     DatabaseError,
+    DatabaseUnavailableError,
+    IndexDefinitionError,
     IndexNotDeclaredError,
     InvalidKeyError,
     InvalidValueError,
     KVStoreError,
+    LockTimeoutError,
     NotFoundError,
     ReadOnlyError,
     StorageFullError,
@@ -34,8 +38,8 @@ from .errors import (
     UnknownIndexError,
     VerificationError,
 )
-from .indexes import IndexDefinitionError, IndexInfo, json_field
 from .lists import PersistentList
+from .migrations import upgrade
 from .store import Store, Transaction, connect
 
 if TYPE_CHECKING:
@@ -50,10 +54,8 @@ def migrate(
 ) -> None:
     """Run kvstore's shipped Alembic migrations up to ``revision`` (see docs/migrations.md).
 
-    Imported lazily: using a store never loads Alembic.
+    Alembic itself is imported only when the schema needs work: using a store never loads it.
     """
-    from .migrations import upgrade
-
     upgrade(bind, revision, table_prefix=table_prefix)
 
 
@@ -64,6 +66,7 @@ __all__ = [
     "VALID_KEY_RE",
     "ConflictError",
     "DatabaseError",
+    "DatabaseUnavailableError",
     "EntryInfo",
     "HMACDecorator",
     "HashDecorator",
@@ -74,6 +77,7 @@ __all__ = [
     "InvalidValueError",
     "KVStoreError",
     "KeyValueStore",
+    "LockTimeoutError",
     "NotFoundError",
     "PersistentDict",
     "PersistentList",

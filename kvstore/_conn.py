@@ -1,4 +1,4 @@
-"""The two ways kvstore talks to a database.
+"""The one execution layer: a rendered statement and its parameters become a database call.
 
 :class:`RawConn` is a DBAPI connection kvstore owns (the store was given a URL or an Engine).
 It runs in the driver's autocommit mode, so a single-statement call is one round trip with no
@@ -6,9 +6,15 @@ BEGIN/COMMIT around it, and executes pre-rendered SQL straight on the driver: SQ
 per-call overhead (pool checkout, compilation cache lookup, result processing) is several times
 the cost of a primary-key lookup on SQLite. Multi-statement calls open an explicit transaction.
 
+:class:`SAConn` is the same through SQLAlchemy's ``Connection``, taken when someone watches the
+engine (``echo``, the ``sqlalchemy.engine`` logger, cursor events), so they see every statement.
+
 :class:`ExternalConn` is the caller's SQLAlchemy ``Connection`` (or ``Session``). kvstore joins
 its transaction, never commits or rolls it back, and makes its own multi-statement calls atomic
 with savepoints.
+
+Every driver error leaves this module as a :class:`kvstore.DatabaseError` (or one of its
+subclasses) chained to the driver's exception, whatever the store is bound to.
 """
 
 from __future__ import annotations
@@ -18,19 +24,13 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from ._dialect import Dialect
-from .errors import StorageFullError
+from ._dialect import Dialect, Rendered
+from .errors import KVStoreError, TransactionError
 
 _savepoint_ids = itertools.count(1)
 
-
-def _full(exc: Exception) -> StorageFullError:
-    # A full disk reads the same on every dialect and driver: an OSError with ENOSPC. Checked
-    # in an ``except`` clause at each call (a ``try`` costs nothing until it raises; a context
-    # manager per statement would tax the hot path).
-    return StorageFullError(
-        f"the database is out of space: {getattr(exc, 'orig', None) or exc}", exc
-    )
+# Errors are translated in an ``except`` clause at each call: a ``try`` costs nothing until it
+# raises, where a context manager per statement would tax the hot path.
 
 
 class Cursor(Protocol):
@@ -45,15 +45,20 @@ class Conn:
     dialect: Dialect
     #: True while a transaction (ours or the caller's) is open on this connection
     in_tx: bool = False
+    broken: bool = False
 
-    def execute(self, sql: str, params: Any = ()) -> Cursor:
+    def execute(self, stmt: Rendered, params: Any = None) -> Cursor:
         raise NotImplementedError
 
-    def execute_bytes(self, sql: str, params: Any = ()) -> Cursor:
+    def execute_bytes(self, stmt: Rendered, params: Any = None) -> Cursor:
         """Like :meth:`execute`, for statements returning large binary columns."""
-        return self.execute(sql, params)
+        return self.execute(stmt, params)
 
-    def executemany(self, sql: str, params: Sequence[Any]) -> None:
+    def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
+        raise NotImplementedError
+
+    def run(self, sql: str) -> Cursor:
+        """A statement without parameters (BEGIN, SAVEPOINT, LOCK TABLE ...)."""
         raise NotImplementedError
 
     def begin(self, begin_sql: str) -> None:
@@ -65,17 +70,24 @@ class Conn:
     def rollback(self) -> None:
         raise NotImplementedError
 
+    def close(self) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
+
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         name = f"kv_sp{next(_savepoint_ids)}"
-        self.execute(f"SAVEPOINT {name}")
+        self.run(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
-            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            self.execute(f"RELEASE SAVEPOINT {name}")
+            self.run(f"ROLLBACK TO SAVEPOINT {name}")
+            self.run(f"RELEASE SAVEPOINT {name}")
             raise
-        self.execute(f"RELEASE SAVEPOINT {name}")
+        self.run(f"RELEASE SAVEPOINT {name}")
 
     @contextlib.contextmanager
     def atomic(self, begin_sql: str | None = None) -> Iterator[None]:
@@ -101,6 +113,15 @@ class Conn:
             self.rollback()
             raise
 
+    def _check_commit(self, cur: Any) -> None:
+        if self.dialect.commit_was_rollback(cur):
+            # PostgreSQL answers COMMIT of a transaction aborted by an earlier (caught) error
+            # with a silent ROLLBACK: the caller must not believe its writes were kept.
+            raise TransactionError(
+                "the transaction was rolled back: a statement in it failed earlier (an "
+                "exception caught inside the block), so PostgreSQL refused to commit it"
+            )
+
 
 class RawConn(Conn):
     """A pooled DBAPI connection in autocommit mode, owned by one store backend."""
@@ -110,59 +131,57 @@ class RawConn(Conn):
         self.dbapi = proxied.driver_connection
         self.dialect = dialect
         info = proxied.info
-        if not info.get("kvstore_prepared"):
-            dialect.prepare_connection(self.dbapi, options)
-            info["kvstore_prepared"] = True
-        self._old_autocommit = dialect.set_autocommit(self.dbapi, True)
+        try:
+            if not info.get("kvstore_prepared"):
+                dialect.prepare_connection(self.dbapi, options)
+                info["kvstore_prepared"] = True
+            self._old_autocommit = dialect.set_autocommit(self.dbapi, True)
+        except Exception as exc:
+            proxied.invalidate()
+            raise dialect.error(exc) from exc
         self.in_tx = False
         self.broken = False
 
-    def execute(self, sql: str, params: Any = ()) -> Cursor:
+    def execute(self, stmt: Rendered, params: Any = None) -> Cursor:
         try:
-            cur: Cursor = self.dbapi.execute(sql, params)
+            cur: Cursor = self.dbapi.execute(stmt.sql, stmt.bind(params))
         except Exception as exc:
-            if self.dialect.is_disk_full(exc):
-                raise _full(exc) from exc
-            raise
+            raise self.dialect.error(exc) from exc
         return cur
 
-    def execute_bytes(self, sql: str, params: Any = ()) -> Cursor:
-        cur: Cursor = self.dialect.execute_bytes(self.dbapi, sql, params)
+    def execute_bytes(self, stmt: Rendered, params: Any = None) -> Cursor:
+        try:
+            cur: Cursor = self.dialect.execute_bytes(self.dbapi, stmt.sql, stmt.bind(params))
+        except Exception as exc:
+            raise self.dialect.error(exc) from exc
         return cur
 
-    def executemany(self, sql: str, params: Sequence[Any]) -> None:
+    def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
+        if not params:
+            return
         cur = self.dbapi.cursor()
         try:
-            try:
-                cur.executemany(sql, params)
-            except Exception as exc:
-                if self.dialect.is_disk_full(exc):
-                    raise _full(exc) from exc
-                raise
+            cur.executemany(stmt.sql, [stmt.bind(p) for p in params])
+        except Exception as exc:
+            raise self.dialect.error(exc) from exc
         finally:
             cur.close()
 
+    def run(self, sql: str) -> Cursor:
+        try:
+            cur: Cursor = self.dbapi.execute(sql)
+        except Exception as exc:
+            raise self.dialect.error(exc) from exc
+        return cur
+
     def begin(self, begin_sql: str) -> None:
-        self.dbapi.execute(begin_sql)
+        self.run(begin_sql)
         self.in_tx = True
 
     def commit(self) -> None:
-        try:
-            cur = self.dbapi.execute("COMMIT")
-        except Exception as exc:
-            if self.dialect.is_disk_full(exc):
-                raise _full(exc) from exc
-            raise
+        cur = self.run("COMMIT")
         self.in_tx = False
-        if self.dialect.commit_was_rollback(cur):
-            # PostgreSQL answers COMMIT of a transaction aborted by an earlier (caught) error
-            # with a silent ROLLBACK: the caller must not believe its writes were kept.
-            from .errors import TransactionError
-
-            raise TransactionError(
-                "the transaction was rolled back: a statement in it failed earlier (an "
-                "exception caught inside the block), so PostgreSQL refused to commit it"
-            )
+        self._check_commit(cur)
 
     @property
     def closed(self) -> bool:
@@ -188,6 +207,81 @@ class RawConn(Conn):
         self.proxied.close()
 
 
+class SAConn(Conn):
+    """An owned connection run through SQLAlchemy's ``Connection``, so that the engine's
+    logging and cursor events see every statement; same autocommit rules as RawConn."""
+
+    def __init__(self, sa_conn: Any, dialect: Dialect, options: dict[str, Any]) -> None:
+        self.sa = sa_conn
+        self.dialect = dialect
+        try:
+            fairy = sa_conn.connection
+            self.dbapi = fairy.driver_connection
+            if not fairy.info.get("kvstore_prepared"):
+                dialect.prepare_connection(self.dbapi, options)
+                fairy.info["kvstore_prepared"] = True
+            self._old_autocommit = dialect.set_autocommit(self.dbapi, True)
+        except Exception as exc:
+            sa_conn.invalidate()
+            sa_conn.close()
+            raise dialect.error(exc) from exc
+        self.in_tx = False
+        self.broken = False
+
+    def execute(self, stmt: Rendered, params: Any = None) -> Cursor:
+        try:
+            cur: Cursor = self.sa.exec_driver_sql(stmt.sql, stmt.bind(params))
+        except Exception as exc:
+            raise self.dialect.error(exc) from exc
+        return cur
+
+    def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
+        if not params:
+            return
+        try:
+            self.sa.exec_driver_sql(stmt.sql, [stmt.bind(p) for p in params])
+        except Exception as exc:
+            raise self.dialect.error(exc) from exc
+
+    def run(self, sql: str) -> Cursor:
+        try:
+            cur: Cursor = self.sa.exec_driver_sql(sql)
+        except Exception as exc:
+            raise self.dialect.error(exc) from exc
+        return cur
+
+    def begin(self, begin_sql: str) -> None:
+        self.run(begin_sql)
+        self.in_tx = True
+
+    def commit(self) -> None:
+        cur = self.run("COMMIT")
+        self.in_tx = False
+        self._check_commit(cur)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.sa.closed or self.sa.invalidated or self.dialect.is_closed(self.dbapi))
+
+    def rollback(self) -> None:
+        self.in_tx = False
+        try:
+            self.sa.exec_driver_sql("ROLLBACK")
+        except Exception:
+            self.broken = True
+
+    def close(self) -> None:
+        try:
+            if self.in_tx:
+                self.rollback()
+            self.dialect.restore_autocommit(self.dbapi, self._old_autocommit)
+        except Exception:
+            self.broken = True
+        if self.broken:
+            self.sa.invalidate()
+        self.sa.close()
+
+
 class ExternalConn(Conn):
     """The caller's SQLAlchemy Connection or Session: joined, never committed."""
 
@@ -205,26 +299,35 @@ class ExternalConn(Conn):
         # explicitly so everything kvstore writes waits for the caller's commit.
         dbapi = conn.connection.driver_connection
         if not self.dialect.in_driver_transaction(dbapi):
-            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql(self.dialect.driver_begin)
         return conn
 
-    def execute(self, sql: str, params: Any = ()) -> Cursor:
+    def execute(self, stmt: Rendered, params: Any = None) -> Cursor:
         try:
-            cur: Cursor = self._connection().exec_driver_sql(sql, params)
-        except Exception as exc:
-            if self.dialect.is_disk_full(exc):
-                raise _full(exc) from exc
+            cur: Cursor = self._connection().exec_driver_sql(stmt.sql, stmt.bind(params))
+        except KVStoreError:
             raise
+        except Exception as exc:
+            raise self.dialect.error(exc) from exc
         return cur
 
-    def executemany(self, sql: str, params: Sequence[Any]) -> None:
+    def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
         if params:
             try:
-                self._connection().exec_driver_sql(sql, list(params))
-            except Exception as exc:
-                if self.dialect.is_disk_full(exc):
-                    raise _full(exc) from exc
+                self._connection().exec_driver_sql(stmt.sql, [stmt.bind(p) for p in params])
+            except KVStoreError:
                 raise
+            except Exception as exc:
+                raise self.dialect.error(exc) from exc
+
+    def run(self, sql: str) -> Cursor:
+        try:
+            cur: Cursor = self._connection().exec_driver_sql(sql)
+        except KVStoreError:
+            raise
+        except Exception as exc:
+            raise self.dialect.error(exc) from exc
+        return cur
 
     def begin(self, begin_sql: str) -> None:  # pragma: no cover - in_tx is always True
         raise AssertionError("an external connection is always inside the caller's transaction")

@@ -1,26 +1,60 @@
-"""Everything that differs between SQLite and PostgreSQL, in one place.
+"""Everything that differs between databases and drivers, in one place.
 
 The rest of kvstore writes one SQL text per statement (``INSERT ... ON CONFLICT`` and
-``RETURNING`` exist on both dialects) and asks this module for the few things that differ:
-placeholders, how a write transaction begins, row locks, connection set-up, triggers, and
-which driver errors mean "unique violation" or "try again". Nothing else checks the dialect.
+``RETURNING`` exist on both dialects) with ``:name`` parameters and asks this module for the
+few things that differ: the statement in the driver's own parameter style, type names, how a
+write transaction begins, row locks, connection set-up, engines from URLs, triggers, and what
+a driver error means (a unique violation, "try again", a full disk, an unreachable server).
+Nothing else checks the dialect or the driver.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from sqlalchemy import DDL
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy import DDL, create_engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import StaticPool
 
-__all__ = ["Dialect", "for_name", "trigger_ddl"]
+from .errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    KVStoreError,
+    LockTimeoutError,
+    StorageFullError,
+)
 
-_PARAM_RE = re.compile(r"(?<![:\w]):(\w+)")
+__all__ = ["Dialect", "Rendered", "engine_from_url", "for_name", "render", "trigger_ddl"]
 
-SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A statement in one driver's SQL and parameter style: ``names`` is the order of
+    positional parameters, or None when the driver takes them by name."""
+
+    sql: str
+    names: tuple[str, ...] | None = None
+
+    def bind(self, params: Mapping[str, Any] | None) -> Any:
+        if params is None:
+            return () if self.names is not None else {}
+        if self.names is None:
+            return params
+        return tuple([params[n] for n in self.names])
+
+
+def render(sa_dialect: sa.engine.Dialect, text: str) -> Rendered:
+    """``text`` (``:name`` parameters) as the driver behind ``sa_dialect`` wants it, compiled
+    once by SQLAlchemy, so another DBAPI driver needs no change outside this module."""
+    compiled = sa.text(text).compile(dialect=sa_dialect)
+    names = compiled.positiontup
+    return Rendered(compiled.string, tuple(names) if sa_dialect.positional and names else None)
 
 
 class Dialect:
@@ -49,6 +83,20 @@ class Dialect:
     max_params = 900
     #: table names the database keeps for itself
     reserved_prefix = "sqlite_"
+    type_names: ClassVar[dict[str, str]] = {
+        "bytea": "BLOB",
+        "bigint": "INTEGER",
+        "text": "TEXT",
+        "json": "TEXT",
+    }
+    #: what starts a transaction on a connection the driver has not begun one on
+    driver_begin = "BEGIN"
+    #: SQLite's query planner takes a hint that a condition is rarely true
+    supports_likelihood = True
+
+    def selective(self, condition: str) -> str:
+        """``condition``, marked as rarely true where the planner takes such hints."""
+        return f"likelihood({condition}, 0.000001)" if self.supports_likelihood else condition
 
     def check_table_prefix(self, prefix: str) -> str:
         """Refuse a table prefix whose tables the database would not let kvstore create."""
@@ -58,10 +106,6 @@ class Dialect:
                 f"{self.reserved_prefix!r} belong to the database itself"
             )
         return prefix
-
-    def sql(self, text: str) -> str:
-        """Driver-ready SQL for a statement written with ``:name`` placeholders."""
-        return text
 
     def begin_locks_database(self, begin_sql: str) -> bool:
         """Whether a transaction begun so holds the database-wide write lock from the start."""
@@ -147,6 +191,31 @@ class Dialect:
     def is_bad_integer(self, exc: BaseException) -> bool:
         return False
 
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """The database cannot be reached (a file that cannot be opened, here)."""
+        return "unable to open database file" in str(_orig(exc))
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        return self.is_retryable(exc)
+
+    def error(self, exc: BaseException, *, connecting: bool = False) -> KVStoreError:
+        """The kvstore exception for a driver (or SQLAlchemy) error; raise it ``from exc``."""
+        if isinstance(exc, KVStoreError):
+            return exc
+        orig = _orig(exc)
+        detail = f"{type(orig).__name__}: {orig}".strip()
+        if self.is_disk_full(exc):
+            return StorageFullError(f"the database is out of space: {orig}", orig)
+        if self.is_unavailable(exc) or (connecting and isinstance(exc, sa_exc.OperationalError)):
+            return DatabaseUnavailableError(f"cannot reach the database: {detail}", orig)
+        if self.is_lock_timeout(exc):
+            return LockTimeoutError(
+                f"gave up waiting for a lock held by another transaction ({detail}); "
+                "connect(busy_timeout=...) sets how long to wait",
+                orig,
+            )
+        return DatabaseError(f"the database refused the statement: {detail}", orig)
+
     def is_disk_full(self, exc: BaseException) -> bool:
         orig = _orig(exc)
         # SQLITE_FULL: the disk, or PRAGMA max_page_count, is full
@@ -172,12 +241,16 @@ class PostgresDialect(Dialect):
     read_snapshot_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
     max_params = 5000
     reserved_prefix = "pg_"
+    type_names: ClassVar[dict[str, str]] = {
+        "bytea": "BYTEA",
+        "bigint": "BIGINT",
+        "text": "TEXT",
+        "json": "JSON",
+    }
+    supports_likelihood = False
 
     def begin_locks_database(self, begin_sql: str) -> bool:
         return False  # row locks only
-
-    def sql(self, text: str) -> str:
-        return _PARAM_RE.sub(r"%(\1)s", text.replace("%", "%%"))
 
     def prepare_connection(self, dbapi_conn: Any, options: dict[str, Any]) -> None:
         pass
@@ -219,6 +292,17 @@ class PostgresDialect(Dialect):
     def is_disk_full(self, exc: BaseException) -> bool:
         return self._sqlstate(exc) in ("53100", "53200")  # disk_full, out_of_memory
 
+    def is_unavailable(self, exc: BaseException) -> bool:
+        state = self._sqlstate(exc)
+        if state is not None:
+            # connection_exception, and the server shutting down (admin/crash shutdown)
+            return state.startswith("08") or state in ("57P01", "57P02", "57P03")
+        name = type(_orig(exc)).__name__
+        return name == "OperationalError" and "connection" in str(_orig(exc)).lower()
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        return self._sqlstate(exc) == "55P03"  # lock_not_available (lock_timeout)
+
 
 def _switch_to_wal(cur: Any, timeout: float) -> None:
     """Put a SQLite file in WAL mode (it persists in the file, so once is enough).
@@ -249,7 +333,14 @@ def _switch_to_wal(cur: Any, timeout: float) -> None:
 
 
 def _orig(exc: BaseException) -> BaseException:
-    return getattr(exc, "orig", None) or exc
+    # kvstore's DatabaseError and SQLAlchemy's DBAPIError both keep the driver's as ``orig``
+    seen = exc
+    for _ in range(3):
+        inner = getattr(seen, "orig", None)
+        if inner is None:
+            break
+        seen = inner
+    return seen
 
 
 _DIALECTS: dict[str, Dialect] = {"sqlite": Dialect(), "postgresql": PostgresDialect()}
@@ -266,11 +357,43 @@ def for_engine(engine: Engine) -> Dialect:
     return for_name(engine.dialect.name)
 
 
-def check_synchronous(value: str) -> str:
-    up = str(value).upper()
-    if up not in SQLITE_SYNCHRONOUS:
-        raise ValueError(f"sqlite_synchronous must be one of {SQLITE_SYNCHRONOUS}, got {value!r}")
-    return up
+def for_sa_dialect(sa_dialect: sa.engine.Dialect) -> Dialect:
+    return for_name(sa_dialect.name)
+
+
+def is_session(bind: object) -> bool:
+    """Whether ``bind`` is an ORM Session (checked by name, so that stores bound to engines
+    never import sqlalchemy.orm)."""
+    return any(
+        c.__name__ == "Session" and c.__module__.startswith("sqlalchemy.orm")
+        for c in type(bind).__mro__
+    )
+
+
+def is_memory(engine: Engine) -> bool:
+    """Whether an engine opens an in-memory SQLite database (one per connection)."""
+    url = engine.url
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
+    """The engine a store owns for a URL: ``postgresql://`` means psycopg 3; SQLite files
+    may be used from any thread, and an in-memory database is one shared connection."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ValueError(f"not a database URL: {url!r} ({exc})") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    for_name(backend)  # refuse unsupported databases with a clear message
+    if backend == "sqlite":
+        connect_args = dict(options.pop("connect_args", {}))
+        connect_args.setdefault("check_same_thread", False)
+        options["connect_args"] = connect_args
+        if parsed.database in (None, "", ":memory:"):
+            options.setdefault("poolclass", StaticPool)
+    return create_engine(parsed, **options)
 
 
 # -- triggers ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO
 
-from ._keys import NOT_SET, check_key, check_prefix
+from ._validate import NOT_SET, check_key, check_prefix
 
 __all__ = ["EntryInfo", "KeyValueStore", "SizedRawReader", "check_destination", "read_source"]
 

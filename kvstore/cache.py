@@ -31,10 +31,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, Self, TypeVar, cast, overload
 
-from ._keys import NOT_SET, TTL, ttl_to_seconds
+from ._backend import facade
+from ._entries import clear_namespace, delete_if_checksum
+from ._validate import NOT_SET, TTL, ttl_to_seconds
 from .errors import ConflictError
 from .serializers import _BY_NAME, JSON, get_serializer
-from .store import Store, Transaction
+from .store import Store
 
 __all__ = ["AsyncCachedFunction", "CachedFunction", "cached"]
 
@@ -52,11 +54,8 @@ _POLL_FIRST, _POLL_MAX = 0.005, 0.1
 _BYTES_TAG = b"B"
 
 _NO_LOCK = b""  # the "token" of a call made inside a transaction, which takes no lock
-_CLEAR_SQL = "DELETE FROM {e} WHERE namespace = :ns"
-# Delete the lock only if it still holds our token: a computation that outlived its lock must
-# not release the lock of the caller that took over. The checksum column is the SHA-256 of the
-# value, so matching on it is one statement with no read-then-delete race.
-_UNLOCK_SQL = "DELETE FROM {e} WHERE namespace = :ns AND key = :key AND checksum = :sum"
+# A lock is deleted only if it still holds our token (_entries.delete_if_checksum): a
+# computation that outlived its lock must not release the lock of the caller that took over.
 
 
 # -- result encoding -----------------------------------------------------------------------------
@@ -227,8 +226,8 @@ class _Core:
         self.serializer = serializer
         self.name = name
         self.lock_timeout = lock_timeout
-        self.results = store._derived("c", name)
-        self.locks = store._derived("cl", name)
+        self.results: Store = facade(store.scope.derived("c", name))
+        self.locks: Store = facade(store.scope.derived("cl", name))
         self.sig: inspect.Signature | None
         try:
             self.sig = inspect.signature(func)
@@ -243,7 +242,7 @@ class _Core:
                 raise TypeError(
                     f"the key= function of cached {self.name} returned {type(out).__name__}, not str"
                 )
-            return self.results._key(out)
+            return self.results.scope.key(out)
         try:
             return _hash(self._encode(args, kwargs))
         except _Unencodable as exc:
@@ -334,10 +333,7 @@ class _Core:
     def unlock(self, key: str, token: bytes) -> None:
         if token == _NO_LOCK:
             return
-        locks = self.locks
-        params = {"ns": locks._ns, "key": key, "sum": hashlib.sha256(token).hexdigest()}
-        with locks._connection() as conn:
-            conn.execute(locks._b.sql("cache.unlock", _UNLOCK_SQL), params)
+        delete_if_checksum(self.locks.scope, key, hashlib.sha256(token).hexdigest())
 
     def invalidate(self, key: str) -> None:
         self.results.delete(key)
@@ -345,19 +341,12 @@ class _Core:
     def clear(self) -> None:
         # One statement for the whole namespace, not a delete per key. Locks stay: removing
         # the lock of a computation in flight would let a second caller start the same work.
-        results = self.results
-        with results._connection() as conn:
-            conn.execute(results._b.sql("cache.clear", _CLEAR_SQL), {"ns": results._ns})
+        clear_namespace(self.results.scope)
 
     def autocommit(self) -> bool:
         """Whether each store call commits on its own: not inside a transaction (of this
         thread, or of a Connection or Session the store was given)."""
-        b = self.results._b
-        return (
-            not isinstance(self.results, Transaction)
-            and b.external is None
-            and b.local.__dict__.get("conn") is None
-        )
+        return not self.results.scope.in_transaction
 
 
 def _backoff(delay: float) -> tuple[float, float]:

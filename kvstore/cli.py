@@ -30,10 +30,16 @@ from typing import IO, Any
 import click
 
 from . import __version__
-from ._keys import check_key, check_prefix
+from ._indexing import json_field
+from ._validate import check_key, check_prefix
 from .base import EntryInfo
-from .errors import InvalidKeyError, KVStoreError, NotFoundError, UnknownIndexError
-from .indexes import json_field
+from .errors import (
+    DatabaseError,
+    InvalidKeyError,
+    KVStoreError,
+    NotFoundError,
+    UnknownIndexError,
+)
 from .store import Store, Transaction, connect
 
 __all__ = ["KVStoreGroup", "cli", "main"]
@@ -97,7 +103,7 @@ def _is_driver_error(exc: BaseException) -> bool:
 def _database_error(exc: BaseException) -> str:
     import sqlalchemy.exc
 
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+    if isinstance(exc, sqlalchemy.exc.DBAPIError | DatabaseError) and exc.orig is not None:
         # SQLAlchemy's text adds the SQL and a link to its docs; the driver's says what happened.
         return str(exc.orig) or type(exc.orig).__name__
     return str(exc) or type(exc).__name__
@@ -124,6 +130,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_MISSING, f"no such key: {exc.key!r}"
     if isinstance(exc, InvalidKeyError):
         return EXIT_USAGE, str(exc)
+    if isinstance(exc, DatabaseError):
+        return 1, f"database error: {_database_error(exc)}"
     if isinstance(exc, KVStoreError):
         # ConflictError, UniqueViolation, IndexNotDeclaredError, TransactionError, ...:
         # the request was well formed but the data refused it.
@@ -230,7 +238,7 @@ def _connecting(url: str) -> Iterator[None]:
     except (ValueError, TypeError, sqlalchemy.exc.ArgumentError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
     except Exception as exc:
-        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError) or _is_driver_error(exc):
+        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError | DatabaseError) or _is_driver_error(exc):
             raise CommandError(
                 f"cannot open database {masked_url(url)}: {_database_error(exc)}", EXIT_USAGE
             ) from exc
@@ -1055,11 +1063,11 @@ def db() -> None:
 def _engine() -> Iterator[Any]:
     """An engine on --url whose database has answered once (so a bad URL is a usage error
     and not a migration failure), disposed at the end."""
-    from .store import _engine_from_url
+    from ._dialect import engine_from_url
 
     url = _settings().url
     with _connecting(url):
-        engine = _engine_from_url(url, {})
+        engine = engine_from_url(url, {})
     try:
         with _connecting(url), engine.connect():
             pass

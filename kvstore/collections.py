@@ -49,25 +49,21 @@ from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from . import serializers
+from ._backend import Scope, Statements, facade, open_store, scope_of
 from ._conn import Conn
-from ._keys import NOT_SET
+from ._dialect import Rendered
+from ._entries import COLUMNS, LIVE, NEW_ROW, ON_CONFLICT, now_us, read_blob
+from ._entries import SQL as ENTRY_SQL
+from ._indexing import JsonField
+from ._validate import NOT_SET, check_collection_key
 from .errors import ConflictError, NotFoundError
-from .indexes import JsonField
-from .store import (
-    _COLUMNS,
-    _LIVE,
-    _NEW_ROW,
-    _ON_CONFLICT,
-    Store,
-    _now_us,
-    check_collection_key,
-    connect,
-)
 
 if TYPE_CHECKING:
-    from .indexes import IndexInfo
+    from ._indexing import IndexInfo
 
 __all__ = ["PersistentDict", "PersistentSet"]
+
+SQL = Statements("collections", {})
 
 T = TypeVar("T")
 
@@ -79,7 +75,7 @@ _REPR_ITEMS = 20
 # a set's namespace can have no index (PersistentSet offers no create_index), so there is
 # nothing for the guard to protect and every add stays one statement.
 _INSERT_NEW = (
-    f"INSERT INTO {{e}} ({_COLUMNS}) SELECT {_NEW_ROW} WHERE 1 = 1 {_ON_CONFLICT}"
+    f"INSERT INTO {{e}} ({COLUMNS}) SELECT {NEW_ROW} WHERE 1 = 1 {ON_CONFLICT}"
     " WHERE {e}.expires_at IS NOT NULL AND {e}.expires_at <= excluded.updated_at"
 )
 
@@ -184,7 +180,7 @@ def _serializer_spec(ser: Any) -> Any:
 
 
 def _reopen(
-    cls: type[_Collection], base: Store, name: str, options: dict[str, Any], owns: bool
+    cls: type[_Collection], base: Any, name: str, options: dict[str, Any], owns: bool
 ) -> _Collection:
     """Unpickle a collection: open it again on its (unpickled, so reconnected) parent store."""
     obj = cls(base, name, **options)
@@ -214,8 +210,8 @@ class _Collection:
         self._json = self._ser is serializers.JSON
         if not isinstance(name, str):
             raise TypeError(f"a collection name is a str, not {type(name).__name__}")
-        self._owned: Store | None = None
-        if isinstance(bind, Store):
+        self._owned: Any = None
+        if scope_of(bind) is not None:
             if connect_options:
                 raise TypeError(
                     f"connect options {sorted(connect_options)} apply only when opening a "
@@ -223,12 +219,15 @@ class _Collection:
                 )
             base = bind if namespace is None else bind.namespace(namespace)
         else:
-            base = self._owned = connect(bind, namespace=namespace or "default", **connect_options)
+            base = self._owned = open_store(
+                bind, namespace=namespace or "default", **connect_options
+            )
         # The store the collection was opened on, not the derived store behind it: pickling
         # reopens the collection on it (a derived store cannot pickle itself).
         self._base = base
         try:
-            self._s = base._derived(self._kind, name)
+            self._scope: Scope = base.scope.derived(self._kind, name)
+            self._s = facade(self._scope)
         except BaseException:
             self.close()
             raise
@@ -244,7 +243,7 @@ class _Collection:
         return self._ser
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Any:
         """The store the collection was opened on: the one it was given (in the namespace it
         was asked for), or the one it opened itself."""
         return self._base
@@ -270,16 +269,16 @@ class _Collection:
         owns = self._owned is not None
         return (_reopen, (type(self), self._base, self._name, self._options(), owns))
 
-    def _sql(self, name: str, template: str) -> str:
-        return self._s._b.sql("collections:" + name, template)
+    def _sql(self, name: str, template: str) -> Rendered:
+        return self._scope.sql(SQL, name, template)
 
     def _params(self, **kw: Any) -> dict[str, Any]:
-        return {"ns": self._s._ns, "now": _now_us(), **kw}
+        return {"ns": self._scope.namespace, "now": now_us(), **kw}
 
     def _exec(self, name: str, template: str, **params: Any) -> list[Any]:
         """Run one statement on the store's connection (its transaction's, inside one) and
         fetch every row: a RETURNING statement is complete only once it is read to the end."""
-        with self._s._connection() as conn:
+        with self._scope.connection() as conn:
             return list(conn.execute(self._sql(name, template), self._params(**params)).fetchall())
 
     def _scan(self, *, values: bool, desc: bool = False) -> Iterator[tuple[str, bytes | None]]:
@@ -289,14 +288,14 @@ class _Collection:
         cursor."""
         cols = "key, value, blob_id" if values else "key"
         op, order = ("<", "DESC") if desc else (">", "ASC")
-        base = f"SELECT {cols} FROM {{e}} WHERE namespace = :ns AND {_LIVE}"
+        base = f"SELECT {cols} FROM {{e}} WHERE namespace = :ns AND {LIVE}"
         tail = f" ORDER BY key {order} LIMIT :limit"
         first = self._sql(f"scan:{values}:{desc}", base + tail)
         more = self._sql(f"scan:{values}:{desc}:after", base + f" AND key {op} :after" + tail)
         after: str | None = None
         limit = max(1, int(self.batch_size))
         while True:
-            with self._s._connection() as conn:
+            with self._scope.connection() as conn:
                 params = self._params(limit=limit)
                 if after is None:
                     rows = conn.execute(first, params).fetchall()
@@ -323,10 +322,10 @@ class _Collection:
         found: set[str] = set()
         if not wanted:
             return found
-        with self._s._connection() as conn:
+        with self._scope.connection() as conn:
             for sql, params in self._in_batches(
                 wanted,
-                "SELECT key FROM {e} WHERE namespace = :ns AND " + _LIVE + " AND key IN ({marks})",
+                "SELECT key FROM {e} WHERE namespace = :ns AND " + LIVE + " AND key IN ({marks})",
                 "present",
             ):
                 found.update(r[0] for r in conn.execute(sql, params).fetchall())
@@ -334,11 +333,11 @@ class _Collection:
 
     def _in_batches(
         self, keys: list[str], template: str, name: str
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
+    ) -> Iterator[tuple[Rendered, dict[str, Any]]]:
         """A statement with ``key IN (...)`` per batch of keys. Batches are padded (by
         repeating a key, which changes nothing) to a power of two, so the statement cache
         holds a dozen texts rather than one per batch length."""
-        step = self._s._b.dialect.max_params - 10
+        step = self._scope.backend.dialect.max_params - 10
         for i in range(0, len(keys), step):
             part = keys[i : i + step]
             size = 1
@@ -355,7 +354,7 @@ class _Collection:
         # prepares repeated statements): a bare "SELECT 1 ... LIMIT 1" gets a sequential scan
         # there whenever another namespace holds most of the table.
         rows = self._exec(
-            "any", f"SELECT key FROM {{e}} WHERE namespace = :ns AND {_LIVE} ORDER BY key LIMIT 1"
+            "any", f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} ORDER BY key LIMIT 1"
         )
         return not rows
 
@@ -363,7 +362,7 @@ class _Collection:
         self._exec_write("clear", "DELETE FROM {e} WHERE namespace = :ns")
 
     def _exec_write(self, name: str, template: str, **params: Any) -> int:
-        with self._s._connection() as conn:
+        with self._scope.connection() as conn:
             return int(conn.execute(self._sql(name, template), self._params(**params)).rowcount)
 
     def __len__(self) -> int:
@@ -508,7 +507,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     def _delete_live(self, k: str) -> bool:
         rows = self._exec(
             "delete_returning",
-            f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE} RETURNING key",
+            f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE} RETURNING key",
             key=k,
         )
         return bool(rows)
@@ -558,7 +557,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     def _pop_raw(self, k: str) -> bytes | None:
         rows = self._exec(
             "pop_inline",
-            f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE} "
+            f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE} "
             "AND blob_id IS NULL RETURNING value",
             key=k,
         )
@@ -568,29 +567,33 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         # could read them, so read and delete such a value under a row lock in one transaction.
         probe = self._exec(
             "probe_blob",
-            f"SELECT blob_id FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE}",
+            f"SELECT blob_id FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE}",
             key=k,
         )
         if not probe:
             return None
-        got = self._s._run_atomic(lambda conn: self._take_locked(conn, k))
+        got = self._scope.atomic(lambda conn: self._take_locked(conn, k))
         return None if got is None else got[1]
 
     def _take_locked(self, conn: Conn, k: str | None) -> tuple[str, bytes] | None:
         """Read and delete ``k`` (or, if ``None``, the last key) inside a transaction."""
-        b = self._s._b
         where = "key = :key" if k is not None else "1 = 1"
-        sql = b.sql(
-            f"collections:take:{k is None}",
+        sql = self._scope.sql(
+            SQL,
+            f"take:{k is None}",
             f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {where} "
-            f"AND {_LIVE} ORDER BY key DESC LIMIT 1",
+            f"AND {LIVE} ORDER BY key DESC LIMIT 1{{for_update}}",
         )
-        row = conn.execute(sql + b.dialect.for_update, self._params(key=k)).fetchone()
+        row = conn.execute(sql, self._params(key=k)).fetchone()
         if row is None:
             return None
         key = row[0]
-        data = bytes(row[1]) if row[2] is None else self._s._read_blob(conn, key, row[2], row[3])
-        conn.execute(b.sql("delete"), {"ns": self._s._ns, "key": key})
+        data = (
+            bytes(row[1]) if row[2] is None else read_blob(self._scope, conn, key, row[2], row[3])
+        )
+        conn.execute(
+            self._scope.sql(ENTRY_SQL, "delete"), {"ns": self._scope.namespace, "key": key}
+        )
         return key, data
 
     def popitem(self) -> tuple[Any, Any]:
@@ -600,14 +603,14 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
             rows = self._exec(
                 "popitem",
                 "DELETE FROM {e} WHERE namespace = :ns AND blob_id IS NULL AND key = ("
-                f"SELECT key FROM {{e}} WHERE namespace = :ns AND {_LIVE} "
+                f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} "
                 "ORDER BY key DESC LIMIT 1) RETURNING key, value",
             )
             if rows:
                 return self._decode_key(rows[0][0]), self._ser.loads(bytes(rows[0][1]))
             # Nothing deleted: the dict is empty, its last value is chunked, or a concurrent
             # pop took the same key first (PostgreSQL then re-checks the row and skips it).
-            got = self._s._run_atomic(lambda conn: self._take_locked(conn, None))
+            got = self._scope.atomic(lambda conn: self._take_locked(conn, None))
             if got is not None:
                 return self._decode_key(got[0]), self._ser.loads(got[1])
             if self._is_empty():
@@ -730,7 +733,8 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
                 )
         elif callable(extractor):
             extractor = _decoding(extractor, self._ser.loads)
-        return self._s.create_index(name, extractor, unique, progress=progress)
+        info: IndexInfo = self._s.create_index(name, extractor, unique, progress=progress)
+        return info
 
     def drop_index(self, name: str) -> None:
         self._s.drop_index(name)
@@ -738,10 +742,11 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     def rebuild_index(
         self, name: str, *, progress: Callable[[int, int], None] | None = None
     ) -> IndexInfo:
-        return self._s.rebuild_index(name, progress=progress)
+        info: IndexInfo = self._s.rebuild_index(name, progress=progress)
+        return info
 
     def indexes(self) -> list[IndexInfo]:
-        return self._s.indexes()
+        return list(self._s.indexes())
 
     def _index_query(self, query: dict[str, Any]) -> dict[str, Any]:
         after = query.get("after")
@@ -765,7 +770,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
 
     def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
         """How many keys match (same arguments as :meth:`find`, without paging)."""
-        return self._s.count(index, value, **query)
+        return int(self._s.count(index, value, **query))
 
 
 def _decoding(fn: Callable[[Any], Any], loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -1071,7 +1076,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
 
     def _row(self, k: str, stash: bytes, now: int) -> dict[str, Any]:
         return {
-            "ns": self._s._ns,
+            "ns": self._scope.namespace,
             "key": k,
             "value": stash,
             "blob_id": None,
@@ -1084,7 +1089,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
         }
 
     def _insert_rows(self, conn: Conn, rows: dict[str, bytes]) -> None:
-        now = _now_us()
+        now = now_us()
         conn.executemany(
             self._sql("insert_new", _INSERT_NEW), [self._row(k, v, now) for k, v in rows.items()]
         )
@@ -1101,8 +1106,8 @@ class PersistentSet(_Collection, MutableSet[Any]):
     def add(self, elem: Any) -> None:
         """Add ``elem`` (one insert-if-absent statement; an equal element already there stays)."""
         k, stash = self._encode(elem)
-        with self._s._connection() as conn:
-            conn.execute(self._sql("insert_new", _INSERT_NEW), self._row(k, stash, _now_us()))
+        with self._scope.connection() as conn:
+            conn.execute(self._sql("insert_new", _INSERT_NEW), self._row(k, stash, now_us()))
 
     def discard(self, elem: Any) -> None:
         k = self._lookup(elem)
@@ -1116,7 +1121,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
             if k is None
             else self._exec(
                 "remove",
-                f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {_LIVE} RETURNING key",
+                f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE} RETURNING key",
                 key=k,
             )
         )
@@ -1129,7 +1134,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
             rows = self._exec(
                 "pop",
                 "DELETE FROM {e} WHERE namespace = :ns AND key = ("
-                f"SELECT key FROM {{e}} WHERE namespace = :ns AND {_LIVE} "
+                f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} "
                 "ORDER BY key LIMIT 1) RETURNING key, value",
             )
             if rows:
@@ -1175,7 +1180,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
             for k, v in self._encode_all(other).items():
                 rows.setdefault(k, v)
         if rows:
-            self._s._run_atomic(lambda conn: self._insert_rows(conn, rows))
+            self._scope.atomic(lambda conn: self._insert_rows(conn, rows))
 
     def intersection_update(self, *others: Iterable[Any]) -> None:
         if not others:
@@ -1188,10 +1193,10 @@ class PersistentSet(_Collection, MutableSet[Any]):
         if not keep:
             self._clear()
             return
-        self._s._run_atomic(lambda conn: self._keep_only(conn, keep))
+        self._scope.atomic(lambda conn: self._keep_only(conn, keep))
 
     def _keep_only(self, conn: Conn, keep: set[str]) -> None:
-        step = self._s._b.dialect.max_params - 10
+        step = self._scope.backend.dialect.max_params - 10
         if len(keep) <= step:
             for sql, params in self._in_batches(
                 sorted(keep),
@@ -1220,7 +1225,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
             drop |= self._lookup_all(other)
         if drop:
             keys = sorted(drop)
-            self._s._run_atomic(lambda conn: self._delete_in(conn, keys))
+            self._scope.atomic(lambda conn: self._delete_in(conn, keys))
 
     def symmetric_difference_update(self, other: Iterable[Any]) -> None:
         rows = self._encode_all(other)
@@ -1228,19 +1233,15 @@ class PersistentSet(_Collection, MutableSet[Any]):
             return
 
         def run(conn: Conn) -> None:
-            b = self._s._b
             present: set[str] = set()
             keys = sorted(rows)
-            template = (
-                "SELECT key FROM {e} WHERE namespace = :ns AND key IN ({marks})"
-                + b.dialect.for_update
-            )
+            template = "SELECT key FROM {e} WHERE namespace = :ns AND key IN ({marks}){for_update}"
             for sql, params in self._in_batches(keys, template, "present_locked"):
                 present.update(r[0] for r in conn.execute(sql, params).fetchall())
             self._delete_in(conn, sorted(present))
             self._insert_rows(conn, {k: v for k, v in rows.items() if k not in present})
 
-        self._s._run_atomic(run)
+        self._scope.atomic(run)
 
     def __ior__(self, other: AbstractSet[Any]) -> PersistentSet:  # type: ignore[misc]
         if not isinstance(other, AbstractSet):

@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import IO, Any, BinaryIO, NoReturn, Self, cast
 from urllib.parse import quote_plus, unquote_plus
 
-from ._keys import FOREVER, NOT_SET, ttl_to_seconds
+from ._validate import FOREVER, NOT_SET, ttl_to_seconds
 from .base import EntryInfo, KeyValueStore, SizedRawReader, check_destination, read_source
 from .errors import (
     ConflictError,
@@ -37,7 +37,6 @@ from .errors import (
     TransactionError,
     VerificationError,
 )
-from .store import Store, _now_us, _prefix_upper
 
 __all__ = [
     "HMACDecorator",
@@ -876,7 +875,7 @@ def _carry(info: EntryInfo) -> dict[str, Any]:
     if info.expires_at is None:
         ttl: Any = FOREVER
     else:
-        now = dt.datetime.fromtimestamp(_now_us() / 1e6, dt.UTC)
+        now = dt.datetime.now(dt.UTC)
         ttl = max((info.expires_at - now).total_seconds(), 0.0)
     return {"ttl_secs": ttl, "metadata": info.metadata or None, "content_type": info.content_type}
 
@@ -887,20 +886,9 @@ def _count(store: KeyValueStore, prefix: str) -> int:
         return store._count_prefix(prefix)
     if not prefix:
         return len(store)
-    if isinstance(store, Store):
-        hi = _prefix_upper(prefix)
-        cond = "key >= :lo" + ("" if hi is None else " AND key < :hi")
-        sql = store._b.sql(
-            f"decorators.count_prefix:{hi is not None}",
-            "SELECT COUNT(*) FROM {e} WHERE namespace = :ns"
-            " AND (expires_at IS NULL OR expires_at > :now) AND " + cond,
-        )
-        params = {"ns": store._ns, "now": _now_us(), "lo": prefix, "hi": hi}
-        if hi is None:
-            del params["hi"]
-        with store._connection() as conn:
-            row = conn.execute(sql, params).fetchone()
-        return int(row[0])
+    count_keys = getattr(store, "count_keys", None)
+    if callable(count_keys):
+        return int(count_keys(prefix))
     return sum(1 for _ in store.iter_keys(prefix))
 
 

@@ -114,6 +114,10 @@ class UnknownIndexError(KVStoreError, KeyError):
         return f"no index named {self.name!r} in namespace {self.namespace!r}"
 
 
+class IndexDefinitionError(KVStoreError, ValueError):
+    """``create_index`` named an existing index with a different definition."""
+
+
 class VerificationError(KVStoreError):
     """An HMAC-signed value failed verification (tampered, or replayed under another key)."""
 
@@ -133,6 +137,17 @@ class DatabaseError(KVStoreError):
     def __init__(self, message: str, orig: BaseException | None = None) -> None:
         super().__init__(message)
         self.orig = orig
+
+
+class DatabaseUnavailableError(DatabaseError, ConnectionError):
+    """The database cannot be reached: refused, unknown host, a lost connection, a server
+    shutting down, a SQLite file that cannot be opened. Never retried by kvstore on connect,
+    so a wrong URL fails at once."""
+
+
+class LockTimeoutError(DatabaseError, TimeoutError):
+    """A statement gave up waiting for a lock another transaction holds (SQLite's
+    ``busy_timeout``, PostgreSQL's ``lock_timeout``); nothing of it was applied."""
 
 
 class StorageFullError(DatabaseError, OSError):

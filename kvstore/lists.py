@@ -30,15 +30,14 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, MutableSequence
 from typing import TYPE_CHECKING, Any, Self, SupportsIndex, TypeVar, overload
 
-from sqlalchemy.engine import Connection, Engine
-
+from ._backend import Scope, Statements, open_store, scope_of
 from ._conn import Conn
+from ._dialect import Rendered
 from .errors import KVStoreError
 from .serializers import get_serializer
-from .store import Store, connect
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    pass
 
 __all__ = ["PersistentList"]
 
@@ -111,6 +110,10 @@ _SQL: dict[str, str] = {
     "repeat": "INSERT INTO {li} (list_id, pos, value) SELECT list_id, pos + :off, value FROM {li}"
     " WHERE list_id = :id AND pos >= 0 AND pos < :k",
 }
+
+# the header row is locked before the list is rewritten
+_SQL["lock"] += "{for_update}"
+SQL = Statements("lists", _SQL)
 
 
 # The built-in types whose __rmul__ is sequence repetition rather than number multiplication:
@@ -231,7 +234,7 @@ class PersistentList(MutableSequence[Any]):
 
     def __init__(
         self,
-        store: Store | str | Engine | Connection | Session,
+        store: Any,
         name: str,
         *,
         serializer: Any = "json",
@@ -240,7 +243,7 @@ class PersistentList(MutableSequence[Any]):
     ) -> None:
         name = _check_name(name)
         ser = get_serializer(serializer)
-        if isinstance(store, Store):
+        if scope_of(store) is not None:
             if options:
                 raise TypeError(
                     f"connection options {sorted(options)} only apply when PersistentList opens its "
@@ -251,11 +254,12 @@ class PersistentList(MutableSequence[Any]):
         else:
             if namespace is not None:
                 options["namespace"] = namespace
-            self._store = connect(store, **options)
+            self._store = open_store(store, **options)
             self._owns = True
         self._name = name
         self._ser = ser
-        self._p = {"ns": self._store._ns, "name": name}
+        self._scope: Scope = self._store.scope
+        self._p = {"ns": self._scope.namespace, "name": name}
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -263,12 +267,12 @@ class PersistentList(MutableSequence[Any]):
         return self._name
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Any:
         return self._store
 
     @property
     def namespace(self) -> str:
-        return self._store._ns
+        return self._scope.namespace
 
     @property
     def serializer(self) -> Any:
@@ -291,10 +295,8 @@ class PersistentList(MutableSequence[Any]):
             "pickle list(l) for a copy, or its name to reopen it elsewhere"
         )
 
-    def _sql(self, name: str) -> str:
-        b = self._store._b
-        template = _SQL[name] + (b.dialect.for_update if name == "lock" else "")
-        return b.sql("lists." + name, template)
+    def _sql(self, name: str) -> Rendered:
+        return self._scope.sql(SQL, name)
 
     def _dumps(self, value: Any) -> bytes:
         data = self._ser.dumps(value)
@@ -306,7 +308,7 @@ class PersistentList(MutableSequence[Any]):
     def _write(self, fn: Callable[[Conn], T]) -> T:
         # write=False: the store's extra PostgreSQL table lock orders *entry* writes against
         # index back-fills; list writes touch neither, and lock their own header row instead.
-        return self._store._run_atomic(fn, write=False)
+        return self._scope.atomic(fn, write=False)
 
     def _lock(self, conn: Conn, *, create: bool) -> tuple[int, int] | None:
         """Lock the header row (``FOR UPDATE`` on PostgreSQL; SQLite's write transaction is
@@ -351,7 +353,7 @@ class PersistentList(MutableSequence[Any]):
         self._set_length(conn, lid, length - n)
 
     def _batch(self, after: int, hi: int = _MAX) -> list[tuple[int, Any]]:
-        with self._store._connection() as conn:
+        with self._scope.connection() as conn:
             params = {**self._p, "after": after, "hi": hi, "n": self.batch_size}
             return [(int(p), v) for p, v in conn.execute(self._sql("batch"), params).fetchall()]
 
@@ -375,7 +377,7 @@ class PersistentList(MutableSequence[Any]):
     # -- reading -------------------------------------------------------------------------------
     def __len__(self) -> int:
         """O(1): the header row's length column."""
-        with self._store._connection() as conn:
+        with self._scope.connection() as conn:
             row = conn.execute(self._sql("len"), self._p).fetchone()
         return 0 if row is None else int(row[0])
 
@@ -389,7 +391,7 @@ class PersistentList(MutableSequence[Any]):
         if isinstance(index, slice):
             return self._get_slice(index)
         i = _item_index(index)
-        with self._store._connection() as conn:
+        with self._scope.connection() as conn:
             row = conn.execute(self._sql("get"), {**self._p, "i": i}).fetchone()
         if row is None or row[1] is None:
             raise IndexError("list index out of range")
@@ -407,7 +409,7 @@ class PersistentList(MutableSequence[Any]):
             r = range(*s.indices(length))
             lo, hi, st, desc = _progression(r)
             params = {**self._p, "lo": lo, "hi": hi, "st": st}
-            with self._store._connection() as conn:
+            with self._scope.connection() as conn:
                 rows = conn.execute(self._sql("slice_desc" if desc else "slice"), params).fetchall()
             seen = int(rows[0][0]) if rows else 0
             if fixed or seen == length:
@@ -427,7 +429,7 @@ class PersistentList(MutableSequence[Any]):
 
     def _iter_desc(self, before: int) -> Iterator[Any]:
         while True:
-            with self._store._connection() as conn:
+            with self._scope.connection() as conn:
                 params = {**self._p, "before": before, "n": self.batch_size}
                 rows = conn.execute(self._sql("batch_desc"), params).fetchall()
             if not rows:
@@ -715,11 +717,11 @@ class PersistentList(MutableSequence[Any]):
         """
         self._store.run_in_transaction(lambda tx: self._on(tx)._remove_here(value))
 
-    def _on(self, store: Store) -> PersistentList:
+    def _on(self, store: Any) -> PersistentList:
         return PersistentList(store, self._name, serializer=self._ser)
 
     def _remove_here(self, value: Any) -> None:
-        with self._store._connection() as conn:
+        with self._scope.connection() as conn:
             found = self._lock(conn, create=False) is not None
         pos = (
             next((p for p, item in self._scan() if item is value or item == value), None)
@@ -799,7 +801,7 @@ class PersistentList(MutableSequence[Any]):
         the list changed meanwhile, nothing is written and ``ValueError('list modified during
         sort')`` is raised, as ``list.sort`` does.
         """
-        with self._store._connection() as conn:  # one statement: one consistent snapshot
+        with self._scope.connection() as conn:  # one statement: one consistent snapshot
             stored = [
                 v if type(v) is bytes else bytes(v)
                 for (v,) in conn.execute(self._sql("all"), self._p).fetchall()

@@ -24,10 +24,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.resources
-import random
 import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from . import _dialect
+from ._retry import SCHEMA_RACE, backoff_sleep
 from ._schema import DEFAULT_TABLE_PREFIX, check_table_prefix, tables
 from .errors import KVStoreError
 
@@ -290,6 +289,7 @@ def ensure_schema(
 # -- ensure_schema -----------------------------------------------------------------------------
 def _ensure_with_engine(engine: Engine, prefix: str) -> None:
     sql = f"SELECT version_num FROM {version_table(prefix)}"
+    dialect = _dialect.for_engine(engine)
     for attempt in range(_ATTEMPTS):
         try:
             with engine.connect() as conn:
@@ -303,13 +303,19 @@ def _ensure_with_engine(engine: Engine, prefix: str) -> None:
                 # us behind any other process doing the same.
                 _create_or_upgrade(conn, prefix)
             return
-        except sa.exc.DBAPIError:
+        except sa.exc.DBAPIError as exc:
             # Another process created or upgraded the tables between our look and our DDL
             # (PostgreSQL makes the loser wait for the winner's commit, then fail with
-            # "already exists"), or SQLite's busy timeout ran out: look again.
-            if attempt == _ATTEMPTS - 1:
+            # "already exists"), or SQLite's busy timeout ran out: look again. A database
+            # that cannot be reached is not a race: fail at once (a wrong URL in well under
+            # a second, not after every attempt).
+            if (
+                attempt == _ATTEMPTS - 1
+                or dialect.is_unavailable(exc)
+                or exc.connection_invalidated
+            ):
                 raise
-            time.sleep(0.05 * 2**attempt * (1 + random.random()))
+            backoff_sleep(SCHEMA_RACE, attempt)
 
 
 def _ensure_in_transaction(conn: Connection, prefix: str) -> None:
@@ -364,9 +370,7 @@ def _caller_connection(bind: object) -> Connection | None:
 
 
 def _engine(url: str) -> Engine:
-    from .store import _engine_from_url  # store imports this module: import late
-
-    return _engine_from_url(url, {})
+    return _dialect.engine_from_url(url, {})
 
 
 @contextlib.contextmanager

@@ -1,0 +1,529 @@
+"""Connections, transactions and the statement cache of one ``connect()``, and the
+:class:`Scope` handle through which every layer above runs SQL.
+
+A :class:`Backend` is what all store objects of one ``connect()`` share: the engine (or the
+caller's Connection/Session), idle connections, statements rendered for the driver, the
+namespaces' index state, and which transaction the current thread has open. A :class:`Scope`
+is a backend seen from one namespace, with one key rule, optionally bound to one open
+transaction: the repository functions in :mod:`kvstore._entries` and the adapters take a
+scope, never a store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from . import _dialect
+from ._conn import Conn, ExternalConn, RawConn, SAConn
+from ._dialect import Rendered
+from ._retry import CONTENTION, backoff_sleep
+from ._schema import Tables, tables
+from ._validate import (
+    check_collection_key,
+    check_collection_name,
+    check_key,
+    check_namespace,
+)
+from .errors import DatabaseError, KVStoreError, TooManyReadersError, TransactionError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = ["Backend", "Scope", "Statements", "TxState"]
+
+T = TypeVar("T")
+
+#: idle connections an owned engine's backend keeps checked out, ready for the next call
+MAX_IDLE = 8
+
+
+class Statements:
+    """A module's SQL, under that module's own names: ``{e}``-style placeholders for table
+    names and ``{bytea}``-style ones for type names (see :func:`Backend.render`); values are
+    always ``:name`` bound parameters."""
+
+    def __init__(self, owner: str, templates: Mapping[str, str]) -> None:
+        self.owner = owner
+        self.templates = dict(templates)
+
+
+# Databases on which this thread has a transaction open, by any store: a write through
+# another store (another engine) on the same database would wait for that transaction's own
+# locks - until SQLite's busy timeout, or forever on a PostgreSQL row lock.
+_open_transactions = threading.local()
+
+
+def _open_in_thread() -> dict[str, int]:
+    d: dict[str, int] | None = _open_transactions.__dict__.get("dbs")
+    if d is None:
+        d = _open_transactions.dbs = {}
+    return d
+
+
+@dataclass
+class Options:
+    sqlite_synchronous: str = "FULL"
+    busy_timeout: float = 30.0
+    chunk_size: int = 256 << 10
+    max_open_readers: int = 8
+
+    def connection_options(self) -> dict[str, Any]:
+        return {"synchronous": self.sqlite_synchronous, "busy_timeout": self.busy_timeout}
+
+
+class Backend:
+    """What every store object on one ``connect()`` shares: connections, SQL, index state."""
+
+    def __init__(
+        self,
+        bind: Engine | Connection | Session,
+        *,
+        owns_engine: bool,
+        table_prefix: str,
+        options: Options,
+    ) -> None:
+        self.options = options
+        self.chunk_size = options.chunk_size
+        self.max_open_readers = options.max_open_readers
+        self.readers = threading.BoundedSemaphore(max(options.max_open_readers, 1))
+        self.owns_engine = owns_engine
+        self.external: ExternalConn | None = None
+        self.engine: Engine | None = None
+        if isinstance(bind, Engine):
+            self.engine = bind
+            sa_dialect = bind.dialect
+        elif isinstance(bind, Connection):
+            sa_dialect = bind.dialect
+        elif _dialect.is_session(bind):
+            sa_dialect = bind.get_bind().dialect
+        else:
+            raise TypeError(
+                "connect() takes a database URL, an Engine, a Connection or a Session, "
+                f"not {type(bind).__name__}"
+            )
+        self.dialect = _dialect.for_sa_dialect(sa_dialect)
+        self.sa_dialect = sa_dialect
+        self.tables: Tables = tables(self.dialect.check_table_prefix(table_prefix))
+        if self.engine is None:
+            self.external = ExternalConn(bind, self.dialect)
+        memory = self.engine is not None and _dialect.is_memory(self.engine)
+        # An in-memory SQLite database exists once per connection: everything must share one.
+        self._slots = threading.BoundedSemaphore(1) if memory else None
+        self.single_connection = memory or self.external is not None
+        self._idle: list[Conn] = []
+        self._lock = threading.Lock()
+        self.local = threading.local()
+        self.closed = False
+        self._rendered: dict[tuple[str, str], Rendered] = {}
+        t = self.tables
+        self._fmt = {
+            "e": t.entries.name,
+            "c": t.chunks.name,
+            "n": t.namespaces.name,
+            "ix": t.indexes.name,
+            "ie": t.index_entries.name,
+            "l": t.lists.name,
+            "li": t.list_items.name,
+            "entries": t.entries.name,
+            "for_update": self.dialect.for_update,
+            **self.dialect.type_names,
+        }
+        #: index state per namespace (see kvstore._indexing.NamespaceIndexes)
+        self.index_state: dict[str, Any] = {}
+        #: Python-callable extractors declared in this process, by (namespace, index name)
+        self.declared: dict[tuple[str, str], Callable[[bytes], Any]] = {}
+        self.reopen: dict[str, Any] | None = None
+        # which database this is, to spot two stores on one database in one transaction
+        self.db_key = (
+            None
+            if self.engine is None or memory
+            else self.engine.url.render_as_string(hide_password=True)
+        )
+
+    # -- statements --------------------------------------------------------------------------
+    def render(self, statements: Statements, name: str, template: str | None = None) -> Rendered:
+        """A named statement of ``statements`` in the driver's own SQL and parameter style,
+        rendered once per backend. ``template`` gives the text of a statement built at run
+        time (its name must then say everything that varies)."""
+        cache_key = (statements.owner, name)
+        try:
+            return self._rendered[cache_key]
+        except KeyError:
+            text = template if template is not None else statements.templates[name]
+            out = self._rendered[cache_key] = _dialect.render(
+                self.sa_dialect, text.format(**self._fmt)
+            )
+            return out
+
+    def format(self, text: str) -> str:
+        """Table and type names filled into a statement run as it is (no parameters)."""
+        return text.format(**self._fmt)
+
+    # -- connections ---------------------------------------------------------------------------
+    def checkout(self) -> Conn:
+        if self.external is not None:
+            return self.external
+        if self.closed:
+            raise KVStoreError("this store is closed")
+        if self._slots is not None and not self._slots.acquire(timeout=60):
+            raise TransactionError(
+                "timed out waiting for the in-memory database's only connection; is "
+                "another thread holding a transaction or an open() reader?"
+            )
+        engine = self.engine
+        assert engine is not None
+        watched = _watched(engine)
+        # list.pop/append are atomic under the GIL: the idle list needs no lock of its own.
+        if not watched:
+            try:
+                return self._idle.pop()
+            except IndexError:
+                pass
+        try:
+            if watched:
+                # Someone listens to this engine's statements (echo, the sqlalchemy.engine
+                # logger, cursor events: tracing, query counters): run through SQLAlchemy's
+                # Connection so they see ours too. The fast path skips that overhead.
+                return SAConn(engine.connect(), self.dialect, self.options.connection_options())
+            return RawConn(engine.raw_connection(), self.dialect, self.options.connection_options())
+        except sa_exc.TimeoutError as exc:
+            if self._slots is not None:
+                self._slots.release()
+            raise DatabaseError(
+                f"no database connection became free in time: the engine's pool is exhausted "
+                f"({exc}); open() readers of large values, long transactions and other users "
+                "of the same Engine hold them",
+                exc,
+            ) from exc
+        except sa_exc.DBAPIError as exc:
+            if self._slots is not None:
+                self._slots.release()
+            raise self.dialect.error(exc, connecting=True) from exc
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+
+    def checkin(self, conn: Conn) -> None:
+        if conn is self.external:
+            return
+        if conn.in_tx:
+            conn.rollback()
+        if not conn.broken and conn.closed:
+            conn.broken = True  # the server dropped it: invalidate rather than reuse
+        # Idle connections stay checked out of the engine's pool: fine for an engine the store
+        # owns, but a caller's Engine would run short, and an in-memory database's only
+        # connection must go back with the driver's autocommit setting restored.
+        if (
+            isinstance(conn, RawConn)
+            and not conn.broken
+            and not self.closed
+            and self.owns_engine
+            and self._slots is None
+            and len(self._idle) < MAX_IDLE
+        ):
+            self._idle.append(conn)
+        else:
+            conn.close()
+        if self._slots is not None:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        if self.owns_engine and self.engine is not None:
+            self.engine.dispose()
+
+    def active(self) -> Conn | None:
+        """The connection of the transaction this thread has open on this backend."""
+        conn: Conn | None = self.local.__dict__.get("conn")
+        return conn
+
+    def describe(self) -> str:
+        if self.engine is not None:
+            return self.engine.url.render_as_string(hide_password=True)
+        return "external connection"
+
+
+_ENGINE_LOGGER = logging.getLogger("sqlalchemy.engine")
+
+
+def _watched(engine: Engine) -> bool:
+    """Whether anything observes this engine's statements."""
+    return bool(
+        engine.echo
+        or _ENGINE_LOGGER.isEnabledFor(logging.INFO)
+        or engine.dispatch.before_cursor_execute
+        or engine.dispatch.after_cursor_execute
+    )
+
+
+@dataclass
+class TxState:
+    """One open transaction (or savepoint) as the stores bound to it see it."""
+
+    conn: Conn
+    thread: int = field(default_factory=threading.get_ident)
+    parent: TxState | None = None
+    closed: bool = False
+
+    def ended(self) -> bool:
+        tx: TxState | None = self
+        while tx is not None:
+            if tx.closed:
+                return True
+            tx = tx.parent
+        return False
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A backend seen from one namespace, with one key rule, optionally bound to one
+    transaction: the handle the repository functions and the adapters work through."""
+
+    backend: Backend
+    namespace: str
+    key_rule: Callable[[object], str] = check_key
+    tx: TxState | None = None
+
+    # -- derived scopes ------------------------------------------------------------------------
+    def with_namespace(self, name: str) -> Scope:
+        """The same backend (and transaction) for another namespace, store key rule."""
+        return Scope(self.backend, check_namespace(name), check_key, self._child_tx())
+
+    def derived(self, kind: str, name: str) -> Scope:
+        """The scope behind a collection: its own namespace ``<namespace>/<kind>/<name>``
+        (unreachable through :meth:`with_namespace`, whose names cannot contain ``/``), the
+        same tables, connections, transaction and indexes, and the collection key rule."""
+        check_collection_name(name)
+        return Scope(
+            self.backend, f"{self.namespace}/{kind}/{name}", check_collection_key, self._child_tx()
+        )
+
+    def _child_tx(self) -> TxState | None:
+        if self.tx is None:
+            return None
+        return TxState(self.tx.conn, self.tx.thread, self.tx)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether calls on this scope join a transaction rather than commit on their own:
+        it is bound to one, this thread has one open on the backend, or the backend is the
+        caller's Connection/Session."""
+        b = self.backend
+        return self.tx is not None or b.external is not None or b.active() is not None
+
+    def key(self, key: object) -> str:
+        return self.key_rule(key)
+
+    def sql(self, statements: Statements, name: str, template: str | None = None) -> Rendered:
+        return self.backend.render(statements, name, template)
+
+    # -- connections ---------------------------------------------------------------------------
+    def acquire(self) -> tuple[Conn, bool]:
+        """The connection to use, and whether to give it back afterwards."""
+        tx = self.tx
+        if tx is not None:
+            if tx.ended():
+                raise TransactionError(
+                    "this transaction has ended; use it only inside its with block"
+                )
+            if threading.get_ident() != tx.thread:
+                raise TransactionError(
+                    "a transaction can only be used by the thread that opened it"
+                )
+            return tx.conn, False
+        active = self.backend.active()
+        if active is not None:
+            return active, False
+        return self.backend.checkout(), True
+
+    def release(self, conn: Conn, release: bool) -> None:
+        if release:
+            self.backend.checkin(conn)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Conn]:
+        conn, release = self.acquire()
+        try:
+            yield conn
+        finally:
+            if release:
+                self.backend.checkin(conn)
+
+    @contextlib.contextmanager
+    def atomic_block(self, conn: Conn, *, write: bool = True) -> Iterator[None]:
+        """Make a block on ``conn`` atomic: a transaction, or a savepoint inside one. A write
+        block on PostgreSQL first takes the entries table's write lock (see _dialect)."""
+        d = self.backend.dialect
+        with conn.atomic():
+            if write and d.lock_entries_for_write:
+                conn.run(d.lock_entries_for_write.format(entries=self.backend.tables.entries.name))
+            yield
+
+    def atomic(self, fn: Callable[[Conn], T], *, write: bool = True) -> T:
+        """Run ``fn`` in one transaction (a savepoint inside an open one), retrying on lock
+        contention under the CONTENTION policy when we own the transaction."""
+        self.check_not_mixing()
+        attempt = 0
+        while True:
+            with self.connection() as conn:
+                owned = not conn.in_tx
+                try:
+                    with self.atomic_block(conn, write=write):
+                        return fn(conn)
+                except Exception as exc:
+                    attempt += 1
+                    if (
+                        not owned
+                        or attempt >= CONTENTION.attempts
+                        or not self.backend.dialect.is_retryable(exc)
+                    ):
+                        raise
+            backoff_sleep(CONTENTION, attempt - 1)
+
+    def single(self, fn: Callable[[Conn], T]) -> T:
+        """Run one autocommitted statement (or, inside a transaction, just run it), retrying
+        on lock contention as :meth:`atomic` does: SQLite's busy handler alone gives up after
+        ``busy_timeout``."""
+        self.check_not_mixing()
+        attempt = 0
+        while True:
+            with self.connection() as conn:
+                try:
+                    return fn(conn)
+                except Exception as exc:
+                    attempt += 1
+                    if (
+                        conn.in_tx
+                        or attempt >= CONTENTION.attempts
+                        or not self.backend.dialect.is_retryable(exc)
+                    ):
+                        raise
+            backoff_sleep(CONTENTION, attempt - 1)
+
+    def check_not_mixing(self) -> None:
+        b = self.backend
+        if b.db_key is None or self.tx is not None or b.active() is not None:
+            return
+        if _open_in_thread().get(b.db_key):
+            raise TransactionError(
+                "this thread has a transaction open on this database through another store "
+                "(another engine), holding its write lock; write through that transaction's "
+                "store, or commit first - this write would wait for that lock"
+            )
+
+    # -- transactions --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, isolation: str | None = None) -> Iterator[Scope]:
+        """A scope bound to a new transaction (a savepoint when one is open already)."""
+        b = self.backend
+        begin_sql = b.dialect.begin_sql(isolation)  # an unknown level is a ValueError, always
+        if self.tx is not None:
+            self.acquire()  # ended / wrong thread
+            if isolation is not None:
+                raise TransactionError(
+                    "the isolation level can only be set on the outermost transaction"
+                )
+            yield from self._savepoint(self.tx.conn, self.tx)
+            return
+        active = b.active()
+        if active is not None or b.external is not None:
+            if isolation is not None and active is not None:
+                raise TransactionError(
+                    "the isolation level can only be set on the outermost transaction"
+                )
+            if isolation is not None:
+                raise TransactionError(
+                    "this store joins the transaction of its Connection/Session, which has "
+                    "already begun: set the isolation level on that connection instead"
+                )
+            conn = active if active is not None else b.external
+            assert conn is not None
+            yield from self._savepoint(conn, None)
+            return
+        conn = b.checkout()
+        state = TxState(conn)
+        locks_db = False
+        try:
+            conn.begin(begin_sql)
+            b.local.conn = conn
+            # Only a transaction that holds the whole database's write lock (SQLite's
+            # IMMEDIATE/EXCLUSIVE) is certain to block another engine's write; PostgreSQL's row
+            # locks block only writes to the same rows, so refusing all would refuse valid ones.
+            db_key = b.db_key
+            locks_db = db_key is not None and b.dialect.begin_locks_database(begin_sql)
+            if db_key is not None and locks_db:
+                _open_in_thread()[db_key] = _open_in_thread().get(db_key, 0) + 1
+            try:
+                yield Scope(b, self.namespace, self.key_rule, state)
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit_or_rollback()
+        finally:
+            state.closed = True
+            if locks_db and b.db_key is not None:
+                _open_in_thread()[b.db_key] -= 1
+            b.local.conn = None
+            b.checkin(conn)
+
+    def _savepoint(self, conn: Conn, parent: TxState | None) -> Iterator[Scope]:
+        state = TxState(conn, parent=parent) if parent is not None else TxState(conn)
+        try:
+            with conn.savepoint():
+                yield Scope(self.backend, self.namespace, self.key_rule, state)
+        finally:
+            state.closed = True
+
+
+def reader_slot(backend: Backend) -> None:
+    """Take one of the backend's ``open()`` reader slots, or refuse at once."""
+    if backend.max_open_readers == 0 or not backend.readers.acquire(blocking=False):
+        raise TooManyReadersError(
+            f"{backend.max_open_readers} open() readers of large values are already open on "
+            "this store, each holding a connection; close some (use them as context "
+            "managers), or connect(max_open_readers=...) allows more"
+        )
+
+
+# -- the public facade, as the layers below it see it ------------------------------------------
+# kvstore.store defines Store over a Scope and installs it here at import, so that collections
+# and lists (which the store imports) can hand out stores, and open one from a URL, without
+# importing kvstore.store: the import graph stays one way down.
+_facade: Callable[[Scope], Any] | None = None
+_connect: Callable[..., Any] | None = None
+
+
+def install_facade(facade: Callable[[Scope], Any], connect: Callable[..., Any]) -> None:
+    global _facade, _connect
+    _facade, _connect = facade, connect
+
+
+def facade(scope: Scope) -> Any:
+    """The public store object over ``scope`` (a Transaction when it is bound to one)."""
+    assert _facade is not None, "kvstore.store installs the facade at import"
+    return _facade(scope)
+
+
+def open_store(bind: Any, **options: Any) -> Any:
+    """``kvstore.connect(bind, **options)``."""
+    assert _connect is not None, "kvstore.store installs connect at import"
+    return _connect(bind, **options)
+
+
+def scope_of(obj: object) -> Scope | None:
+    """The scope of a store object (None for anything else)."""
+    scope = getattr(obj, "scope", None)
+    return scope if isinstance(scope, Scope) else None
