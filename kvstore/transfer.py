@@ -79,8 +79,8 @@ class ImportFailed(KVStoreError):
         if resume_line == 1:
             status = "nothing was written"
         else:
-            done = f"{committed} {'entry' if committed == 1 else 'entries'}"
-            status = f"the {done} before line {resume_line} were committed, nothing after"
+            done = "1 entry was" if committed == 1 else f"{committed} entries were"
+            status = f"the {done} committed before line {resume_line}, nothing from there on"
         super().__init__(f"{where}: {reason}; {status}")
         #: the reason alone, without the position
         self.reason = reason

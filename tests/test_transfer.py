@@ -119,7 +119,7 @@ def test_bad_line_in_a_batched_import_keeps_the_earlier_batches(store: kvstore.S
     err = info.value
     assert (err.line, err.last_line, err.committed, err.resume_line) == (6, 6, 4, 5)
     assert err.reason == "expected a JSON object, got list"
-    assert "the 4 entries before line 5 were committed" in str(err)
+    assert "the 4 entries were committed before line 5, nothing from there on" in str(err)
     assert store.keys() == ["g0", "g1", "g2", "g3"]
 
 
