@@ -10,12 +10,9 @@ errors, an invalid key, a bad URL, bad JSON). The library never imports this mod
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -28,8 +25,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
+import sqlalchemy.exc
 
-from . import __version__
+from . import __version__, migrations, transfer
+from ._dialect import engine_from_url
 from ._indexing import json_field
 from ._validate import check_key, check_prefix
 from .base import EntryInfo
@@ -47,7 +46,7 @@ __all__ = ["KVStoreGroup", "cli", "main"]
 DEFAULT_URL = "sqlite:///kvstore.db"
 #: Inputs and outputs with more lines than this get a progress bar (when stderr is a terminal).
 PROGRESS_THRESHOLD = 1000
-IMPORT_BATCH = 1000
+IMPORT_BATCH = transfer.DEFAULT_BATCH_SIZE
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
 
@@ -101,8 +100,6 @@ def _is_driver_error(exc: BaseException) -> bool:
 
 
 def _database_error(exc: BaseException) -> str:
-    import sqlalchemy.exc
-
     if isinstance(exc, sqlalchemy.exc.DBAPIError | DatabaseError) and exc.orig is not None:
         # SQLAlchemy's text adds the SQL and a link to its docs; the driver's says what happened.
         return str(exc.orig) or type(exc.orig).__name__
@@ -111,8 +108,6 @@ def _database_error(exc: BaseException) -> str:
 
 def classify(exc: BaseException) -> tuple[int, str]:
     """The exit status and the (unmasked) one-line message for an exception."""
-    import sqlalchemy.exc
-
     if isinstance(exc, CommandError):
         return exc.exit_code, exc.message
     if isinstance(exc, click.UsageError):
@@ -227,8 +222,6 @@ def _connecting(url: str) -> Iterator[None]:
     URL, an unsupported database, a missing driver, an unreachable or unopenable database.
     The URL is what the user can fix (host, password, path), so exit status 2 rather than
     the 1 of a failed operation."""
-    import sqlalchemy.exc
-
     try:
         yield
     except ImportError as exc:
@@ -559,9 +552,11 @@ class _Progress:
         self._progress: Any = None
         self._task: Any = None
 
-    def advance(self, items: int = 1, amount: int | None = None) -> None:
-        self.items += items
-        self.completed += items if amount is None else amount
+    def update(self, items: int, completed: int | None = None) -> None:
+        """``items`` done so far, and the bar's position when it counts something else (the
+        bytes of a file whose size is the total)."""
+        self.items = items
+        self.completed = items if completed is None else completed
         if not self.enabled:
             return
         if self._progress is None:
@@ -615,115 +610,37 @@ _progress_option = click.option(
     f"more than {PROGRESS_THRESHOLD} entries.",
 )
 
-_RECORD_FIELDS = {"key", "value", "value_b64", "metadata", "content_type", "expires_at", "ttl_secs"}
+
+class _CountedLines:
+    """The lines of a binary stream, counting the bytes handed out (the import bar's position)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for raw in self.stream:
+            self.bytes += len(raw)
+            yield raw
 
 
-@dataclasses.dataclass
-class Record:
-    """One parsed line of a JSON Lines import."""
-
-    line: int
-    key: str
-    value: bytes
-    ttl: float | None
-    metadata: dict[str, Any] | None
-    content_type: str | None
-    expired: bool = False
-
-
-class BadLine(ValueError):
-    """A line of an import file that is not a valid record."""
-
-
-def parse_record(text: str, now: dt.datetime) -> Record | None:
-    """One line of the import format as a :class:`Record` (None for a blank line); raises
-    :class:`BadLine` saying what is wrong with it."""
-    if not text.strip():
-        return None
-    return _parse_record(text, now)
-
-
-def _parse_record(text: str, now: dt.datetime) -> Record:
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise BadLine(f"not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise BadLine(f"expected a JSON object, got {type(doc).__name__}")
-    unknown = sorted(set(doc) - _RECORD_FIELDS)
-    if unknown:
-        raise BadLine(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(_RECORD_FIELDS))}"
-        )
-    if "key" not in doc:
-        raise BadLine("missing 'key'")
-    try:
-        key = check_key(doc["key"])
-    except InvalidKeyError as exc:
-        raise BadLine(str(exc)) from None
-    if ("value" in doc) == ("value_b64" in doc):
-        raise BadLine("needs exactly one of 'value' (text) and 'value_b64' (base64 bytes)")
-    if "value" in doc:
-        if not isinstance(doc["value"], str):
-            raise BadLine(
-                f"'value' must be a string, got {type(doc['value']).__name__}; use 'value_b64' for bytes"
-            )
-        try:
-            value = doc["value"].encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadLine("'value' is not valid Unicode text (lone surrogate)") from None
+def _import_error(exc: transfer.ImportFailed, atomic: bool) -> CommandError:
+    """The one-line message and exit status for a failed import: a bad line is bad usage, a
+    refused write is classified like any other error of the library."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, transfer.BadLine):
+        code, message = EXIT_USAGE, str(cause)
     else:
-        if not isinstance(doc["value_b64"], str):
-            raise BadLine("'value_b64' must be a base64 string")
-        try:
-            value = base64.b64decode(doc["value_b64"], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise BadLine(f"'value_b64' is not valid base64 ({exc})") from None
-    metadata = doc.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise BadLine("'metadata' must be a JSON object")
-    content_type = doc.get("content_type")
-    if content_type is not None and not isinstance(content_type, str):
-        raise BadLine("'content_type' must be a string")
-    if doc.get("expires_at") is not None and doc.get("ttl_secs") is not None:
-        raise BadLine("give 'expires_at' or 'ttl_secs', not both")
-    ttl: float | None = None
-    expired = False
-    if doc.get("ttl_secs") is not None:
-        t = doc["ttl_secs"]
-        if isinstance(t, bool) or not isinstance(t, int | float) or not t >= 0:
-            raise BadLine(f"'ttl_secs' must be a non-negative number, got {t!r}")
-        ttl = float(t)
-    elif doc.get("expires_at") is not None:
-        raw = doc["expires_at"]
-        try:
-            when = dt.datetime.fromisoformat(raw) if isinstance(raw, str) else None
-        except ValueError:
-            when = None
-        if when is None:
-            raise BadLine(f"'expires_at' must be an ISO-8601 timestamp, got {raw!r}")
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)  # documented: a naive timestamp is UTC
-        ttl = (when - now).total_seconds()
-        expired = ttl <= 0
-    return Record(0, key, value, ttl, metadata or None, content_type, expired)
-
-
-def _write_batch(tx: Store, batch: list[Record]) -> None:
-    # The same key twice in a batch: the later line wins, as if written one by one.
-    latest = {r.key: r for r in batch}
-    plain = [
-        r
-        for r in latest.values()
-        if r.ttl is None and r.metadata is None and r.content_type is None
-    ]
-    if plain:
-        # put_many is one executemany; it has no per-entry metadata or TTL, so entries that
-        # carry them are written one by one in the same transaction.
-        tx.put_many([(r.key, r.value) for r in plain])
-    for r in latest.values():
-        if r.ttl is not None or r.metadata is not None or r.content_type is not None:
-            tx.put(r.key, r.value, r.ttl, metadata=r.metadata, content_type=r.content_type)
+        code, message = classify(cause)
+    where = f"line {exc.line}" if exc.line == exc.last_line else f"lines {exc.line}-{exc.last_line}"
+    if atomic:
+        status = "nothing was imported (--atomic)"
+    else:
+        status = (
+            f"the {exc.committed} entries before line {exc.resume_line} were imported, "
+            "nothing from there on"
+        )
+    return CommandError(f"{where}: {message}; {status}", code)
 
 
 @cli.command(name="import")
@@ -757,107 +674,25 @@ def import_(file: str, batch_size: int, atomic: bool, progress: bool | None) -> 
     total = os.fstat(stream.fileno()).st_size if own and os.path.isfile(file) else None
     try:
         with _Progress(progress, "importing", total, "lines") as bar:
-            imported, skipped = _import_stream(store, stream, batch_size, atomic, bar)
+            lines = _CountedLines(stream)
+            result = transfer.import_lines(
+                store,
+                lines,
+                batch_size=batch_size,
+                atomic=atomic,
+                progress=lambda n: bar.update(n, lines.bytes),
+            )
+    except transfer.ImportFailed as exc:
+        raise _import_error(exc, atomic) from exc
     finally:
         if own:
             stream.close()
-    note = f", skipped {skipped} already expired" if skipped else ""
-    click.echo(f"kvstore: imported {_plural(imported, 'entry', 'entries')}{note}", err=True)
+    note = f", skipped {result.skipped} already expired" if result.skipped else ""
+    click.echo(f"kvstore: imported {_plural(result.imported, 'entry', 'entries')}{note}", err=True)
 
 
 def _plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
-
-
-def _import_stream(
-    store: Store, stream: IO[bytes], batch_size: int, atomic: bool, bar: _Progress
-) -> tuple[int, int]:
-    imported = skipped = 0
-    batch: list[Record] = []
-
-    def status(line: int) -> str:
-        if atomic:
-            return "nothing was imported (--atomic)"
-        return f"the {imported} entries before line {line} were imported, nothing from there on"
-
-    def flush(target: Store) -> None:
-        nonlocal imported
-        if not batch:
-            return
-        try:
-            if atomic:
-                _write_batch(target, batch)
-            else:
-                store.run_in_transaction(lambda tx: _write_batch(tx, batch))
-        except Exception as exc:
-            code, message = classify(exc)
-            key = getattr(exc, "key", None)
-            lines = [r.line for r in batch if r.key == key]
-            where = f"line {lines[-1]}" if lines else f"lines {batch[0].line}-{batch[-1].line}"
-            raise CommandError(f"{where}: {message}; {status(batch[0].line)}", code) from exc
-        imported += len({r.key for r in batch})
-        batch.clear()
-
-    scope: contextlib.AbstractContextManager[Store] = (
-        store.transaction() if atomic else contextlib.nullcontext(store)
-    )
-    with scope as target:
-        for n, raw in enumerate(stream, start=1):
-            try:
-                record = parse_record(
-                    raw.decode("utf-8-sig" if n == 1 else "utf-8"), dt.datetime.now(dt.UTC)
-                )
-            except (BadLine, UnicodeDecodeError) as exc:
-                why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
-                first = batch[0].line if batch else n
-                raise CommandError(f"line {n}: {why}; {status(first)}", EXIT_USAGE) from None
-            bar.advance(1, len(raw))
-            if record is None:
-                continue
-            if record.expired:
-                skipped += 1
-                continue
-            record.line = n
-            batch.append(record)
-            if len(batch) >= batch_size:
-                flush(target)
-        flush(target)
-    return imported, skipped
-
-
-def export_record(key: str, info: EntryInfo, data: bytes) -> dict[str, Any]:
-    """The JSON Lines object for one entry (the inverse of :func:`parse_record`)."""
-    out: dict[str, Any] = {"key": key}
-    try:
-        out["value"] = data.decode("utf-8")
-    except UnicodeDecodeError:
-        out["value_b64"] = base64.b64encode(data).decode("ascii")
-    if info.content_type is not None:
-        out["content_type"] = info.content_type
-    if info.metadata:
-        out["metadata"] = info.metadata
-    if info.expires_at is not None:
-        out["expires_at"] = _iso(info.expires_at)
-    return out
-
-
-def _consistent_entry(store: Store, key: str) -> tuple[EntryInfo, bytes] | None:
-    """stat() and get() of one key that belong together, or None if the key is gone.
-
-    Two reads are two statements; a write between them would pair new bytes with old
-    metadata. The checksum in the stat proves the pairing, and a mismatch reads again. (One
-    transaction per entry would also work but takes SQLite's write lock, which an export
-    has no business holding.)
-    """
-    for _ in range(10):
-        try:
-            info = store.stat(key)
-            data = store.get(key)
-        except NotFoundError:
-            return None
-        if not info.checksum or hashlib.sha256(data).hexdigest() == info.checksum:
-            return info, data
-    raise CommandError(f"key {key!r} kept changing while it was being exported", 1)
 
 
 @cli.command()
@@ -878,16 +713,8 @@ def export(file: str, prefix: str, progress: bool | None) -> None:
 
     def write(out: IO[bytes]) -> None:
         with _Progress(progress, "exporting", total, "entries") as bar:
-            for key in store.iter_keys(prefix):
-                entry = _consistent_entry(store, key)
-                if entry is None:
-                    continue
-                record = export_record(key, *entry)
-                out.write(
-                    json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-                    + b"\n"
-                )
-                bar.advance()
+            for line in transfer.export_lines(store, prefix, progress=bar.update):
+                out.write(line.encode("utf-8"))
 
     if file == "-":
         out = _stdout()
@@ -1063,8 +890,6 @@ def db() -> None:
 def _engine() -> Iterator[Any]:
     """An engine on --url whose database has answered once (so a bad URL is a usage error
     and not a migration failure), disposed at the end."""
-    from ._dialect import engine_from_url
-
     url = _settings().url
     with _connecting(url):
         engine = engine_from_url(url, {})
@@ -1080,8 +905,6 @@ def _engine() -> Iterator[Any]:
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Apply kvstore's migrations up to REVISION (default: head)."""
-    from . import migrations
-
     s = _settings()
     with _engine() as engine:
         migrations.upgrade(engine, revision, table_prefix=s.table_prefix)
@@ -1092,8 +915,6 @@ def db_upgrade(revision: str) -> None:
 @db.command(name="current")
 def db_current() -> None:
     """Print the database's kvstore schema revision (nothing if never migrated)."""
-    from . import migrations
-
     s = _settings()
     with _engine() as engine:
         rev = migrations.current(engine, table_prefix=s.table_prefix)
@@ -1109,8 +930,6 @@ def db_check() -> None:
 
     Prints each difference and exits with status 1 if there are any.
     """
-    from . import migrations
-
     s = _settings()
     with _engine() as engine:
         diffs = migrations.check(engine, table_prefix=s.table_prefix)
