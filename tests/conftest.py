@@ -28,7 +28,6 @@ BACKENDS = ["sqlite-file", "sqlite-memory", "postgresql"]
 SHARED_BACKENDS = ["sqlite-file", "postgresql"]
 
 
-
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     url = os.environ.get("KVSTORE_TEST_POSTGRES_URL")
@@ -38,7 +37,9 @@ def pg_url() -> Iterator[str]:
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
         except Exception as exc:  # set but unreachable: an error, never a skip
-            pytest.fail(f"KVSTORE_TEST_POSTGRES_URL={url!r} is set but unreachable: {exc}", pytrace=False)
+            pytest.fail(
+                f"KVSTORE_TEST_POSTGRES_URL={url!r} is set but unreachable: {exc}", pytrace=False
+            )
         finally:
             engine.dispose()
         yield _psycopg(url)
@@ -105,7 +106,9 @@ def _cleanup_pg(engine: sa.Engine, namespace: str) -> None:
         for ns_cond in (t.entries.c.namespace == namespace, t.entries.c.namespace.like(like)):
             conn.execute(t.entries.delete().where(ns_cond))
         for tab in (t.indexes, t.lists, t.namespaces):
-            conn.execute(tab.delete().where(sa.or_(tab.c.namespace == namespace, tab.c.namespace.like(like))))
+            conn.execute(
+                tab.delete().where(sa.or_(tab.c.namespace == namespace, tab.c.namespace.like(like)))
+            )
 
 
 def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
@@ -161,4 +164,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and session.exitstatus == 0:
         session.exitstatus = 1
         if reporter is not None:
-            reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; skips are failures in CI", red=True)
+            reporter.write_line(
+                f"CI=true: {len(skipped)} test(s) skipped; skips are failures in CI", red=True
+            )

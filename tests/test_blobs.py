@@ -52,7 +52,9 @@ def test_put_file_and_get_file_with_paths(cstore: Any, tmp_path: Path) -> None:
     src = tmp_path / "in.bin"
     src.write_bytes(data)
     assert cstore.put_file("f", str(src)) == "f"
-    assert cstore.put_file("g", src, content_type="application/octet-stream", metadata={"n": 1}) == "g"
+    assert (
+        cstore.put_file("g", src, content_type="application/octet-stream", metadata={"n": 1}) == "g"
+    )
     dst = tmp_path / "out.bin"
     assert cstore.get_file("f", str(dst)) == "f"
     assert dst.read_bytes() == data

@@ -250,7 +250,9 @@ def test_stat_and_versions(store: kvstore.Store) -> None:
         ({"expected_version": "1"}, ValueError),
     ],
 )
-def test_bad_put_arguments_write_nothing(store: kvstore.Store, kwargs: dict[str, object], exc: type) -> None:
+def test_bad_put_arguments_write_nothing(
+    store: kvstore.Store, kwargs: dict[str, object], exc: type
+) -> None:
     with pytest.raises(exc):
         store.put("k", b"v", **kwargs)  # type: ignore[arg-type]
     assert "k" not in store
@@ -398,7 +400,9 @@ def test_is_a_keyvaluestore(store: kvstore.Store) -> None:
 keys_st = st.text(alphabet=KEY_ALPHABET, min_size=1, max_size=250)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(key=keys_st, value=st.binary(max_size=3000))
 def test_roundtrip_property(store: kvstore.Store, key: str, value: bytes) -> None:
     store.put(key, value)
@@ -410,8 +414,12 @@ def test_roundtrip_property(store: kvstore.Store, key: str, value: bytes) -> Non
     assert key not in store
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(keys=st.lists(keys_st, max_size=15, unique=True), prefix=st.text(alphabet="ab%_\\", max_size=2))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    keys=st.lists(keys_st, max_size=15, unique=True), prefix=st.text(alphabet="ab%_\\", max_size=2)
+)
 def test_prefix_scan_property(store: kvstore.Store, keys: list[str], prefix: str) -> None:
     store.delete_many(store.keys())
     store.put_many([(k, b"") for k in keys])
@@ -429,7 +437,11 @@ def test_url_stores_pickle_as_a_reconnect(tmp_path: Any) -> None:
         clone.put("b", b"2")
         assert s.get("p-b") == b"2"
         inner = clone.store
-        assert (inner.namespace_name, inner.tables.prefix, inner.default_ttl_secs) == ("pk", "pk_", 100)
+        assert (inner.namespace_name, inner.tables.prefix, inner.default_ttl_secs) == (
+            "pk",
+            "pk_",
+            100,
+        )
         assert inner.get("a") == b"1"
         inner.close()
         with pytest.raises(TypeError, match="opened from a URL"):

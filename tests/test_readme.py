@@ -21,14 +21,20 @@ def test_tour_prints_what_the_readme_shows(tmp_path: Path) -> None:
     for _ in range(2):  # a second run starts from scratch too
         out = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "tour.py")],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         )
         assert out.stdout.strip() == shown.group(1).strip()
     assert (tmp_path / "kvstore.db").exists()
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    block = re.search(r"<!-- test-command -->\n```bash\n(.+?)\n```\n<!-- /test-command -->", README, re.S)
+    block = re.search(
+        r"<!-- test-command -->\n```bash\n(.+?)\n```\n<!-- /test-command -->", README, re.S
+    )
     assert block is not None
     assert "pytest" in block.group(1)
     assert "test-command" in (ROOT / ".ci" / "run").read_text()
