@@ -34,8 +34,10 @@ from sqlalchemy import event
 
 import kvstore
 from kvstore import _conn, _dialect
+from kvstore.store import DEFAULT_CHUNK_SIZE as _DEFAULT_CHUNK_SIZE
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
     "Connection",
     "Recording",
     "Statement",
@@ -54,6 +56,9 @@ __all__ = [
     "rows",
     "value",
 ]
+
+#: values larger than this many bytes are stored in chunks, unless connect(chunk_size=...)
+DEFAULT_CHUNK_SIZE: int = _DEFAULT_CHUNK_SIZE
 
 _PARAM = r"(?<![:\w]):{}\b"
 _WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE|MERGE|CREATE|DROP|ALTER|TRUNCATE)\b")
@@ -244,6 +249,12 @@ class Statement:
         """Whether the statement can change data or schema (``SELECT ... FOR UPDATE`` only
         locks, so it is not)."""
         return bool(_WRITE.search(self.sql.replace("FOR UPDATE", "")))
+
+    def replace(self, **params: Any) -> Statement:
+        """The same statement with some parameters changed (to explain it with them)."""
+        if self.many or not isinstance(self.params, dict):
+            raise TypeError("only a statement with named parameters can be changed")
+        return Statement(self.sql, {**self.params, **params}, rows=self.rows)
 
     def names(self, table: str) -> bool:
         return re.search(rf"\b{re.escape(table)}\b", self.sql) is not None

@@ -6,6 +6,7 @@ import datetime as dt
 import string
 from typing import Any
 
+import _sql
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -392,9 +393,9 @@ def test_table_prefix_isolates_stores(tmp_path: object) -> None:
 def test_is_a_keyvaluestore(store: kvstore.Store) -> None:
     assert isinstance(store, kvstore.KeyValueStore)
     assert store.ttl_support is True
-    store._check_valid_key("fine")
+    _sql.check_valid_key(store, "fine")
     with pytest.raises(ValueError):
-        store._check_valid_key("not fine")
+        _sql.check_valid_key(store, "not fine")
 
 
 keys_st = st.text(alphabet=KEY_ALPHABET, min_size=1, max_size=250)
@@ -445,6 +446,6 @@ def test_url_stores_pickle_as_a_reconnect(tmp_path: Any) -> None:
         assert inner.get("a") == b"1"
         inner.close()
         with pytest.raises(TypeError, match="opened from a URL"):
-            pickle.dumps(kvstore.connect(s.__dict__["_b"].engine))
+            pickle.dumps(kvstore.connect(_sql.engine(s)))
         with s.transaction() as tx, pytest.raises(TypeError):
             pickle.dumps(tx)

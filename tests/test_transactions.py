@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import _sql
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -162,16 +163,14 @@ def test_rollback_removes_index_entries(store: kvstore.Store) -> None:
 
 
 def _blob_id(s: kvstore.Store, key: str) -> int | None:
-    sql = s._b.sql("t:blob_id", "SELECT blob_id FROM {e} WHERE namespace = :ns AND key = :key")
-    with s._connection() as conn:
-        row = conn.execute(sql, {"ns": s._ns, "key": key}).fetchone()
-    return None if row is None else row[0]
+    found = _sql.rows(
+        s, "SELECT blob_id FROM {entries} WHERE namespace = :ns AND key = :key", key=key
+    )
+    return None if not found else found[0][0]
 
 
 def _chunk_count(s: kvstore.Store, blob_id: int) -> int:
-    sql = s._b.sql("t:chunks", "SELECT COUNT(*) FROM {c} WHERE blob_id = :blob")
-    with s._connection() as conn:
-        return int(conn.execute(sql, {"blob": blob_id}).fetchone()[0])
+    return int(_sql.value(s, "SELECT COUNT(*) FROM {chunks} WHERE blob_id = :blob", blob=blob_id))
 
 
 def test_rollback_removes_blob_chunks(backend: Any) -> None:
@@ -523,7 +522,7 @@ def test_serializable_refuses_a_write_skew(shared_store: kvstore.Store) -> None:
                 barrier.wait()
             outcomes.append("committed")
         except Exception as exc:
-            assert shared_store._b.dialect.is_retryable(exc), exc
+            assert _sql.is_retryable(shared_store, exc), exc
             outcomes.append("retryable")
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in "xy"]
@@ -643,7 +642,7 @@ def test_run_in_transaction_gives_up_with_transaction_error(
     assert isinstance(info.value, kvstore.KVStoreError)
     assert len(calls) == 3
     cause = info.value.__cause__
-    assert cause is not None and shared_store._b.dialect.is_retryable(cause)
+    assert cause is not None and _sql.is_retryable(shared_store, cause)
     assert shared_store.get("balance") == b"300"  # only the spoilers' writes landed
 
 
@@ -789,8 +788,7 @@ def test_using_a_transaction_from_another_thread_is_an_error(store: kvstore.Stor
 
 # -- durability settings -----------------------------------------------------------------------
 def _pragma(s: kvstore.Store, name: str) -> Any:
-    with s._connection() as conn:
-        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+    return _sql.value(s, f"PRAGMA {name}")
 
 
 @pytest.mark.parametrize(
