@@ -22,10 +22,55 @@ import sqlalchemy as sa
 
 import kvstore
 import kvstore.models
+from kvstore.decorators import HMACDecorator, PrefixDecorator, URLEncodeKeysDecorator
 
 BACKENDS = ["sqlite-file", "sqlite-memory", "postgresql"]
 # Backends where several connections (threads, processes) see one database.
 SHARED_BACKENDS = ["sqlite-file", "postgresql"]
+
+# The KeyValueStore implementations the key-value contract runs on (the ``kv`` fixture), each
+# over every backend: the store itself, a transaction of it, and the key- or value-mapping
+# decorators over it. (ReadOnlyDecorator refuses writes: tests/test_kv.py runs the read half
+# of the contract on it.)
+KV_KINDS = ["store", "transaction", "prefix", "urlencode", "hmac"]
+KV_PREFIX = "pfx-"
+KV_HMAC_SECRET = b"the key-value contract's secret"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "kv_only(*kinds, reason): run a test that takes `kv` only on these kinds of "
+        f"KeyValueStore (of {', '.join(KV_KINDS)})",
+    )
+    config.addinivalue_line(
+        "markers",
+        "kv_exclude(*kinds, reason): run a test that takes `kv` on every kind of "
+        "KeyValueStore but these (the reason says why the contract differs there)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``kv_kind`` (behind the ``kv`` fixture) by the test's kv_only/kv_exclude
+    markers: a kind a test does not apply to is never collected, rather than skipped (under
+    CI=true a skip is a failure)."""
+    if "kv_kind" not in metafunc.fixturenames:
+        return
+    kinds = list(KV_KINDS)
+    for mark in metafunc.definition.iter_markers():
+        if mark.name not in ("kv_only", "kv_exclude"):
+            continue
+        unknown = set(mark.args) - set(KV_KINDS)
+        if unknown or not mark.args or not mark.kwargs.get("reason"):
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: @pytest.mark.{mark.name} takes kinds of "
+                f"{KV_KINDS} and a reason=, got {mark.args} {mark.kwargs}"
+            )
+        if mark.name == "kv_only":
+            kinds = [k for k in kinds if k in mark.args]
+        else:
+            kinds = [k for k in kinds if k not in mark.args]
+    metafunc.parametrize("kv_kind", kinds)
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +189,28 @@ def store(backend: Backend) -> Iterator[kvstore.Store]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def kv(kv_kind: str, store: kvstore.Store) -> Iterator[kvstore.KeyValueStore]:
+    """A KeyValueStore of kind ``kv_kind`` (see KV_KINDS) over the backend's store, empty.
+
+    ``transaction`` is the Transaction of ``store.transaction()``, committed at teardown.
+    """
+    if kv_kind == "transaction":
+        with store.transaction() as tx:
+            yield tx
+        return
+    if kv_kind == "store":
+        yield store
+    elif kv_kind == "prefix":
+        yield PrefixDecorator(KV_PREFIX, store)
+    elif kv_kind == "urlencode":
+        yield URLEncodeKeysDecorator(store)
+    elif kv_kind == "hmac":
+        yield HMACDecorator(KV_HMAC_SECRET, store)
+    else:  # pragma: no cover - pytest_generate_tests only passes KV_KINDS
+        raise AssertionError(kv_kind)
 
 
 @pytest.fixture
