@@ -257,10 +257,28 @@ def test_caught_store_error_leaves_the_transaction_usable(store: kvstore.Store) 
     assert store.get_many(["a", "b", "k"]) == {"a": b"1", "b": b"2", "k": b"v1"}
 
 
+def _namespace_rows(s: kvstore.Store) -> list[list[tuple[Any, ...]]]:
+    """Every row any kvstore table holds for the store's namespace."""
+    with _sql.connection(s) as conn:
+        return [
+            conn.rows("SELECT * FROM {namespaces} WHERE namespace = :ns"),
+            conn.rows("SELECT * FROM {entries} WHERE namespace = :ns ORDER BY key"),
+            conn.rows("SELECT * FROM {indexes} WHERE namespace = :ns ORDER BY name"),
+            conn.rows("SELECT * FROM {lists} WHERE namespace = :ns ORDER BY name"),
+        ]
+
+
 def test_empty_transaction_commits_nothing(store: kvstore.Store) -> None:
-    with store.transaction():
+    store.put("k", b"v")  # a namespace in use, not a fresh one
+    before = _namespace_rows(store)
+    with _sql.recorded(store) as rec, store.transaction():
         pass
-    assert store.keys() == []
+    assert rec.writes() == [], rec.sql
+    assert _namespace_rows(store) == before
+    # the recording sees this store's writes: an empty one is not empty for lack of eyes
+    with _sql.recorded(store) as rec, store.transaction() as tx:
+        tx.put("k2", b"v")
+    assert rec.writes() != []
 
 
 # -- visibility --------------------------------------------------------------------------------
