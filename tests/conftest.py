@@ -22,11 +22,55 @@ import sqlalchemy as sa
 
 import kvstore
 import kvstore.models
+from kvstore.decorators import HMACDecorator, PrefixDecorator, URLEncodeKeysDecorator
 
 BACKENDS = ["sqlite-file", "sqlite-memory", "postgresql"]
 # Backends where several connections (threads, processes) see one database.
 SHARED_BACKENDS = ["sqlite-file", "postgresql"]
 
+# The KeyValueStore implementations the key-value contract runs on (the ``kv`` fixture), each
+# over every backend: the store itself, a transaction of it, and the key- or value-mapping
+# decorators over it. (ReadOnlyDecorator refuses writes: tests/test_kv.py runs the read half
+# of the contract on it.)
+KV_KINDS = ["store", "transaction", "prefix", "urlencode", "hmac"]
+KV_PREFIX = "pfx-"
+KV_HMAC_SECRET = b"the key-value contract's secret"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "kv_only(*kinds, reason): run a test that takes `kv` only on these kinds of "
+        f"KeyValueStore (of {', '.join(KV_KINDS)})",
+    )
+    config.addinivalue_line(
+        "markers",
+        "kv_exclude(*kinds, reason): run a test that takes `kv` on every kind of "
+        "KeyValueStore but these (the reason says why the contract differs there)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``kv_kind`` (behind the ``kv`` fixture) by the test's kv_only/kv_exclude
+    markers: a kind a test does not apply to is never collected, rather than skipped (under
+    CI=true a skip is a failure)."""
+    if "kv_kind" not in metafunc.fixturenames:
+        return
+    kinds = list(KV_KINDS)
+    for mark in metafunc.definition.iter_markers():
+        if mark.name not in ("kv_only", "kv_exclude"):
+            continue
+        unknown = set(mark.args) - set(KV_KINDS)
+        if unknown or not mark.args or not mark.kwargs.get("reason"):
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: @pytest.mark.{mark.name} takes kinds of "
+                f"{KV_KINDS} and a reason=, got {mark.args} {mark.kwargs}"
+            )
+        if mark.name == "kv_only":
+            kinds = [k for k in kinds if k in mark.args]
+        else:
+            kinds = [k for k in kinds if k not in mark.args]
+    metafunc.parametrize("kv_kind", kinds)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +82,9 @@ def pg_url() -> Iterator[str]:
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
         except Exception as exc:  # set but unreachable: an error, never a skip
-            pytest.fail(f"KVSTORE_TEST_POSTGRES_URL={url!r} is set but unreachable: {exc}", pytrace=False)
+            pytest.fail(
+                f"KVSTORE_TEST_POSTGRES_URL={url!r} is set but unreachable: {exc}", pytrace=False
+            )
         finally:
             engine.dispose()
         yield _psycopg(url)
@@ -105,7 +151,9 @@ def _cleanup_pg(engine: sa.Engine, namespace: str) -> None:
         for ns_cond in (t.entries.c.namespace == namespace, t.entries.c.namespace.like(like)):
             conn.execute(t.entries.delete().where(ns_cond))
         for tab in (t.indexes, t.lists, t.namespaces):
-            conn.execute(tab.delete().where(sa.or_(tab.c.namespace == namespace, tab.c.namespace.like(like))))
+            conn.execute(
+                tab.delete().where(sa.or_(tab.c.namespace == namespace, tab.c.namespace.like(like)))
+            )
 
 
 def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
@@ -144,6 +192,28 @@ def store(backend: Backend) -> Iterator[kvstore.Store]:
 
 
 @pytest.fixture
+def kv(kv_kind: str, store: kvstore.Store) -> Iterator[kvstore.KeyValueStore]:
+    """A KeyValueStore of kind ``kv_kind`` (see KV_KINDS) over the backend's store, empty.
+
+    ``transaction`` is the Transaction of ``store.transaction()``, committed at teardown.
+    """
+    if kv_kind == "transaction":
+        with store.transaction() as tx:
+            yield tx
+        return
+    if kv_kind == "store":
+        yield store
+    elif kv_kind == "prefix":
+        yield PrefixDecorator(KV_PREFIX, store)
+    elif kv_kind == "urlencode":
+        yield URLEncodeKeysDecorator(store)
+    elif kv_kind == "hmac":
+        yield HMACDecorator(KV_HMAC_SECRET, store)
+    else:  # pragma: no cover - pytest_generate_tests only passes KV_KINDS
+        raise AssertionError(kv_kind)
+
+
+@pytest.fixture
 def shared_store(shared_backend: Backend) -> Iterator[kvstore.Store]:
     s = shared_backend.connect()
     try:
@@ -161,4 +231,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and session.exitstatus == 0:
         session.exitstatus = 1
         if reporter is not None:
-            reporter.write_line(f"CI=true: {len(skipped)} test(s) skipped; skips are failures in CI", red=True)
+            reporter.write_line(
+                f"CI=true: {len(skipped)} test(s) skipped; skips are failures in CI", red=True
+            )

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import _sql
 import pytest
 
 CHUNK = 4096  # small chunks so chunking is exercised without big test data
@@ -52,7 +53,9 @@ def test_put_file_and_get_file_with_paths(cstore: Any, tmp_path: Path) -> None:
     src = tmp_path / "in.bin"
     src.write_bytes(data)
     assert cstore.put_file("f", str(src)) == "f"
-    assert cstore.put_file("g", src, content_type="application/octet-stream", metadata={"n": 1}) == "g"
+    assert (
+        cstore.put_file("g", src, content_type="application/octet-stream", metadata={"n": 1}) == "g"
+    )
     dst = tmp_path / "out.bin"
     assert cstore.get_file("f", str(dst)) == "f"
     assert dst.read_bytes() == data
@@ -167,11 +170,8 @@ def test_replacing_a_value_while_a_reader_is_open(shared_backend: Any) -> None:
 
 
 def test_chunks_are_removed_with_their_value(cstore: Any) -> None:
-    chunks = cstore.tables.chunks.name
-
     def count_chunks() -> int:
-        with cstore._connection() as conn:
-            return int(conn.execute(f"SELECT COUNT(*) FROM {chunks}").fetchone()[0])
+        return int(_sql.value(cstore, "SELECT COUNT(*) FROM {chunks}"))
 
     before = count_chunks()
     cstore.put("a", _payload(4 * CHUNK))

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import _sql
 import pytest
+from _sql import DEFAULT_CHUNK_SIZE
 
 import kvstore
 from kvstore.cache import cached
 from kvstore.serializers import JSON
-from kvstore.store import DEFAULT_CHUNK_SIZE
 
 SHORT_TTL = 0.2
 
@@ -222,7 +223,8 @@ def test_cache_clear_removes_exactly_one_functions_entries(store: kvstore.Store)
 
     store.put("user-key", b"mine")
     other_ns = store.namespace(store.namespace_name + "x")
-    other_one = cached(other_ns, name=one._core.name)(lambda x: x)  # same name, other namespace
+    # the same name in another namespace
+    other_one = cached(other_ns, name=_sql.cache_name(one))(lambda x: x)
     for i in range(3):
         one(i)
         two(i)
@@ -475,12 +477,10 @@ JSON_RESULTS: list[Any] = [
 def _chunks_of(s: kvstore.Store, key: str) -> int:
     """How many chunk rows hold the value of ``key`` (0 when it is stored inline)."""
     sql = (
-        "SELECT COUNT(*) FROM {c} WHERE blob_id = "
-        "(SELECT blob_id FROM {e} WHERE namespace = :ns AND key = :key)"
+        "SELECT COUNT(*) FROM {chunks} WHERE blob_id = "
+        "(SELECT blob_id FROM {entries} WHERE namespace = :ns AND key = :key)"
     )
-    with s._connection() as conn:
-        row = conn.execute(s._b.sql("test_cache.chunks", sql), {"ns": s._ns, "key": key})
-        return int(row.fetchone()[0])
+    return int(_sql.value(s, sql, key=key))
 
 
 def test_bytes_results_round_trip_stored_raw(store: kvstore.Store) -> None:
@@ -749,7 +749,7 @@ def test_exception_propagates_and_releases_the_lock(store: kvstore.Store) -> Non
     assert f(5) == 5
     assert time.monotonic() - start < 5  # not blocked by a leftover lock
     assert len(seen) == 2
-    assert store._derived("cl", f._core.name).keys() == []  # no lock left behind
+    assert _sql.cache_locks(f).keys() == []  # no lock left behind
 
 
 def test_a_lock_left_by_a_crashed_caller_expires(store: kvstore.Store) -> None:
@@ -761,9 +761,7 @@ def test_a_lock_left_by_a_crashed_caller_expires(store: kvstore.Store) -> None:
         return x
 
     # what a caller that died mid-computation leaves behind
-    store._derived("cl", f._core.name).put(
-        f.cache_key(1), b"dead", ttl_secs=0.3, expected_version=0
-    )
+    _sql.cache_locks(f).put(f.cache_key(1), b"dead", ttl_secs=0.3, expected_version=0)
     start = time.monotonic()
     assert f(1) == 1
     waited = time.monotonic() - start
@@ -797,7 +795,7 @@ def test_long_names_are_shortened_deterministically(store: kvstore.Store) -> Non
     a = cached(store)(f)
     b = cached(store)(f)
     assert a.store.namespace_name == b.store.namespace_name
-    assert len(a._core.name) == 120
+    assert len(_sql.cache_name(a)) == 120
     assert a(1) == 1
 
 
@@ -990,7 +988,7 @@ def test_inside_a_transaction_calls_do_not_wait_for_locks(store: kvstore.Store) 
         seen.add(x)
         return x
 
-    locks = store._derived("cl", f._core.name)
+    locks = _sql.cache_locks(f)
     locks.put(f.cache_key(1), b"held elsewhere", ttl_secs=30, expected_version=0)
     start = time.monotonic()
     with store.transaction():

@@ -730,7 +730,9 @@ def test_options_also_follow_the_command(tmp_path: Any, migrations: Any) -> None
     up = runner.invoke(cli, ["db", "upgrade", "--url", url, "--table-prefix", "late_"])
     assert up.exit_code == 0, up.output
     assert migrations.current(url, table_prefix="late_") is not None
-    put = runner.invoke(cli, ["--url", "sqlite:///elsewhere.db", "put", "k", "v", "--url", url, "--namespace", "n2"])
+    put = runner.invoke(
+        cli, ["--url", "sqlite:///elsewhere.db", "put", "k", "v", "--url", url, "--namespace", "n2"]
+    )
     assert put.exit_code == 0, put.output
     with kvstore.connect(url, namespace="n2") as store:
         assert store.get("k") == b"v"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+import _sql
 import pytest
 
 import kvstore
@@ -630,11 +631,11 @@ class DictStore(kvstore.KeyValueStore):
         self.closed = False
 
     def get(self, key: str) -> bytes:
-        self._check_valid_key(key)
+        _sql.check_valid_key(self, key)
         return self.data[key]
 
     def put(self, key: str, data: bytes, ttl_secs: Any = None, **kw: Any) -> str:
-        self._check_valid_key(key)
+        _sql.check_valid_key(self, key)
         self.data[key] = bytes(data)
         return key
 

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+import _sql
 import pytest
 import sqlalchemy as sa
 from hypothesis import settings
@@ -1121,7 +1122,7 @@ def test_str_keys_work_with_every_value_serializer(
     assert d.get_many(["a", "c", "nope"]) == {"a": value, "c": value}
     # json, raw and custom value serializers store str keys verbatim (readable with SQL, in
     # code-point order); pickle and marshal keep the base64 keys they always had
-    stored = d._s.keys()
+    stored = _sql.collection_store(d).keys()
     if serializer in ("pickle", "marshal"):
         assert stored != sorted(d) and d.key_serializer is kvstore.serializers.get_serializer(
             serializer
@@ -1157,7 +1158,7 @@ def test_key_serializer_choices(store: kvstore.Store) -> None:
     # str keys stored verbatim with pickle values
     s = PersistentDict(store, "pickled", serializer="pickle", key_serializer="str")
     s["k"] = {1, 2}
-    assert s == {"k": {1, 2}} and s._s.keys() == ["k"]
+    assert s == {"k": {1, 2}} and _sql.collection_store(s).keys() == ["k"]
     with pytest.raises(ValueError, match="key_serializer='json'"):
         PersistentDict(store, "x", key_serializer="json")
     with pytest.raises(ValueError, match="unknown key_serializer"):
@@ -1182,13 +1183,14 @@ def test_keys_written_before_key_serializer_keep_reading(store: kvstore.Store) -
         "marshal": (b64(marshal.dumps((1, "a"), 2)), marshal.dumps([1]), (1, "a"), [1]),
     }
     for serializer, (key, data, want_key, want_value) in old.items():
-        store._derived("d", "old-" + serializer).put(key, data)
         d = store.dict("old-" + serializer, serializer=serializer)
+        _sql.collection_store(d).put(key, data)
         assert d == {want_key: want_value} and d[want_key] == want_value
         d[want_key] = "new"  # and writes the same row
         assert len(d) == 1 and d[want_key] == "new"
-    store._derived("d", "old-raw").put(b64(b"k"), b"v")
-    assert PersistentDict(store, "old-raw", serializer="raw", key_serializer="raw") == {b"k": b"v"}
+    raw = PersistentDict(store, "old-raw", serializer="raw", key_serializer="raw")
+    _sql.collection_store(raw).put(b64(b"k"), b"v")
+    assert raw == {b"k": b"v"}
 
 
 # -- pickling: reopen on the parent store ------------------------------------------------------
@@ -1249,7 +1251,7 @@ def test_a_dict_that_opened_its_store_pickles_as_one_that_opens_it(shared_backen
 
 
 def test_pickling_needs_a_store_opened_from_a_url(store: kvstore.Store) -> None:
-    on_engine = kvstore.connect(store._b.engine, namespace=store.namespace_name)
+    on_engine = kvstore.connect(_sql.engine(store), namespace=store.namespace_name)
     d = on_engine.dict("d")
     d["a"] = 1
     with pytest.raises(TypeError, match="only a store opened from a URL can be pickled"):

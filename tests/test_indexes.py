@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import _sql
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -41,23 +42,15 @@ def upper_name(value: bytes) -> Any:
 
 def table_rows(store: kvstore.Store) -> tuple[list[Any], list[Any]]:
     """Every entry and index entry of the store's namespace, to compare before and after."""
-    with store._connection() as conn:
-        entries = conn.execute(
-            store._b.sql(
-                "t:entries",
-                "SELECT key, value, version FROM {e} WHERE namespace = :ns ORDER BY key",
-            ),
-            {"ns": store._ns},
-        ).fetchall()
-        index_entries = conn.execute(
-            store._b.sql(
-                "t:ie",
-                "SELECT x.name, i.ivalue, i.key FROM {ie} i JOIN {ix} x ON x.id = i.index_id "
-                "WHERE x.namespace = :ns ORDER BY x.name, i.ivalue, i.key",
-            ),
-            {"ns": store._ns},
-        ).fetchall()
-    return [tuple(r) for r in entries], [(r[0], bytes(r[1]), r[2]) for r in index_entries]
+    with _sql.connection(store) as conn:
+        entries = conn.rows(
+            "SELECT key, value, version FROM {entries} WHERE namespace = :ns ORDER BY key"
+        )
+        index_entries = conn.rows(
+            "SELECT x.name, i.ivalue, i.key FROM {index_entries} i JOIN {indexes} x"
+            " ON x.id = i.index_id WHERE x.namespace = :ns ORDER BY x.name, i.ivalue, i.key"
+        )
+    return entries, [(r[0], bytes(r[1]), r[2]) for r in index_entries]
 
 
 # -- encoding -------------------------------------------------------------------------------
@@ -921,25 +914,26 @@ class Explainer:
             ),
         }[store.dialect_name]
 
-    def check(self, sql: str, params: dict[str, Any], multi: bool, what: object) -> None:
+    def check(self, statement: _sql.Statement, multi: bool, what: object) -> None:
         """Assert that a find or count statement reads only B-tree ranges and key probes."""
-        shown = self.plan(sql, dict(params, now=ix._now(), limit=1000))
+        # explained with a large LIMIT, so no plan is chosen for a short page alone
+        shown = self.plan(
+            statement.replace(limit=1000) if "limit" in statement.params else statement
+        )
         assert not any(s in shown for s in self.full_scans), (what, shown)
         assert re.search(self.range_read, shown), (what, shown)
         probes = re.findall(self.key_probe, shown)
         assert len(probes) == (1 if multi else 0), (what, shown)
         assert shown.count(self.range_probe) == len(probes), (what, shown)
 
-    def check_position(self, sql: str, params: dict[str, Any]) -> None:
+    def check_position(self, statement: _sql.Statement) -> None:
         """Assert that ``after=key``'s look-up reads the key's entries by (index_id, key)."""
-        shown = self.plan(sql, params)
+        shown = self.plan(statement)
         assert re.search(self.position_read, shown), shown
         assert not any(s in shown for s in self.full_scans), shown
 
-    def plan(self, sql: str, params: dict[str, Any]) -> str:
-        with self.store._connection() as conn:
-            rows = conn.execute(self.prefix + sql, params).fetchall()
-        return "\n".join(str(r[-1]) for r in rows)
+    def plan(self, statement: _sql.Statement) -> str:
+        return _sql.explain(self.store, statement)
 
 
 @pytest.fixture
@@ -958,9 +952,8 @@ def test_every_query_shape_uses_the_index(store: kvstore.Store, explainer: Expla
             ]
         )
     store.create_index("f", kvstore.json_field("f"))
-    with store._connection() as conn:
-        for table in (store.tables.entries, store.tables.index_entries, store.tables.indexes):
-            conn.execute(f"ANALYZE {table.name}")
+    for table in ("{entries}", "{index_entries}", "{indexes}"):
+        _sql.execute(store, "ANALYZE " + table)
     shapes: list[tuple[Any, dict[str, Any]]] = [
         (7, {}),
         ("s042", {}),
@@ -973,30 +966,34 @@ def test_every_query_shape_uses_the_index(store: kvstore.Store, explainer: Expla
         (kvstore.NOT_SET, {"ge": 10, "after": (15, "k004031"), "order": "desc"}),
         (kvstore.NOT_SET, {"in_": [3, 4], "after": "k000007"}),
         (kvstore.NOT_SET, {"prefix": "s", "after": "k000104"}),
+        (kvstore.NOT_SET, {"ge": 10, "after": "k004031"}),
     ]
+    ie = store.tables.index_entries
+    positions = 0
     for items in (False, True):
         for value, q in shapes:
-            q = dict(q)
-            plan = ix._plan(
-                store,
-                "f",
-                value,
-                items=items,
-                order=q.pop("order", "asc"),
-                limit=q.pop("limit", 10),
-                after=q.pop("after", None),
-                query=q,
-            )
-            statements = list(plan.statements(plan.after))
-            assert statements
-            for sql, params in statements:
-                explainer.check(sql, params, plan.flt.multi, (value, q))
-            if not items and plan.after is None and not plan.desc:
-                sql, params = ix._count_statement(store, "f", plan.flt)
-                explainer.check(sql, params, plan.flt.multi, ("count", value, q))
-            found = list(ix._run_find(plan))
+            # can one key match at several of its values (a range, or in_ of several)?
+            multi = bool({"gt", "ge", "lt", "le", "prefix"} & set(q)) or len(q.get("in_", [])) > 1
+            find = store.find_items if items else store.find
+            with _sql.recorded(store) as rec:
+                found = find("f", value, limit=10, **q)
             assert 0 < len(found) <= 10
-    explainer.check_position(*ix._position_statement(store, "f", "k004031"))
+            reads = [s for s in rec.on(ie) if s.verb == "SELECT"]
+            if isinstance(q.get("after"), str):
+                # after=key first looks up where the key is in this query
+                explainer.check_position(reads.pop(0))
+                positions += 1
+            assert reads, (value, q)
+            for statement in reads:
+                explainer.check(statement, multi, (value, q))
+            if not items and "after" not in q and q.get("order") != "desc":
+                query = {k: v for k, v in q.items() if k != "order"}
+                with _sql.recorded(store) as rec:
+                    assert store.count("f", value, **query) > 0
+                counts = [s for s in rec.on(ie) if s.verb == "SELECT"]
+                assert len(counts) == 1, rec.sql
+                explainer.check(counts[0], multi, ("count", value, q))
+    assert positions == 6
     # the lookups answer in milliseconds, not in a scan's time
     t = time.perf_counter()
     for i in range(50):

@@ -1,132 +1,163 @@
-"""The key-value API (minimalkv-compatible core), on every backend."""
+"""The key-value API (minimalkv-compatible core), on every backend.
+
+The contract runs on ``kv`` (tests/conftest.py): the store, a transaction of it, and the
+prefix, URL-encoding and HMAC decorators over it, each on every backend. A test that cannot
+hold for some of them says so with ``kv_only``/``kv_exclude`` and a reason; behaviour of the
+Store alone (namespaces aside, connecting, pickling, the skip scan) takes ``store``.
+ReadOnlyDecorator, which refuses every write, gets the read half of the contract.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import string
 from typing import Any
 
+import _sql
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kvstore
 from kvstore import ConflictError, InvalidKeyError, InvalidValueError
+from kvstore.decorators import PrefixDecorator, ReadOnlyDecorator, URLEncodeKeysDecorator
 
 KEY_ALPHABET = string.ascii_letters + string.digits + "!\"#$%&'()+,-.<=>?@[\\]^_`{}~"
 
 
-def test_put_get_roundtrip(store: kvstore.Store) -> None:
-    assert store.put("a", b"hello") == "a"
-    assert store.get("a") == b"hello"
-    store.put("a", b"again")
-    assert store.get("a") == b"again"
+def room(kv: kvstore.KeyValueStore) -> int:
+    """The length of the longest key of plain letters ``kv`` accepts."""
+    if isinstance(kv, PrefixDecorator):
+        return kvstore.MAX_KEY_LENGTH - len(kv.prefix)
+    return kvstore.MAX_KEY_LENGTH
 
 
-def test_empty_value_is_a_value(store: kvstore.Store) -> None:
-    store.put("empty", b"")
-    assert store.get("empty") == b""
-    assert "empty" in store
-    assert store.keys() == ["empty"]
-    assert store.stat("empty").size == 0
+def keys_of(kv: kvstore.KeyValueStore) -> st.SearchStrategy[str]:
+    """Keys of every allowed character that ``kv`` accepts, up to the longest."""
+    longest = room(kv)
+    if isinstance(kv, URLEncodeKeysDecorator):
+        longest //= 3  # a punctuation character is stored as "%XX"
+    return st.text(alphabet=KEY_ALPHABET, min_size=1, max_size=longest)
 
 
-def test_missing_key_raises_keyerror(store: kvstore.Store) -> None:
+def test_put_get_roundtrip(kv: kvstore.KeyValueStore) -> None:
+    assert kv.put("a", b"hello") == "a"
+    assert kv.get("a") == b"hello"
+    kv.put("a", b"again")
+    assert kv.get("a") == b"again"
+
+
+def test_empty_value_is_a_value(kv: kvstore.KeyValueStore) -> None:
+    kv.put("empty", b"")
+    assert kv.get("empty") == b""
+    assert "empty" in kv
+    assert kv.keys() == ["empty"]
+    assert kv.stat("empty").size == 0
+
+
+def test_missing_key_raises_keyerror(kv: kvstore.KeyValueStore) -> None:
     with pytest.raises(KeyError) as info:
-        store.get("nope")
+        kv.get("nope")
     assert info.value.args == ("nope",)
     assert isinstance(info.value, kvstore.KVStoreError)
 
 
-def test_delete_missing_is_not_an_error(store: kvstore.Store) -> None:
-    store.delete("nope")
-    store.put("k", b"v")
-    store.delete("k")
-    assert "k" not in store
+def test_delete_missing_is_not_an_error(kv: kvstore.KeyValueStore) -> None:
+    kv.delete("nope")
+    kv.put("k", b"v")
+    kv.delete("k")
+    assert "k" not in kv
     with pytest.raises(KeyError):
-        store.get("k")
+        kv.get("k")
 
 
-def test_bytes_like_values_are_accepted(store: kvstore.Store) -> None:
-    store.put("ba", bytearray(b"xy"))
-    store.put("mv", memoryview(b"zz"))
-    assert store.get("ba") == b"xy"
-    assert store.get("mv") == b"zz"
+def test_bytes_like_values_are_accepted(kv: kvstore.KeyValueStore) -> None:
+    kv.put("ba", bytearray(b"xy"))
+    kv.put("mv", memoryview(b"zz"))
+    assert kv.get("ba") == b"xy"
+    assert kv.get("mv") == b"zz"
 
 
 @pytest.mark.parametrize("value", ["text", 1, None, [b"x"]])
-def test_non_bytes_value_raises_oserror_and_typeerror(store: kvstore.Store, value: object) -> None:
+def test_non_bytes_value_raises_oserror_and_typeerror(
+    kv: kvstore.KeyValueStore, value: object
+) -> None:
     with pytest.raises(OSError) as info:
-        store.put("k", value)  # type: ignore[arg-type]
+        kv.put("k", value)  # type: ignore[arg-type]
     assert isinstance(info.value, TypeError)
     assert isinstance(info.value, InvalidValueError)
     assert "'k'" in str(info.value)
-    assert "k" not in store
+    assert "k" not in kv
 
 
+@pytest.mark.kv_exclude("urlencode", reason="URL encoding makes any str a valid key")
 @pytest.mark.parametrize(
     "key",
     ["", "a b", "a/b", "a:b", "a*b", "ü", "x" * 251, "tab\t", "new\nline"],
 )
-def test_invalid_keys_raise_valueerror_naming_the_key(store: kvstore.Store, key: str) -> None:
+def test_invalid_keys_raise_valueerror_naming_the_key(kv: kvstore.KeyValueStore, key: str) -> None:
     for call in (
-        lambda: store.put(key, b"v"),
-        lambda: store.get(key),
-        lambda: store.delete(key),
-        lambda: key in store,
-        lambda: store.stat(key),
-        lambda: store.incr(key),
+        lambda: kv.put(key, b"v"),
+        lambda: kv.get(key),
+        lambda: kv.delete(key),
+        lambda: key in kv,
+        lambda: kv.stat(key),
+        lambda: kv.incr(key),
     ):
         with pytest.raises(ValueError) as info:
             call()
         assert isinstance(info.value, InvalidKeyError)
         assert repr(key)[:40].strip("'") in str(info.value) or key == ""
-    assert len(store) == 0
+    assert len(kv) == 0
 
 
 @pytest.mark.parametrize("key", [1, b"bytes", None, ("t",)])
-def test_non_str_keys_raise_valueerror(store: kvstore.Store, key: object) -> None:
+def test_non_str_keys_raise_valueerror(kv: kvstore.KeyValueStore, key: object) -> None:
     with pytest.raises(ValueError, match="keys are str"):
-        store.put(key, b"v")  # type: ignore[arg-type]
+        kv.put(key, b"v")  # type: ignore[arg-type]
 
 
-def test_longest_key_and_every_allowed_character(store: kvstore.Store) -> None:
-    long_key = "k" * 250
-    store.put(long_key, b"1")
-    assert store.get(long_key) == b"1"
-    store.put(KEY_ALPHABET, b"2")
-    assert store.get(KEY_ALPHABET) == b"2"
+def test_longest_key_and_every_allowed_character(kv: kvstore.KeyValueStore) -> None:
+    long_key = "k" * room(kv)
+    kv.put(long_key, b"1")
+    assert kv.get(long_key) == b"1"
+    kv.put(KEY_ALPHABET, b"2")
+    assert kv.get(KEY_ALPHABET) == b"2"
     assert kvstore.VALID_KEY_RE.fullmatch(KEY_ALPHABET)
 
 
-def test_keys_are_sorted_in_code_point_order(store: kvstore.Store) -> None:
+@pytest.mark.kv_exclude(
+    "urlencode", reason="iter_keys() streams in the order of the encoded keys; keys() is sorted"
+)
+def test_keys_are_sorted_in_code_point_order(kv: kvstore.KeyValueStore) -> None:
     keys = ["b", "B", "a", "A", "_", "~", "0", "a0", "a_", "Z", "{", "["]
-    store.put_many([(k, b"") for k in keys])
-    assert store.keys() == sorted(keys)
-    assert list(store.iter_keys()) == sorted(keys)
-    assert list(store) == sorted(keys)
+    kv.put_many([(k, b"") for k in keys])
+    assert kv.keys() == sorted(keys)
+    assert list(kv.iter_keys()) == sorted(keys)
+    assert list(kv) == sorted(keys)
 
 
-def test_prefix_match_is_exact_for_like_wildcards(store: kvstore.Store) -> None:
+def test_prefix_match_is_exact_for_like_wildcards(kv: kvstore.KeyValueStore) -> None:
     keys = ["a%b", "a%c", "axb", "a_b", "aXb", "a\\b", "A%b", "a%"]
-    store.put_many([(k, b"") for k in keys])
-    assert store.keys("a%") == ["a%", "a%b", "a%c"]
-    assert store.keys("a_") == ["a_b"]
-    assert store.keys("a\\") == ["a\\b"]
-    assert store.keys("A") == ["A%b"]
-    assert store.keys("a") == sorted(k for k in keys if k.startswith("a"))
-    assert store.keys("zzz") == []
-    assert store.keys("~") == []
+    kv.put_many([(k, b"") for k in keys])
+    assert kv.keys("a%") == ["a%", "a%b", "a%c"]
+    assert kv.keys("a_") == ["a_b"]
+    assert kv.keys("a\\") == ["a\\b"]
+    assert kv.keys("A") == ["A%b"]
+    assert kv.keys("a") == sorted(k for k in keys if k.startswith("a"))
+    assert kv.keys("zzz") == []
+    assert kv.keys("~") == []
 
 
-def test_iter_keys_streams_past_one_batch(store: kvstore.Store) -> None:
+def test_iter_keys_streams_past_one_batch(kv: kvstore.KeyValueStore) -> None:
     keys = [f"k{i:05d}" for i in range(2500)]
-    store.put_many([(k, b"x") for k in keys])
-    it = store.iter_keys("k")
+    kv.put_many([(k, b"x") for k in keys])
+    it = kv.iter_keys("k")
     assert next(it) == "k00000"
     assert list(it) == keys[1:]
-    assert len(store) == 2500
-    assert store.keys("k01") == keys[1000:2000]
+    assert len(kv) == 2500
+    assert kv.keys("k01") == keys[1000:2000]
 
 
 def _reference_prefixes(keys: list[str], delimiter: str, prefix: str = "") -> list[str]:
@@ -140,85 +171,182 @@ def _reference_prefixes(keys: list[str], delimiter: str, prefix: str = "") -> li
     return out
 
 
-def test_iter_prefixes_matches_minimalkv(store: kvstore.Store) -> None:
+def test_iter_prefixes_matches_minimalkv(kv: kvstore.KeyValueStore) -> None:
     keys = ["a", "a_", "b_x_1", "b_x_2", "b_y", "c_", "c__d", "dd", "e_1_2"]
-    store.put_many([(k, b"") for k in keys])
-    assert list(store.iter_prefixes("_")) == ["a", "a_", "b_", "c_", "dd", "e_"]
-    assert list(store.iter_prefixes("_", prefix="b_")) == ["b_x_", "b_y"]
+    kv.put_many([(k, b"") for k in keys])
+    assert list(kv.iter_prefixes("_")) == ["a", "a_", "b_", "c_", "dd", "e_"]
+    assert list(kv.iter_prefixes("_", prefix="b_")) == ["b_x_", "b_y"]
     for delim, prefix in [("__", ""), ("x", "b"), ("_", "c_"), ("_", "zz")]:
-        assert list(store.iter_prefixes(delim, prefix)) == _reference_prefixes(keys, delim, prefix)
+        assert list(kv.iter_prefixes(delim, prefix)) == _reference_prefixes(keys, delim, prefix)
     with pytest.raises(ValueError, match="delimiter"):
-        list(store.iter_prefixes(""))
+        list(kv.iter_prefixes(""))
 
 
 def test_iter_prefixes_skips_large_groups(store: kvstore.Store) -> None:
-    store.put_many([(f"dir{d}.file{i:04d}", b"") for d in range(3) for i in range(300)])
+    """A skip scan: past each common prefix the next read starts beyond all its keys, so the
+    rows fetched are a few per group, not the namespace (a full scan fetches every key)."""
+    groups, size = 3, 3000
+    store.put_many([(f"dir{d}.file{i:04d}", b"") for d in range(groups) for i in range(size)])
     store.put("zz", b"")
-    assert list(store.iter_prefixes(".")) == ["dir0.", "dir1.", "dir2.", "zz"]
+    with _sql.recorded(store) as rec:
+        assert list(store.iter_prefixes(".")) == ["dir0.", "dir1.", "dir2.", "zz"]
+    reads = [s for s in rec.on(store.tables.entries) if s.verb == "SELECT"]
+    assert 0 < len(reads) <= 2 * (groups + 1), rec.sql
+    fetched = rec.rows_fetched(reads)
+    assert 0 < fetched <= groups * size // 2, fetched
 
 
-def test_len_contains_and_iter(store: kvstore.Store) -> None:
-    assert len(store) == 0
-    store.put("x", b"1")
-    store.put("y", b"2")
-    assert len(store) == 2
-    assert "x" in store and "z" not in store
-    assert sorted(store) == ["x", "y"]
+# -- the read half of the contract: on every kind, and on a read-only view ---------------------
+BIG = bytes(range(256)) * 1200  # 300 KiB: past the default chunk size, read in chunks
+READ_MODEL = {
+    "a": b"1",
+    "a%b": b"percent",
+    "a_b": b"underscore",
+    "b_x_1": b"",
+    "b_x_2": b"2",
+    "b_y": b"y" * 1000,
+    "c__d": b"cd",
+    "big": BIG,
+}
 
 
-def test_namespaces_are_isolated(store: kvstore.Store) -> None:
-    other = store.namespace(store.namespace_name + "-other")
+def populate(kv: kvstore.KeyValueStore) -> None:
+    kv.put_many([(k, v) for k, v in READ_MODEL.items() if k != "big"])
+    kv.put_file("big", io.BytesIO(BIG), metadata={"n": 1}, content_type="application/x-test")
+
+
+def check_reads(kv: kvstore.KeyValueStore, model: dict[str, bytes]) -> None:
+    """Every read of the API, against ``model``: what the store must answer."""
+    keys = sorted(model)
+    assert kv.keys() == keys and sorted(kv.iter_keys()) == keys and sorted(kv) == keys
+    assert len(kv) == len(model) and bool(kv)
+    for key, value in model.items():
+        assert key in kv
+        assert kv.get(key) == value
+        info = kv.stat(key)
+        assert (info.key, info.size) == (key, len(value))
+        with kv.open(key) as f:
+            assert f.read() == value
+        sink = io.BytesIO()
+        assert kv.get_file(key, sink) == key
+        assert sink.getvalue() == value
+    assert kv.stat("big").metadata == {"n": 1}
+    assert kv.stat("big").content_type == "application/x-test"
+    assert kv.get_many([*reversed(keys), "missing"]) == {k: model[k] for k in reversed(keys)}
+    assert list(kv.get_many([*reversed(keys), "missing"])) == list(reversed(keys))
+    for prefix in ["", "a", "a%", "a_", "b_", "b_x_", "c", "zz"]:
+        assert kv.keys(prefix) == [k for k in keys if k.startswith(prefix)], prefix
+    for delim, prefix in [("_", ""), ("_", "b_"), ("__", ""), ("x", "b"), ("_", "zz")]:
+        got = list(kv.iter_prefixes(delim, prefix))
+        assert got == _reference_prefixes(keys, delim, prefix), (delim, prefix)
+    assert "missing" not in kv
+    for read in (kv.get, kv.stat, kv.open):
+        with pytest.raises(KeyError) as info:
+            read("missing")
+        assert info.value.args == ("missing",)
+    with pytest.raises(ValueError):
+        kv.get("")
+
+
+def test_reads_follow_the_contract(kv: kvstore.KeyValueStore) -> None:
+    populate(kv)
+    check_reads(kv, READ_MODEL)
+
+
+def test_a_read_only_view_reads_the_contract_and_refuses_writes(
+    kv: kvstore.KeyValueStore,
+) -> None:
+    populate(kv)
+    before = {k: (kv.get(k), kv.stat(k).version) for k in kv.iter_keys()}
+    ro = ReadOnlyDecorator(kv)
+    check_reads(ro, READ_MODEL)
+    for write in (
+        lambda: ro.put("a", b"x"),
+        lambda: ro.put("new", b"x"),
+        lambda: ro.put_file("new", io.BytesIO(b"x")),
+        lambda: ro.put_many({"new": b"x"}),
+        lambda: ro.delete("a"),
+        lambda: ro.delete_many(["a"]),
+        lambda: ro.copy("a", "new"),
+        lambda: ro.move("a", "new"),
+        lambda: ro.incr("n"),
+        lambda: ro.decr("n"),
+        lambda: ro.purge_expired(),
+    ):
+        with pytest.raises(kvstore.ReadOnlyError):
+            write()
+    assert {k: (kv.get(k), kv.stat(k).version) for k in kv.iter_keys()} == before
+
+
+def test_len_contains_and_iter(kv: kvstore.KeyValueStore) -> None:
+    assert len(kv) == 0
+    kv.put("x", b"1")
+    kv.put("y", b"2")
+    assert len(kv) == 2
+    assert "x" in kv and "z" not in kv
+    assert sorted(kv) == ["x", "y"]
+
+
+@pytest.mark.kv_only(
+    "store", "transaction", reason="namespaces are the Store's; decorators have none"
+)
+def test_namespaces_are_isolated(kv: kvstore.Store) -> None:
+    other = kv.namespace(kv.namespace_name + "-other")
     try:
-        store.put("k", b"mine")
+        kv.put("k", b"mine")
         other.put("k", b"theirs")
         other.put("only-other", b"")
-        assert store.get("k") == b"mine"
+        assert kv.get("k") == b"mine"
         assert other.get("k") == b"theirs"
-        assert store.keys() == ["k"]
+        assert kv.keys() == ["k"]
         assert len(other) == 2
         other.delete("k")
-        assert store.get("k") == b"mine"
+        assert kv.get("k") == b"mine"
     finally:
         other.delete_many(other.keys())
 
 
+@pytest.mark.kv_only(
+    "store", "transaction", reason="namespaces are the Store's; decorators have none"
+)
 @pytest.mark.parametrize("bad", ["", "a/b", "x" * 101, 3])
-def test_bad_namespace_names_are_refused(store: kvstore.Store, bad: object) -> None:
+def test_bad_namespace_names_are_refused(kv: kvstore.Store, bad: object) -> None:
     with pytest.raises(ValueError):
-        store.namespace(bad)  # type: ignore[arg-type]
+        kv.namespace(bad)  # type: ignore[arg-type]
 
 
-def test_copy_and_move(store: kvstore.Store) -> None:
-    store.put("src", b"data", metadata={"a": 1}, content_type="text/plain")
-    assert store.copy("src", "dst") == "dst"
-    assert store.get("dst") == b"data"
-    info = store.stat("dst")
+def test_copy_and_move(kv: kvstore.KeyValueStore) -> None:
+    kv.put("src", b"data", metadata={"a": 1}, content_type="text/plain")
+    assert kv.copy("src", "dst") == "dst"
+    assert kv.get("dst") == b"data"
+    info = kv.stat("dst")
     assert info.metadata == {"a": 1} and info.content_type == "text/plain"
-    assert store.get("src") == b"data"
-    store.put("other", b"old")
-    assert store.move("src", "other") == "other"
-    assert store.get("other") == b"data"
-    assert "src" not in store
+    assert kv.get("src") == b"data"
+    kv.put("other", b"old")
+    assert kv.move("src", "other") == "other"
+    assert kv.get("other") == b"data"
+    assert "src" not in kv
     with pytest.raises(KeyError):
-        store.copy("src", "x")
+        kv.copy("src", "x")
     with pytest.raises(KeyError):
-        store.move("src", "x")
-    assert "x" not in store
-    assert store.move("other", "other") == "other"
+        kv.move("src", "x")
+    assert "x" not in kv
+    assert kv.move("other", "other") == "other"
 
 
-def test_move_keeps_versions_rising(store: kvstore.Store) -> None:
-    store.put("a", b"1")
+def test_move_keeps_versions_rising(kv: kvstore.KeyValueStore) -> None:
+    kv.put("a", b"1")
     for _ in range(5):
-        store.put("b", b"x")
-    before = store.stat("b").version
-    store.move("a", "b")
-    assert store.stat("b").version > before
+        kv.put("b", b"x")
+    before = kv.stat("b").version
+    kv.move("a", "b")
+    assert kv.stat("b").version > before
 
 
-def test_stat_and_versions(store: kvstore.Store) -> None:
-    store.put("k", b"abc", metadata={"owner": "ada", "n": [1, 2]}, content_type="text/plain")
-    info = store.stat("k")
+@pytest.mark.kv_exclude("hmac", reason="the checksum is of the stored, signed bytes")
+def test_stat_and_versions(kv: kvstore.KeyValueStore) -> None:
+    kv.put("k", b"abc", metadata={"owner": "ada", "n": [1, 2]}, content_type="text/plain")
+    info = kv.stat("k")
     assert info.key == "k" and info.size == 3 and info.version == 1
     assert info.metadata == {"owner": "ada", "n": [1, 2]}
     assert info.content_type == "text/plain"
@@ -227,14 +355,14 @@ def test_stat_and_versions(store: kvstore.Store) -> None:
     assert info.expires_at is None
     now = dt.datetime.now(dt.UTC)
     assert abs((now - info.created_at).total_seconds()) < 60
-    store.put("k", b"abcd")
-    info2 = store.stat("k")
+    kv.put("k", b"abcd")
+    info2 = kv.stat("k")
     assert info2.version == 2
     assert info2.created_at == info.created_at
     assert info2.updated_at >= info.updated_at
     assert info2.metadata == {} and info2.content_type is None
     with pytest.raises(KeyError):
-        store.stat("missing")
+        kv.stat("missing")
 
 
 @pytest.mark.parametrize(
@@ -250,96 +378,99 @@ def test_stat_and_versions(store: kvstore.Store) -> None:
         ({"expected_version": "1"}, ValueError),
     ],
 )
-def test_bad_put_arguments_write_nothing(store: kvstore.Store, kwargs: dict[str, object], exc: type) -> None:
+def test_bad_put_arguments_write_nothing(
+    kv: kvstore.KeyValueStore, kwargs: dict[str, object], exc: type
+) -> None:
     with pytest.raises(exc):
-        store.put("k", b"v", **kwargs)  # type: ignore[arg-type]
-    assert "k" not in store
+        kv.put("k", b"v", **kwargs)  # type: ignore[arg-type]
+    assert "k" not in kv
 
 
-def test_compare_and_set(store: kvstore.Store) -> None:
-    store.put("k", b"1", expected_version=0)
+def test_compare_and_set(kv: kvstore.KeyValueStore) -> None:
+    kv.put("k", b"1", expected_version=0)
     with pytest.raises(ConflictError) as info:
-        store.put("k", b"2", expected_version=0)
+        kv.put("k", b"2", expected_version=0)
     assert (info.value.key, info.value.expected_version, info.value.actual_version) == ("k", 0, 1)
-    store.put("k", b"2", expected_version=1)
+    kv.put("k", b"2", expected_version=1)
     with pytest.raises(ConflictError) as info2:
-        store.put("k", b"3", expected_version=1)
+        kv.put("k", b"3", expected_version=1)
     assert info2.value.actual_version == 2
-    assert store.get("k") == b"2"
+    assert kv.get("k") == b"2"
     with pytest.raises(ConflictError):
-        store.put("missing", b"x", expected_version=3)
-    assert "missing" not in store
+        kv.put("missing", b"x", expected_version=3)
+    assert "missing" not in kv
     with pytest.raises(ConflictError):
-        store.delete("k", expected_version=1)
-    store.delete("k", expected_version=2)
-    assert "k" not in store
-    store.delete("k", expected_version=0)  # "must not exist" holds: nothing to do
-    store.put("k", b"again")
+        kv.delete("k", expected_version=1)
+    kv.delete("k", expected_version=2)
+    assert "k" not in kv
+    kv.delete("k", expected_version=0)  # "must not exist" holds: nothing to do
+    kv.put("k", b"again")
     with pytest.raises(ConflictError):
-        store.delete("k", expected_version=0)
+        kv.delete("k", expected_version=0)
 
 
-def test_incr_decr(store: kvstore.Store) -> None:
-    assert store.incr("n") == 1
-    assert store.incr("n", 5) == 6
-    assert store.decr("n", 2) == 4
-    assert store.get("n") == b"4"
-    assert store.incr("m", 10, initial=100) == 110
-    assert store.decr("d", initial=0) == -1
-    store.put("s", b"not a number")
+def test_incr_decr(kv: kvstore.KeyValueStore) -> None:
+    assert kv.incr("n") == 1
+    assert kv.incr("n", 5) == 6
+    assert kv.decr("n", 2) == 4
+    assert kv.get("n") == b"4"
+    assert kv.incr("m", 10, initial=100) == 110
+    assert kv.decr("d", initial=0) == -1
+    kv.put("s", b"not a number")
     with pytest.raises(ValueError, match="not an integer"):
-        store.incr("s")
-    assert store.get("s") == b"not a number"
+        kv.incr("s")
+    assert kv.get("s") == b"not a number"
     with pytest.raises(TypeError):
-        store.incr("n", 1.5)  # type: ignore[arg-type]
+        kv.incr("n", 1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        store.incr("n", True)
-    assert store.get("n") == b"4"
+        kv.incr("n", True)
+    assert kv.get("n") == b"4"
 
 
-def test_incr_keeps_metadata_and_counts_versions(store: kvstore.Store) -> None:
-    store.put("n", b"7", metadata={"unit": "clicks"}, content_type="text/plain")
-    store.incr("n")
-    info = store.stat("n")
-    assert store.get("n") == b"8"
+def test_incr_keeps_metadata_and_counts_versions(kv: kvstore.KeyValueStore) -> None:
+    kv.put("n", b"7", metadata={"unit": "clicks"}, content_type="text/plain")
+    kv.incr("n")
+    info = kv.stat("n")
+    assert kv.get("n") == b"8"
     assert info.metadata == {"unit": "clicks"} and info.content_type == "text/plain"
     assert info.version == 2
 
 
-def test_get_many_put_many_delete_many(store: kvstore.Store) -> None:
-    assert store.put_many({"a": b"1", "b": b"2"}) == ["a", "b"]
-    assert store.put_many([("c", b"3")]) == ["c"]
-    assert store.get_many(["c", "missing", "a"]) == {"c": b"3", "a": b"1"}
-    assert list(store.get_many(["c", "a"])) == ["c", "a"]
-    store.delete_many(["a", "missing", "c"])
-    assert store.keys() == ["b"]
-    assert store.put_many([]) == []
-    assert store.get_many([]) == {}
+def test_get_many_put_many_delete_many(kv: kvstore.KeyValueStore) -> None:
+    assert kv.put_many({"a": b"1", "b": b"2"}) == ["a", "b"]
+    assert kv.put_many([("c", b"3")]) == ["c"]
+    assert kv.get_many(["c", "missing", "a"]) == {"c": b"3", "a": b"1"}
+    assert list(kv.get_many(["c", "a"])) == ["c", "a"]
+    kv.delete_many(["a", "missing", "c"])
+    assert kv.keys() == ["b"]
+    assert kv.put_many([]) == []
+    assert kv.get_many([]) == {}
 
 
-def test_many_operations_scale_past_parameter_limits(store: kvstore.Store) -> None:
+def test_many_operations_scale_past_parameter_limits(kv: kvstore.KeyValueStore) -> None:
     keys = [f"k{i}" for i in range(3000)]
-    store.put_many((k, k.encode()) for k in keys)
-    got = store.get_many(keys)
+    kv.put_many((k, k.encode()) for k in keys)
+    got = kv.get_many(keys)
     assert len(got) == 3000 and got["k2999"] == b"k2999"
-    store.delete_many(keys[:2500])
-    assert len(store) == 500
+    kv.delete_many(keys[:2500])
+    assert len(kv) == 500
 
 
-def test_put_many_is_all_or_nothing(store: kvstore.Store) -> None:
+def test_put_many_is_all_or_nothing(kv: kvstore.KeyValueStore) -> None:
+    bad = "x" * 251  # too long for every kind (under URL encoding "bad key" is a key)
     with pytest.raises(ValueError):
-        store.put_many([("good", b"1"), ("bad key", b"2")])
+        kv.put_many([("good", b"1"), (bad, b"2")])
     with pytest.raises(OSError):
-        store.put_many([("good", b"1"), ("also-good", "str")])  # type: ignore[list-item]
+        kv.put_many([("good", b"1"), ("also-good", "str")])  # type: ignore[list-item]
     with pytest.raises(TypeError):
-        store.put_many([("good", b"1", "extra")])  # type: ignore[list-item]
+        kv.put_many([("good", b"1", "extra")])  # type: ignore[list-item]
     with pytest.raises(ValueError):
-        store.get_many(["ok", "bad key"])
+        kv.get_many(["ok", bad])
     with pytest.raises(ValueError):
-        store.delete_many(["ok", "bad key"])
-    assert len(store) == 0
+        kv.delete_many(["ok", bad])
+    assert len(kv) == 0
     with pytest.raises(TypeError):
-        store.get_many("abc")
+        kv.get_many("abc")
 
 
 def test_context_manager_and_close(backend: Any) -> None:
@@ -387,36 +518,39 @@ def test_table_prefix_isolates_stores(tmp_path: object) -> None:
         assert "app_kv_entries" in names and "kv_entries" in names
 
 
-def test_is_a_keyvaluestore(store: kvstore.Store) -> None:
-    assert isinstance(store, kvstore.KeyValueStore)
-    assert store.ttl_support is True
-    store._check_valid_key("fine")
+def test_is_a_keyvaluestore(kv: kvstore.KeyValueStore) -> None:
+    assert isinstance(kv, kvstore.KeyValueStore)
+    assert kv.ttl_support is True
+    _sql.check_valid_key(kv, "fine")  # minimalkv's hook, which its decorators call
     with pytest.raises(ValueError):
-        store._check_valid_key("not fine")
+        _sql.check_valid_key(kv, "")
 
 
-keys_st = st.text(alphabet=KEY_ALPHABET, min_size=1, max_size=250)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data(), value=st.binary(max_size=3000))
+def test_roundtrip_property(kv: kvstore.KeyValueStore, data: st.DataObject, value: bytes) -> None:
+    key = data.draw(keys_of(kv), label="key")
+    kv.put(key, value)
+    assert kv.get(key) == value
+    assert key in kv
+    assert key in kv.keys(key)
+    assert kv.stat(key).size == len(value)
+    kv.delete(key)
+    assert key not in kv
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(key=keys_st, value=st.binary(max_size=3000))
-def test_roundtrip_property(store: kvstore.Store, key: str, value: bytes) -> None:
-    store.put(key, value)
-    assert store.get(key) == value
-    assert key in store
-    assert key in store.keys(key)
-    assert store.stat(key).size == len(value)
-    store.delete(key)
-    assert key not in store
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(keys=st.lists(keys_st, max_size=15, unique=True), prefix=st.text(alphabet="ab%_\\", max_size=2))
-def test_prefix_scan_property(store: kvstore.Store, keys: list[str], prefix: str) -> None:
-    store.delete_many(store.keys())
-    store.put_many([(k, b"") for k in keys])
-    assert store.keys(prefix) == sorted(k for k in keys if k.startswith(prefix))
-    assert len(store) == len(keys)
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data(), prefix=st.text(alphabet="ab%_\\", max_size=2))
+def test_prefix_scan_property(kv: kvstore.KeyValueStore, data: st.DataObject, prefix: str) -> None:
+    keys = data.draw(st.lists(keys_of(kv), max_size=15, unique=True), label="keys")
+    kv.delete_many(kv.keys())
+    kv.put_many([(k, b"") for k in keys])
+    assert kv.keys(prefix) == sorted(k for k in keys if k.startswith(prefix))
+    assert len(kv) == len(keys)
 
 
 def test_url_stores_pickle_as_a_reconnect(tmp_path: Any) -> None:
@@ -429,10 +563,14 @@ def test_url_stores_pickle_as_a_reconnect(tmp_path: Any) -> None:
         clone.put("b", b"2")
         assert s.get("p-b") == b"2"
         inner = clone.store
-        assert (inner.namespace_name, inner.tables.prefix, inner.default_ttl_secs) == ("pk", "pk_", 100)
+        assert (inner.namespace_name, inner.tables.prefix, inner.default_ttl_secs) == (
+            "pk",
+            "pk_",
+            100,
+        )
         assert inner.get("a") == b"1"
         inner.close()
         with pytest.raises(TypeError, match="opened from a URL"):
-            pickle.dumps(kvstore.connect(s.__dict__["_b"].engine))
+            pickle.dumps(kvstore.connect(_sql.engine(s)))
         with s.transaction() as tx, pytest.raises(TypeError):
             pickle.dumps(tx)

@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import _sql
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -40,14 +41,12 @@ from kvstore.lists import PersistentList
 # -- helpers ----------------------------------------------------------------------------------
 def _positions(pl: PersistentList) -> tuple[int, list[int]]:
     """The header's length and the stored positions, straight from the tables."""
-    store = pl.store
-    sql = store._b.sql(
-        "test.list_positions",
-        "SELECT h.length, i.pos FROM {l} h LEFT JOIN {li} i ON i.list_id = h.id"
+    rows = _sql.rows(
+        _sql.collection_store(pl),
+        "SELECT h.length, i.pos FROM {lists} h LEFT JOIN {list_items} i ON i.list_id = h.id"
         " WHERE h.namespace = :ns AND h.name = :name ORDER BY i.pos",
+        name=pl.name,
     )
-    with store._connection() as conn:
-        rows = conn.execute(sql, {"ns": store._ns, "name": pl.name}).fetchall()
     if not rows:
         return 0, []
     return int(rows[0][0]), [int(r[1]) for r in rows if r[1] is not None]
@@ -103,9 +102,12 @@ class _CPythonListTests(list_tests.CommonTest):  # type: ignore[misc]
         names = itertools.count()
 
         class FreshList(PersistentList):
+            opened_by_fresh_list = False
+
             def __init__(self, iterable: Any = (), /) -> None:
-                if "_store" not in self.__dict__:
+                if not self.opened_by_fresh_list:
                     super().__init__(store, f"l{next(names)}", serializer=serializer)
+                    self.opened_by_fresh_list = True
                 else:  # list.__init__ on an existing list replaces its items
                     self.clear()
                 self.extend(iterable)
@@ -594,9 +596,7 @@ def test_namespaces_isolate_lists(store: kvstore.Store) -> None:
         assert store.list("l") == [1, 2] and other.list("l") == [3]
         assert PersistentList(store, "l", namespace=other.namespace_name) == [3]
     finally:  # the fixture cleans up its own namespace only
-        sql = store._b.sql("test.drop_lists", "DELETE FROM {l} WHERE namespace = :ns")
-        with store._connection() as conn:
-            conn.execute(sql, {"ns": other.namespace_name})
+        _sql.execute(other, "DELETE FROM {lists} WHERE namespace = :ns")
     assert _positions(other.list("l")) == (0, [])
 
 
@@ -885,25 +885,38 @@ def test_iteration_while_another_writer_changes_the_list(
 
 # -- costs ------------------------------------------------------------------------------------
 def test_sqlite_plans_use_the_keys(tmp_path: Path) -> None:
-    """Each statement behind len(), l[i], slices, iteration, append, pop and the shifts seeks
-    through the header's unique index and the items' primary key: no statement scans a
-    table. (SQLite's EXPLAIN QUERY PLAN; PostgreSQL runs the same statements.)"""
+    """Each statement behind len(), l[i], slices, iteration, append, insert, assignment, pop,
+    deletion, reverse, repetition, sort and clear seeks through the header's unique index and
+    the items' primary key: no statement scans a table. (SQLite's EXPLAIN QUERY PLAN of the
+    statements the operations really ran; PostgreSQL runs the same statements.)"""
     with kvstore.connect(f"sqlite:///{tmp_path / 'plans.db'}") as store:
         pl = store.list("l")
         pl.extend(range(100))
-        params = {
-            **{"ns": store.namespace_name, "name": "l", "id": 1, "i": -1, "pos": 3, "value": b"1"},
-            **{"lo": 2, "hi": 9, "st": 2, "after": 5, "before": 50, "n": 10, "delta": 1},
-            **{"length": 100, "last": 99, "new": -1, "old": 4, "off": 100, "k": 100},
+        with _sql.recorded(store) as rec:
+            len(pl)
+            pl[3], pl[-1]
+            pl[2:9:2], pl[9:2:-2]
+            list(pl), list(reversed(pl))
+            pl.append(100)
+            pl.insert(3, -1)
+            pl[5] = 55
+            pl[10:12] = ["a", "b", "c"]
+            pl.pop(), pl.pop(0)
+            del pl[2:20:3]
+            pl.reverse()
+            pl *= 2
+            pl.sort(key=str)
+            pl.clear()
+        statements = {
+            s.sql: s
+            for s in rec
+            if s.names(store.tables.lists.name) or s.names(store.tables.list_items.name)
         }
+        # the operations above run this many different statements (a guard against
+        # explaining nothing)
+        assert len(statements) >= 20, sorted(statements)
         scans = {}
-        with store._connection() as conn:
-            for name in (
-                "len", "get", "slice", "slice_desc", "batch", "batch_desc", "lock", "bump",
-                "set_length", "insert", "update", "pop", "delete", "shift", "compact", "flip",
-                "move", "repeat", "all", "values",
-            ):  # fmt: skip
-                plan = conn.execute("EXPLAIN QUERY PLAN " + pl._sql(name), params).fetchall()
-                details = [str(row[-1]) for row in plan]
-                scans[name] = [d for d in details if d.startswith("SCAN")]
-        assert scans == {name: [] for name in scans}
+        for sql, statement in statements.items():
+            details = _sql.explain(store, statement).splitlines()
+            scans[sql] = [d for d in details if d.startswith("SCAN")]
+        assert scans == {sql: [] for sql in scans}

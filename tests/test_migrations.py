@@ -18,15 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _sql
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import kvstore
-from kvstore import _dialect, migrations
-from kvstore._schema import tables
+from kvstore import migrations
 from kvstore.migrations import HEAD
+from kvstore.models import tables
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,12 +83,12 @@ class DB:
         for p in self._prefixes:
             with self.engine.begin() as conn:
                 if sa.inspect(conn).has_table(f"{p}entries"):
-                    for stmt in _dialect.drop_trigger_sql(dialect, p):
+                    for stmt in _sql.drop_trigger_sql(dialect, p):
                         conn.exec_driver_sql(stmt)
                 for t in [*tables(p).metadata.tables, migrations.version_table(p)]:
                     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {t} CASCADE")
                 # PostgreSQL's trigger function outlives a table dropped without its trigger
-                for stmt in _dialect.drop_trigger_sql(dialect, p)[1:]:
+                for stmt in _sql.drop_trigger_sql(dialect, p)[1:]:
                     conn.exec_driver_sql(stmt)
 
 
@@ -127,7 +129,7 @@ def _kvstore_tables(prefix: str) -> set[str]:
 # -- the scripts ------------------------------------------------------------------------------
 def test_head_constant_matches_the_scripts() -> None:
     assert migrations.heads() == [HEAD]
-    script = migrations._script()
+    script = ScriptDirectory(str(migrations.script_location()))
     assert script.get_revision(migrations.BASELINE) is not None
     assert (migrations.script_location() / "env.py").is_file()
     assert not (migrations.script_location() / "__init__.py").exists()  # would shadow alembic
@@ -259,7 +261,7 @@ def test_check_reports_what_is_missing(db: DB) -> None:
     migrations.upgrade(db.engine, table_prefix=db.prefix)
     t = tables(db.prefix)
     with db.engine.begin() as conn:
-        for stmt in _dialect.drop_trigger_sql(db.engine.dialect.name, db.prefix):
+        for stmt in _sql.drop_trigger_sql(db.engine.dialect.name, db.prefix):
             conn.exec_driver_sql(stmt)
         conn.exec_driver_sql(f"DROP TABLE {t.list_items.name}")
         conn.exec_driver_sql(f"DROP INDEX ix_{db.prefix}entries_expiry")

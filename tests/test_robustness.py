@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import _sql
 import pytest
 import sqlalchemy as sa
 
@@ -45,8 +46,8 @@ def test_a_caught_database_error_never_loses_a_transaction_silently(store: kvsto
     try:
         with store.transaction() as tx:
             tx.put("a", b"1")
-            with tx._connection() as conn, pytest.raises(Exception):  # noqa: B017
-                conn.execute("SELECT * FROM no_such_table_kvstore")
+            with pytest.raises(Exception):  # noqa: B017
+                _sql.rows(tx, "SELECT * FROM no_such_table_kvstore")
         committed = True
     except kvstore.TransactionError:
         pass
@@ -66,8 +67,8 @@ def test_a_store_recovers_when_the_server_drops_its_connections(pg_url: str) -> 
     store = kvstore.connect(pg_url, namespace="robust-reconnect")
     try:
         store.put("k", b"1")
-        with store._connection() as conn:  # the connection the store keeps between calls
-            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        # the connection the store keeps between calls
+        pid = _sql.value(store, "SELECT pg_backend_pid()")
         admin = sa.create_engine(pg_url)
         with admin.begin() as c:
             c.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})

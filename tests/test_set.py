@@ -9,6 +9,7 @@ import uuid
 from collections.abc import MutableSet
 from typing import Any
 
+import _sql
 import pytest
 import sqlalchemy as sa
 from hypothesis import settings
@@ -699,7 +700,7 @@ def test_pickling_reopens_on_the_parent_store(backend: Any) -> None:
 def test_pickling_needs_a_store_opened_from_a_url(store: kvstore.Store) -> None:
     import pickle
 
-    on_engine = kvstore.connect(store._b.engine, namespace=store.namespace_name)
+    on_engine = kvstore.connect(_sql.engine(store), namespace=store.namespace_name)
     with pytest.raises(TypeError, match="only a store opened from a URL can be pickled"):
         pickle.dumps(on_engine.set("s"))
     with store.transaction() as tx, pytest.raises(TypeError, match="transaction"):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import _sql
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -162,16 +163,14 @@ def test_rollback_removes_index_entries(store: kvstore.Store) -> None:
 
 
 def _blob_id(s: kvstore.Store, key: str) -> int | None:
-    sql = s._b.sql("t:blob_id", "SELECT blob_id FROM {e} WHERE namespace = :ns AND key = :key")
-    with s._connection() as conn:
-        row = conn.execute(sql, {"ns": s._ns, "key": key}).fetchone()
-    return None if row is None else row[0]
+    found = _sql.rows(
+        s, "SELECT blob_id FROM {entries} WHERE namespace = :ns AND key = :key", key=key
+    )
+    return None if not found else found[0][0]
 
 
 def _chunk_count(s: kvstore.Store, blob_id: int) -> int:
-    sql = s._b.sql("t:chunks", "SELECT COUNT(*) FROM {c} WHERE blob_id = :blob")
-    with s._connection() as conn:
-        return int(conn.execute(sql, {"blob": blob_id}).fetchone()[0])
+    return int(_sql.value(s, "SELECT COUNT(*) FROM {chunks} WHERE blob_id = :blob", blob=blob_id))
 
 
 def test_rollback_removes_blob_chunks(backend: Any) -> None:
@@ -258,10 +257,28 @@ def test_caught_store_error_leaves_the_transaction_usable(store: kvstore.Store) 
     assert store.get_many(["a", "b", "k"]) == {"a": b"1", "b": b"2", "k": b"v1"}
 
 
+def _namespace_rows(s: kvstore.Store) -> list[list[tuple[Any, ...]]]:
+    """Every row any kvstore table holds for the store's namespace."""
+    with _sql.connection(s) as conn:
+        return [
+            conn.rows("SELECT * FROM {namespaces} WHERE namespace = :ns"),
+            conn.rows("SELECT * FROM {entries} WHERE namespace = :ns ORDER BY key"),
+            conn.rows("SELECT * FROM {indexes} WHERE namespace = :ns ORDER BY name"),
+            conn.rows("SELECT * FROM {lists} WHERE namespace = :ns ORDER BY name"),
+        ]
+
+
 def test_empty_transaction_commits_nothing(store: kvstore.Store) -> None:
-    with store.transaction():
+    store.put("k", b"v")  # a namespace in use, not a fresh one
+    before = _namespace_rows(store)
+    with _sql.recorded(store) as rec, store.transaction():
         pass
-    assert store.keys() == []
+    assert rec.writes() == [], rec.sql
+    assert _namespace_rows(store) == before
+    # the recording sees this store's writes: an empty one is not empty for lack of eyes
+    with _sql.recorded(store) as rec, store.transaction() as tx:
+        tx.put("k2", b"v")
+    assert rec.writes() != []
 
 
 # -- visibility --------------------------------------------------------------------------------
@@ -523,7 +540,7 @@ def test_serializable_refuses_a_write_skew(shared_store: kvstore.Store) -> None:
                 barrier.wait()
             outcomes.append("committed")
         except Exception as exc:
-            assert shared_store._b.dialect.is_retryable(exc), exc
+            assert _sql.is_retryable(shared_store, exc), exc
             outcomes.append("retryable")
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in "xy"]
@@ -643,7 +660,7 @@ def test_run_in_transaction_gives_up_with_transaction_error(
     assert isinstance(info.value, kvstore.KVStoreError)
     assert len(calls) == 3
     cause = info.value.__cause__
-    assert cause is not None and shared_store._b.dialect.is_retryable(cause)
+    assert cause is not None and _sql.is_retryable(shared_store, cause)
     assert shared_store.get("balance") == b"300"  # only the spoilers' writes landed
 
 
@@ -789,8 +806,7 @@ def test_using_a_transaction_from_another_thread_is_an_error(store: kvstore.Stor
 
 # -- durability settings -----------------------------------------------------------------------
 def _pragma(s: kvstore.Store, name: str) -> Any:
-    with s._connection() as conn:
-        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+    return _sql.value(s, f"PRAGMA {name}")
 
 
 @pytest.mark.parametrize(
