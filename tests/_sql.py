@@ -74,7 +74,7 @@ def _unwrap(store: kvstore.KeyValueStore) -> kvstore.Store:
 
 
 def _backend(store: kvstore.KeyValueStore) -> Any:
-    return _unwrap(store)._b
+    return _unwrap(store).scope.backend
 
 
 def engine(store: kvstore.KeyValueStore) -> sa.Engine | None:
@@ -141,18 +141,20 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _bind(store: kvstore.Store, sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _bind(
+    store: kvstore.Store, sql: str, params: dict[str, Any]
+) -> tuple[_dialect.Rendered, dict[str, Any]]:
     text = sql.format_map(_table_names(store))
     defaults: dict[str, Callable[[], Any]] = {"ns": lambda: store.namespace_name, "now": _now_us}
     for name, default in defaults.items():
         if name not in params and re.search(_PARAM.format(name), text):
             params = {**params, name: default()}
-    return _backend(store).dialect.sql(text), params
+    return _dialect.render(_backend(store).sa_dialect, text), params
 
 
 def render(store: kvstore.KeyValueStore, sql: str) -> str:
     """``sql`` with the store's table names and the driver's placeholders, as it would run."""
-    return _bind(_unwrap(store), sql, {})[0]
+    return _bind(_unwrap(store), sql, {})[0].sql
 
 
 def _explain_prefix(store: kvstore.Store) -> str:
@@ -184,10 +186,12 @@ class Connection:
         if isinstance(sql, Statement):
             if params:
                 raise TypeError("a recorded statement is explained with its own parameters")
-            text, p = sql.sql, sql.params[0] if sql.many else sql.params
+            text = _dialect.Rendered(_explain_prefix(self._store) + sql.sql)
+            p = sql.params[0] if sql.many else sql.params
         else:
-            text, p = _bind(self._store, sql, params)
-        plan = self._conn.execute(_explain_prefix(self._store) + text, p).fetchall()
+            rendered, p = _bind(self._store, _explain_prefix(self._store) + sql, params)
+            text = rendered
+        plan = self._conn.execute(text, p).fetchall()
         return "\n".join(str(r[-1]) for r in plan)
 
 
@@ -196,7 +200,7 @@ def connection(store: kvstore.KeyValueStore) -> Iterator[Connection]:
     """The connection the store would use for its next call, held for the block: inside a
     transaction the transaction's, otherwise one from its pool (given back afterwards)."""
     s = _unwrap(store)
-    with s._connection() as conn:
+    with s.scope.connection() as conn:
         yield Connection(s, conn)
 
 
@@ -362,29 +366,25 @@ def _note(raw: Any, statement: Statement) -> bool:
 def _patched() -> dict[str, Callable[..., Any]]:
     orig = _originals
 
-    def execute(self: Any, sql: str, params: Any = ()) -> Any:
-        statement = Statement(sql, params)
+    def execute(self: Any, stmt: Any, params: Any = None) -> Any:
+        statement = Statement(stmt.sql, stmt.bind(params))
         seen = _note(self, statement)
-        cur = orig["execute"](self, sql, params)
+        cur = orig["execute"](self, stmt, params)
         return _CountingCursor(cur, statement) if seen else cur
 
-    def execute_bytes(self: Any, sql: str, params: Any = ()) -> Any:
-        statement = Statement(sql, params)
+    def execute_bytes(self: Any, stmt: Any, params: Any = None) -> Any:
+        statement = Statement(stmt.sql, stmt.bind(params))
         seen = _note(self, statement)
-        cur = orig["execute_bytes"](self, sql, params)
+        cur = orig["execute_bytes"](self, stmt, params)
         return _CountingCursor(cur, statement) if seen else cur
 
-    def executemany(self: Any, sql: str, params: Sequence[Any]) -> None:
-        _note(self, Statement(sql, list(params), many=True))
-        orig["executemany"](self, sql, params)
+    def executemany(self: Any, stmt: Any, params: Sequence[Any]) -> None:
+        _note(self, Statement(stmt.sql, [stmt.bind(p) for p in params], many=True))
+        orig["executemany"](self, stmt, params)
 
-    def begin(self: Any, begin_sql: str) -> None:
-        _note(self, Statement(begin_sql, ()))
-        orig["begin"](self, begin_sql)
-
-    def commit(self: Any) -> None:
-        _note(self, Statement("COMMIT", ()))
-        orig["commit"](self)
+    def run(self: Any, sql: str) -> Any:
+        _note(self, Statement(sql, ()))
+        return orig["run"](self, sql)
 
     def rollback(self: Any) -> None:
         _note(self, Statement("ROLLBACK", ()))
@@ -394,17 +394,17 @@ def _patched() -> dict[str, Callable[..., Any]]:
         "execute": execute,
         "execute_bytes": execute_bytes,
         "executemany": executemany,
-        "begin": begin,
-        "commit": commit,
+        "run": run,
         "rollback": rollback,
     }
 
 
 def _install() -> None:
     # kvstore runs its own connections on the DBAPI connection (kvstore._conn.RawConn), past
-    # SQLAlchemy's events: its methods are wrapped while a recording is active.
+    # SQLAlchemy's events while nobody listens (a listener would switch it to SQLAlchemy's
+    # Connection): its methods are wrapped while a recording is active.
     raw = _conn.RawConn
-    for name in ("execute", "execute_bytes", "executemany", "begin", "commit", "rollback"):
+    for name in ("execute", "execute_bytes", "executemany", "run", "rollback"):
         _originals[name] = raw.__dict__[name]
     for name, fn in _patched().items():
         setattr(raw, name, fn)
@@ -418,7 +418,7 @@ def _uninstall() -> None:
 
 def _sa_target(store: kvstore.Store) -> sa.Engine:
     """The Engine whose SQLAlchemy Connections carry the store's statements."""
-    b = store._b
+    b = store.scope.backend
     if b.engine is not None:
         e: sa.Engine = b.engine
         return e
@@ -446,16 +446,22 @@ def recorded(store: kvstore.KeyValueStore) -> Iterator[Recording]:
     ) -> None:
         recording.statements.append(Statement(statement, parameters, many=many, rows=None))
 
-    entry = _Active(recording, s._b.engine)
+    engine_bound = s.scope.backend.engine is not None
+    entry = _Active(recording, s.scope.backend.engine)
     with _patch_lock:
         if not _active:
             _install()
         _active.append(entry)
-    event.listen(target, "before_cursor_execute", on_execute)
+    # A store on an engine runs on RawConn (wrapped above); listening on its engine would
+    # switch it to SQLAlchemy's Connection and change what is recorded. A store on the
+    # caller's Connection or Session runs through SQLAlchemy: its engine's event sees it.
+    if not engine_bound:
+        event.listen(target, "before_cursor_execute", on_execute)
     try:
         yield recording
     finally:
-        event.remove(target, "before_cursor_execute", on_execute)
+        if not engine_bound:
+            event.remove(target, "before_cursor_execute", on_execute)
         with _patch_lock:
             _active.remove(entry)
             if not _active:
