@@ -256,17 +256,18 @@ class Backend:
         return "external connection"
 
 
-_ENGINE_LOGGER = logging.getLogger("sqlalchemy.engine")
-
-
 def _watched(engine: Engine) -> bool:
-    """Whether anything observes this engine's statements."""
-    return bool(
-        engine.echo
-        or _ENGINE_LOGGER.isEnabledFor(logging.INFO)
-        or engine.dispatch.before_cursor_execute
-        or engine.dispatch.after_cursor_execute
-    )
+    """Whether anything observes this engine's statements. Asked at every checkout (a
+    listener added later is honoured), so the common answer, no, must be cheap: SQLAlchemy
+    flags an engine that has any event listener at all (``_has_events``, the flag it checks
+    itself before dispatching)."""
+    if getattr(engine, "_has_events", True) and (
+        engine.dispatch.before_cursor_execute or engine.dispatch.after_cursor_execute
+    ):
+        return True
+    # the engine's logger is its echo=True logger, or "sqlalchemy.engine.Engine": either way
+    # what SQLAlchemy itself asks before logging a statement
+    return bool(engine.logger.isEnabledFor(logging.INFO))
 
 
 @dataclass
@@ -344,10 +345,11 @@ class Scope:
                     "a transaction can only be used by the thread that opened it"
                 )
             return tx.conn, False
-        active = self.backend.active()
+        b = self.backend
+        active = b.local.__dict__.get("conn")  # b.active(), inlined: this is the hot path
         if active is not None:
             return active, False
-        return self.backend.checkout(), True
+        return b.checkout(), True
 
     def release(self, conn: Conn, release: bool) -> None:
         if release:

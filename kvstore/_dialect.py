@@ -391,6 +391,8 @@ def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
         connect_args = dict(options.pop("connect_args", {}))
         connect_args.setdefault("check_same_thread", False)
         options["connect_args"] = connect_args
+        # sqlite3 takes :name parameters as they are written: no tuple to build per call
+        options.setdefault("paramstyle", "named")
         if parsed.database in (None, "", ":memory:"):
             options.setdefault("poolclass", StaticPool)
     return create_engine(parsed, **options)

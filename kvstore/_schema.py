@@ -239,7 +239,7 @@ def check_table_prefix(prefix: object) -> str:
 
 
 metadata = MetaData(naming_convention=naming_convention)
-_default = _define(DEFAULT_TABLE_PREFIX, metadata)
+default_tables = _define(DEFAULT_TABLE_PREFIX, metadata)
 
 
 @functools.cache
@@ -247,5 +247,5 @@ def tables(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
     """Return kvstore's tables for ``prefix`` (the models' own tables for the default)."""
     check_table_prefix(prefix)
     if prefix == DEFAULT_TABLE_PREFIX:
-        return _default
+        return default_tables
     return _define(prefix, MetaData(naming_convention=naming_convention))

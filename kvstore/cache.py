@@ -35,7 +35,7 @@ from ._backend import facade
 from ._entries import clear_namespace, delete_if_checksum
 from ._validate import NOT_SET, TTL, ttl_to_seconds
 from .errors import ConflictError
-from .serializers import _BY_NAME, JSON, get_serializer
+from .serializers import BY_NAME, JSON, get_serializer
 from .store import Store
 
 __all__ = ["AsyncCachedFunction", "CachedFunction", "cached"]
@@ -112,7 +112,7 @@ def _result_serializer(spec: Any) -> Any:
     try:
         return get_serializer(spec)
     except ValueError:
-        names = ", ".join(repr(n) for n in ["auto", *sorted(_BY_NAME)])
+        names = ", ".join(repr(n) for n in ["auto", *sorted(BY_NAME)])
         raise ValueError(
             f"unknown serializer {spec!r}; cached() takes one of {names} or an object with "
             "dumps/loads"

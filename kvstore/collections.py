@@ -172,9 +172,9 @@ def _serializer_spec(ser: Any) -> Any:
     """What ``get_serializer`` turns back into ``ser`` after pickling: a built-in by its name
     (an unpickled copy of the instance would not be the built-in, and would be treated as a
     custom serializer), a custom one as the object the caller gave."""
-    if isinstance(ser, serializers._Custom):
-        return ser._obj
-    if any(ser is builtin for builtin in serializers._BY_NAME.values()):
+    if isinstance(ser, serializers.Custom):
+        return ser.obj
+    if any(ser is builtin for builtin in serializers.BY_NAME.values()):
         return ser.name
     return ser
 

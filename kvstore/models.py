@@ -17,7 +17,7 @@ from ._schema import (
     DEFAULT_TABLE_PREFIX,
     Tables,
     Timestamp,
-    _default,
+    default_tables,
     from_micros,
     metadata,
     naming_convention,
@@ -47,7 +47,7 @@ class Base(DeclarativeBase):
 
 
 class NamespaceRecord(Base):
-    __table__ = _default.namespaces
+    __table__ = default_tables.namespaces
     namespace: Mapped[str]
     index_generation: Mapped[int]
 
@@ -55,7 +55,7 @@ class NamespaceRecord(Base):
 class Entry(Base):
     """One key of one namespace."""
 
-    __table__ = _default.entries
+    __table__ = default_tables.entries
     namespace: Mapped[str]
     key: Mapped[str]
     value: Mapped[bytes | None]
@@ -67,18 +67,18 @@ class Entry(Base):
     expires_at: Mapped[dt.datetime | None]
     content_type: Mapped[str | None]
     # "metadata" is reserved by declarative classes; the column keeps its plain name.
-    user_metadata: Mapped[dict[str, Any] | None] = _default.entries.c.metadata  # type: ignore[assignment]
+    user_metadata: Mapped[dict[str, Any] | None] = default_tables.entries.c.metadata  # type: ignore[assignment]
 
 
 class Chunk(Base):
-    __table__ = _default.chunks
+    __table__ = default_tables.chunks
     blob_id: Mapped[int]
     n: Mapped[int]
     data: Mapped[bytes]
 
 
 class IndexDefinition(Base):
-    __table__ = _default.indexes
+    __table__ = default_tables.indexes
     id: Mapped[int]
     namespace: Mapped[str]
     name: Mapped[str]
@@ -89,7 +89,7 @@ class IndexDefinition(Base):
 
 
 class IndexEntry(Base):
-    __table__ = _default.index_entries
+    __table__ = default_tables.index_entries
     index_id: Mapped[int]
     ivalue: Mapped[bytes]
     uvalue: Mapped[bytes | None]
@@ -97,7 +97,7 @@ class IndexEntry(Base):
 
 
 class ListHeader(Base):
-    __table__ = _default.lists
+    __table__ = default_tables.lists
     id: Mapped[int]
     namespace: Mapped[str]
     name: Mapped[str]
@@ -105,7 +105,7 @@ class ListHeader(Base):
 
 
 class ListItem(Base):
-    __table__ = _default.list_items
+    __table__ = default_tables.list_items
     list_id: Mapped[int]
     pos: Mapped[int]
     value: Mapped[bytes]

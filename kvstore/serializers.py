@@ -75,14 +75,14 @@ class _Raw:
         return bytes(data)
 
 
-class _Custom:
+class Custom:
     def __init__(self, obj: Any) -> None:
-        self._obj = obj
+        self.obj = obj
         self.name = getattr(obj, "__name__", type(obj).__name__)
 
     def dumps(self, value: Any) -> bytes:
         try:
-            out = self._obj.dumps(value)
+            out = self.obj.dumps(value)
         except TypeError:
             raise
         except Exception as exc:
@@ -98,11 +98,11 @@ class _Custom:
         return bytes(out)
 
     def loads(self, data: bytes) -> Any:
-        return self._obj.loads(data)
+        return self.obj.loads(data)
 
 
 JSON, PICKLE, MARSHAL, RAW = _Json(), _Pickle(), _Marshal(), _Raw()
-_BY_NAME: dict[str, Any] = {"json": JSON, "pickle": PICKLE, "marshal": MARSHAL, "raw": RAW}
+BY_NAME: dict[str, Any] = {"json": JSON, "pickle": PICKLE, "marshal": MARSHAL, "raw": RAW}
 
 
 def get_serializer(spec: Any) -> Any:
@@ -110,13 +110,13 @@ def get_serializer(spec: Any) -> Any:
     object with ``dumps``/``loads``."""
     if isinstance(spec, str):
         try:
-            return _BY_NAME[spec]
+            return BY_NAME[spec]
         except KeyError:
             raise ValueError(
-                f"unknown serializer {spec!r}; use one of {sorted(_BY_NAME)} or an object with dumps/loads"
+                f"unknown serializer {spec!r}; use one of {sorted(BY_NAME)} or an object with dumps/loads"
             ) from None
     if callable(getattr(spec, "dumps", None)) and callable(getattr(spec, "loads", None)):
-        return spec if spec in _BY_NAME.values() else _Custom(spec)
+        return spec if spec in BY_NAME.values() else Custom(spec)
     raise TypeError(
         f"a serializer is a name or an object with dumps() and loads(), not {type(spec).__name__}"
     )

@@ -107,6 +107,8 @@ class Store(KeyValueStore):
         self._b = scope.backend
         self._ns = scope.namespace
         self._key = scope.key_rule
+        # the hot path's statement, looked up once (rendered once per backend anyway)
+        self._get_sql = scope.sql(SQL, "get")
         self._root = root
         self.default_ttl_secs: Any = NOT_SET
 
@@ -178,16 +180,17 @@ class Store(KeyValueStore):
     def get(self, key: str) -> bytes:
         """Return the value of ``key``; ``KeyError`` when it is missing or expired."""
         key = self._key(key)
+        scope = self._scope
         b = self._b
         params = {"ns": self._ns, "key": key, "now": now_us()}
-        conn, release = self._acquire()
+        conn, release = scope.acquire()
         try:
-            row = conn.execute(self._scope.sql(SQL, "get"), params).fetchone()
+            row = conn.execute(self._get_sql, params).fetchone()
             if row is None:
                 raise NotFoundError(key)
             if row[1] is None:
                 return bytes(row[0])
-            return read_blob(self._scope, conn, key, row[1], row[2])
+            return read_blob(scope, conn, key, row[1], row[2])
         finally:
             if release:
                 b.checkin(conn)

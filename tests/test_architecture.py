@@ -7,11 +7,8 @@
 - no module imports or reaches into another kvstore module's private (``_name``) names;
 - every module says what it is for in a docstring.
 
-The first three fail on the code before the issue 10 refactor: they are marked
-``xfail(strict=True, raises=AssertionError)``, so the suite stays green meanwhile, turns red
-the moment one of them starts to pass (remove the mark then), and a checker that crashes is an
-error rather than an expected failure. The self-test at the end runs the checkers on a small
-package with one of each problem, so the xfails fail for the right reasons.
+The self-test at the end runs the checkers on a small package with one of each problem, so
+they cannot pass by checking nothing.
 """
 
 from __future__ import annotations
@@ -25,10 +22,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "kvstore"
-PENDING = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="issue 10 refactor in progress"
-)
-
 #: Top-level packages that may be imported inside a function, and why.
 LAZY_IMPORTS = {
     # Alembic is needed only to run or check migrations. Importing it takes a noticeable part
@@ -280,7 +273,6 @@ def kvstore_modules() -> dict[str, tuple[str, ast.Module]]:
     return modules
 
 
-@PENDING
 def test_the_import_graph_is_a_dag(kvstore_modules: dict[str, tuple[str, ast.Module]]) -> None:
     graph = import_graph(kvstore_modules)
     found = [
@@ -290,13 +282,11 @@ def test_the_import_graph_is_a_dag(kvstore_modules: dict[str, tuple[str, ast.Mod
     assert found == [], "modules that import each other:\n" + "\n".join(found)
 
 
-@PENDING
 def test_imports_are_at_module_level(kvstore_modules: dict[str, tuple[str, ast.Module]]) -> None:
     found = [imp.where() for imp in local_imports(kvstore_modules)]
     assert found == [], "function-local imports:\n" + "\n".join(found)
 
 
-@PENDING
 def test_no_module_uses_another_modules_private_names(
     kvstore_modules: dict[str, tuple[str, ast.Module]],
 ) -> None:

@@ -27,7 +27,7 @@ def documented_names(markdown: str) -> set[str]:
         for span in re.findall(r"`([^`]+)`", cells[0]):
             m = re.match(r"[A-Za-z_]\w*", span)
             # `transfer.import_lines` documents a submodule's function, not a top-level export
-            if m and not span[m.end() : m.end() + 1] == ".":
+            if m and span[m.end() : m.end() + 1] != ".":
                 names.add(m.group(0))
     return names
 

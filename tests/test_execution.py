@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 import kvstore
 
+
 def _engine(url: str, **kw: Any) -> sa.Engine:
     return sa.create_engine(url, **kw)
 
