@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ._indexing import IndexInfo, json_field
 from ._validate import FOREVER, MAX_KEY_LENGTH, NOT_SET, VALID_KEY_RE
-from .base import EntryInfo, KeyValueStore
+from .base import EntryInfo, KeyValueStore, NamespaceInfo
 from .cache import cached
 from .collections import PersistentDict, PersistentSet
 from .decorators import (
@@ -78,6 +78,7 @@ __all__ = [
     "KVStoreError",
     "KeyValueStore",
     "LockTimeoutError",
+    "NamespaceInfo",
     "NotFoundError",
     "PersistentDict",
     "PersistentList",

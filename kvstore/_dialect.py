@@ -94,6 +94,17 @@ class Dialect:
     #: SQLite's query planner takes a hint that a condition is rarely true
     supports_likelihood = True
 
+    #: the names of the triggers on table ``:table``
+    trigger_catalog = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table"
+
+    def driver_begin_on(self, conn: Any) -> None:
+        """Begin a write transaction at the driver on a SQLAlchemy Connection, unless the
+        driver has begun one: pysqlite (before Python 3.12) only BEGINs before DML, so DDL
+        would autocommit statement by statement, and a failed migration would leave half a
+        schema. The write BEGIN (IMMEDIATE on SQLite) also queues concurrent migrators."""
+        if not self.in_driver_transaction(conn.connection.driver_connection):
+            conn.exec_driver_sql(self.default_begin)
+
     def selective(self, condition: str) -> str:
         """``condition``, marked as rarely true where the planner takes such hints."""
         return f"likelihood({condition}, 0.000001)" if self.supports_likelihood else condition
@@ -248,6 +259,9 @@ class PostgresDialect(Dialect):
         "json": "JSON",
     }
     supports_likelihood = False
+    trigger_catalog = (
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND NOT tgisinternal"
+    )
 
     def begin_locks_database(self, begin_sql: str) -> bool:
         return False  # row locks only
@@ -359,6 +373,19 @@ def for_engine(engine: Engine) -> Dialect:
 
 def for_sa_dialect(sa_dialect: sa.engine.Dialect) -> Dialect:
     return for_name(sa_dialect.name)
+
+
+def key_type() -> sa.String:
+    """The key column's type. Code-point order on every dialect: SQLite's default BINARY
+    collation already is; on PostgreSQL the "C" collation makes ORDER BY and range scans
+    byte-wise, whatever the database's default collation, so a prefix scan is a B-tree range."""
+    return sa.String().with_variant(sa.String(collation="C"), "postgresql")
+
+
+def id_type() -> sa.BigInteger:
+    """An auto-assigned id column's type: SQLite only auto-assigns INTEGER PRIMARY KEY (the
+    rowid alias), not BIGINT."""
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def is_session(bind: object) -> bool:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._backend import Scope, Statements
 from ._conn import Conn
-from ._indexing import IndexSpec, JsonField, NamespaceIndexes, decode_value
+from ._dialect import Rendered
+from ._indexing import TOP, Filter, IndexSpec, JsonField, NamespaceIndexes, decode_value
 from .errors import (
     ConflictError,
     IndexNotDeclaredError,
@@ -98,6 +99,43 @@ _TEMPLATES: dict[str, str] = {
     "index_entry_insert": "INSERT INTO {ie} (index_id, ivalue, uvalue, key) "
     "VALUES (:index_id, :ivalue, :uvalue, :key)",
     "clear": "DELETE FROM {e} WHERE namespace = :ns",
+    "namespace_stats": f"SELECT namespace, COUNT(*), COALESCE(SUM(size), 0) FROM {{e}} WHERE {LIVE} "
+    "GROUP BY namespace ORDER BY namespace",
+    # -- index management
+    "index_def": "SELECT id, kind, definition, is_unique FROM {ix} "
+    "WHERE namespace = :ns AND name = :name",
+    "index_insert": "INSERT INTO {ix} (namespace, name, kind, definition, is_unique, "
+    "created_at) VALUES (:ns, :name, :kind, :definition, :unique, :now)",
+    "bump_generation": "INSERT INTO {n} (namespace, index_generation) VALUES (:ns, 1) "
+    "ON CONFLICT (namespace) DO UPDATE SET index_generation = {n}.index_generation + 1",
+    "ie_drop": "DELETE FROM {ie} WHERE index_id = :iid",
+    "index_drop": "DELETE FROM {ix} WHERE id = :iid",
+    "backfill_batch": "SELECT key, value, blob_id, size FROM {e} WHERE namespace = :ns "
+    "AND key > :after AND (expires_at IS NULL OR expires_at > :now) ORDER BY key "
+    "LIMIT :limit",
+    # -- collections
+    # ORDER BY key keeps PostgreSQL on the primary key even with a generic plan (psycopg
+    # prepares repeated statements): a bare "SELECT 1 ... LIMIT 1" gets a sequential scan
+    # there whenever another namespace holds most of the table.
+    "any": f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} ORDER BY key LIMIT 1",
+    "all_keys": "SELECT key FROM {e} WHERE namespace = :ns ORDER BY key",
+    "delete_live": f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE} "
+    "RETURNING key",
+    "pop_inline": f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE} "
+    "AND blob_id IS NULL RETURNING value",
+    "probe_blob": f"SELECT blob_id FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE}",
+    "take_key": f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns "
+    f"AND key = :key AND {LIVE} ORDER BY key DESC LIMIT 1{{for_update}}",
+    "take_last": f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns "
+    f"AND {LIVE} ORDER BY key DESC LIMIT 1{{for_update}}",
+    "pop_last_inline": "DELETE FROM {e} WHERE namespace = :ns AND blob_id IS NULL AND key = ("
+    f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} "
+    "ORDER BY key DESC LIMIT 1) RETURNING key, value",
+    "pop_first": "DELETE FROM {e} WHERE namespace = :ns AND key = ("
+    f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} "
+    "ORDER BY key LIMIT 1) RETURNING key, value",
+    "insert_absent": f"INSERT INTO {{e}} ({COLUMNS}) SELECT {NEW_ROW} WHERE 1 = 1 {ON_CONFLICT}"
+    " WHERE {e}.expires_at IS NOT NULL AND {e}.expires_at <= excluded.updated_at",
     "count_prefix": f"SELECT COUNT(*) FROM {{e}} WHERE namespace = :ns AND {LIVE} "
     "AND key >= :lo AND key < :hi",
     "count_from": f"SELECT COUNT(*) FROM {{e}} WHERE namespace = :ns AND {LIVE} AND key >= :lo",
@@ -110,6 +148,15 @@ _TEMPLATES: dict[str, str] = {
     "AND e.expires_at IS NOT NULL AND e.expires_at <= :now",
 }
 
+
+for _values, _cols in ((True, "key, value, blob_id"), (False, "key")):
+    for _desc, _op, _order in ((False, ">", "ASC"), (True, "<", "DESC")):
+        _tag = f"{'v' if _values else 'k'}:{'desc' if _desc else 'asc'}"
+        _base = f"SELECT {_cols} FROM {{e}} WHERE namespace = :ns AND {LIVE}"
+        _TEMPLATES[f"scan:{_tag}"] = f"{_base} ORDER BY key {_order} LIMIT :limit"
+        _TEMPLATES[f"scan_after:{_tag}"] = (
+            f"{_base} AND key {_op} :after ORDER BY key {_order} LIMIT :limit"
+        )
 
 SQL = Statements("entries", _TEMPLATES)
 
@@ -473,3 +520,355 @@ def count_keys(scope: Scope, prefix: str) -> int:
     with scope.connection() as conn:
         row = conn.execute(scope.sql(SQL, name), params).fetchone()
     return int(row[0])
+
+
+# -- collection primitives (PersistentDict, PersistentSet) -----------------------------------
+# A collection is a namespace of entries; these are the atomic operations dict and set need
+# beyond the key-value API, each one statement where the dialects allow it.
+def _fetch(scope: Scope, name: str, **params: Any) -> list[Any]:
+    """Run one statement on the scope's connection (its transaction's, inside one) and fetch
+    every row: a RETURNING statement is complete only once it is read to the end."""
+    with scope.connection() as conn:
+        p = {"ns": scope.namespace, "now": now_us(), **params}
+        return list(conn.execute(scope.sql(SQL, name), p).fetchall())
+
+
+def _in_batches(
+    scope: Scope, keys: list[str], template: str, name: str
+) -> Iterable[tuple[Rendered, dict[str, Any]]]:
+    """A statement with ``key IN (...)`` per batch of keys. Batches are padded (by repeating a
+    key, which changes nothing) to a power of two, so the statement cache holds a dozen texts
+    rather than one per batch length."""
+    step = scope.backend.dialect.max_params - 10
+    for i in range(0, len(keys), step):
+        part = keys[i : i + step]
+        size = 1
+        while size < len(part):
+            size *= 2
+        size = min(size, step)
+        part = part + [part[-1]] * (size - len(part))
+        marks = ", ".join(f":k{j}" for j in range(size))
+        sql = scope.sql(SQL, f"{name}:{size}", template.replace("{marks}", marks))
+        params: dict[str, Any] = {f"k{j}": k for j, k in enumerate(part)}
+        params.update(ns=scope.namespace, now=now_us())
+        yield sql, params
+
+
+def scan(
+    scope: Scope, *, values: bool, desc: bool = False, batch: int = 500
+) -> Iterator[tuple[str, bytes | None]]:
+    """(key, value) rows in key order, a batch per query, continuing after the last key seen
+    (keyset pagination; no connection is held between batches, so iteration never blocks
+    writers). A concurrent writer can neither make it fail nor make it yield a key twice;
+    keys written behind the cursor are not seen, as in a database cursor."""
+    tag = f"{'v' if values else 'k'}:{'desc' if desc else 'asc'}"
+    first, more = scope.sql(SQL, f"scan:{tag}"), scope.sql(SQL, f"scan_after:{tag}")
+    after: str | None = None
+    limit = max(1, int(batch))
+    while True:
+        with scope.connection() as conn:
+            params = {"ns": scope.namespace, "now": now_us(), "limit": limit}
+            if after is None:
+                rows = conn.execute(first, params).fetchall()
+            else:
+                rows = conn.execute(more, dict(params, after=after)).fetchall()
+            out: list[tuple[str, bytes | None]] = []
+            for row in rows:
+                if not values:
+                    out.append((row[0], None))
+                elif row[2] is None:
+                    out.append((row[0], bytes(row[1])))
+                else:  # a chunked value: read it whole (it may be gone by now)
+                    data = get_value(scope, conn, row[0])
+                    if data is not None:
+                        out.append((row[0], data))
+        # the connection is back in the pool before the caller sees a row
+        yield from out
+        if len(rows) < limit:
+            return
+        after = rows[-1][0]
+
+
+def present(scope: Scope, keys: Iterable[str]) -> set[str]:
+    """Which of ``keys`` exist (live), in one query per batch."""
+    wanted = list(dict.fromkeys(keys))
+    found: set[str] = set()
+    if not wanted:
+        return found
+    template = f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} AND key IN ({{marks}})"
+    with scope.connection() as conn:
+        for sql, params in _in_batches(scope, wanted, template, "present"):
+            found.update(r[0] for r in conn.execute(sql, params).fetchall())
+    return found
+
+
+def is_empty(scope: Scope) -> bool:
+    return not _fetch(scope, "any")
+
+
+def delete_live(scope: Scope, key: str) -> bool:
+    """Delete ``key`` if it is live; whether it was (one ``DELETE ... RETURNING``)."""
+    return bool(_fetch(scope, "delete_live", key=key))
+
+
+def _take_locked(scope: Scope, conn: Conn, key: str | None) -> tuple[str, bytes] | None:
+    """Read and delete ``key`` (or, if None, the greatest key) inside a transaction."""
+    name = "take_last" if key is None else "take_key"
+    p = {"ns": scope.namespace, "now": now_us(), "key": key}
+    row = conn.execute(scope.sql(SQL, name), p).fetchone()
+    if row is None:
+        return None
+    k = row[0]
+    data = bytes(row[1]) if row[2] is None else read_blob(scope, conn, k, row[2], row[3])
+    conn.execute(scope.sql(SQL, "delete"), {"ns": scope.namespace, "key": k})
+    return k, data
+
+
+def pop_value(scope: Scope, key: str) -> bytes | None:
+    """Delete ``key`` and return its value (None when it is missing): one
+    ``DELETE ... RETURNING`` for an inline value. The delete trigger drops a chunked value's
+    chunks before RETURNING could read them, so such a value is read and deleted under a row
+    lock in one transaction."""
+    rows = _fetch(scope, "pop_inline", key=key)
+    if rows:
+        return bytes(rows[0][0])
+    if not _fetch(scope, "probe_blob", key=key):
+        return None
+    got = scope.atomic(lambda conn: _take_locked(scope, conn, key))
+    return None if got is None else got[1]
+
+
+def pop_last(scope: Scope) -> tuple[str, bytes] | None:
+    """Delete the greatest key and return it with its value; None when there is none."""
+    while True:
+        rows = _fetch(scope, "pop_last_inline")
+        if rows:
+            return rows[0][0], bytes(rows[0][1])
+        # Nothing deleted: empty, the last value is chunked, or a concurrent pop took the
+        # same key first (PostgreSQL then re-checks the row and skips it).
+        got = scope.atomic(lambda conn: _take_locked(scope, conn, None))
+        if got is not None:
+            return got
+        if is_empty(scope):
+            return None
+
+
+def pop_first(scope: Scope) -> tuple[str, bytes | None] | None:
+    """Delete the smallest key (its value inline, as set elements are) and return it."""
+    while True:
+        rows = _fetch(scope, "pop_first")
+        if rows:
+            value = rows[0][1]
+            return rows[0][0], None if value is None else bytes(value)
+        # nothing deleted: empty, or a concurrent pop took that element first
+        if is_empty(scope):
+            return None
+
+
+def _inline_row(scope: Scope, key: str, value: bytes, now: int) -> dict[str, Any]:
+    return {
+        "ns": scope.namespace,
+        "key": key,
+        "value": value,
+        "blob_id": None,
+        "size": len(value),
+        "now": now,
+        "exp": None,
+        "ct": None,
+        "meta": None,
+        "sum": hashlib.sha256(value).hexdigest(),
+    }
+
+
+def insert_absent(scope: Scope, key: str, value: bytes) -> None:
+    """Insert ``key`` unless it is live (the existing row stays): one statement."""
+    with scope.connection() as conn:
+        insert_absent_in(scope, conn, {key: value})
+
+
+def insert_absent_in(scope: Scope, conn: Conn, rows: dict[str, bytes]) -> None:
+    """Insert-if-absent of many inline values on ``conn``. It is the guarded "insert_new"
+    without the index-generation guard: a set's namespace has no indexes (PersistentSet
+    offers no create_index), so there is nothing for the guard to protect."""
+    now = now_us()
+    conn.executemany(
+        scope.sql(SQL, "insert_absent"), [_inline_row(scope, k, v, now) for k, v in rows.items()]
+    )
+
+
+def delete_keys_in(scope: Scope, conn: Conn, keys: list[str]) -> None:
+    template = "DELETE FROM {e} WHERE namespace = :ns AND key IN ({marks})"
+    for sql, params in _in_batches(scope, keys, template, "delete_in"):
+        conn.execute(sql, params)
+
+
+def keep_only(scope: Scope, conn: Conn, keep: set[str]) -> None:
+    """Delete every key not in ``keep``, on ``conn`` (inside the caller's transaction)."""
+    step = scope.backend.dialect.max_params - 10
+    if len(keep) <= step:
+        template = "DELETE FROM {e} WHERE namespace = :ns AND key NOT IN ({marks})"
+        for sql, params in _in_batches(scope, sorted(keep), template, "keep_only"):
+            conn.execute(sql, params)
+        return
+    # Too many to name in one statement: walk our keys inside the transaction instead.
+    rows = conn.execute(scope.sql(SQL, "all_keys"), {"ns": scope.namespace}).fetchall()
+    delete_keys_in(scope, conn, [k for (k,) in rows if k not in keep])
+
+
+def present_locked(scope: Scope, conn: Conn, keys: list[str]) -> set[str]:
+    """Which of ``keys`` have a row, locked until the transaction ends."""
+    template = "SELECT key FROM {e} WHERE namespace = :ns AND key IN ({marks}){for_update}"
+    found: set[str] = set()
+    for sql, params in _in_batches(scope, keys, template, "present_locked"):
+        found.update(r[0] for r in conn.execute(sql, params).fetchall())
+    return found
+
+
+# -- index queries (find, count, after=key) --------------------------------------------------
+_INDEX_ID = "i.index_id = (SELECT id FROM {ix} WHERE namespace = :ns AND name = :name)"
+# The entry's columns and liveness are read by correlated scalar subqueries on its primary key,
+# not by a JOIN: PostgreSQL never turns a scalar subquery into a join, so each result row costs
+# one index probe whatever the planner estimates. With a JOIN it hash-joins a sequential scan
+# of the whole entries table (every namespace) as soon as a range looks large. The conditions
+# are written as IS NOT NULL and <=, whose default selectivities (0.995, 1/3) keep the row
+# estimate realistic; "= 1" or IS NULL (0.005 each) make a LIMIT look useless to the planner,
+# which then sorts the whole range instead of reading it in index order.
+_ENTRY = "(SELECT e.{col} FROM {{e}} e WHERE e.namespace = :ns AND e.key = i.key)"
+_IE_LIVE = (
+    "(SELECT 1 FROM {e} e WHERE e.namespace = :ns AND e.key = i.key "
+    "AND (e.expires_at IS NULL OR e.expires_at > :now)) IS NOT NULL"
+)
+
+
+def _key_is(scope: Scope, alias: str, key: str) -> str:
+    """``alias.key = key``, flagged as selective to SQLite's planner (see _dedupe); on SQLite
+    only, as PostgreSQL has no likelihood()."""
+    cond = f"{alias}.key = {key}"
+    return scope.backend.dialect.selective(cond)
+
+
+def _dedupe(scope: Scope, flt: Filter, desc: bool) -> tuple[str, dict[str, Any]]:
+    """Each key once, at its first matching value in the requested order: this entry is the
+    key's first matching one. A correlated scalar subquery, for the same reason as _IE_LIVE (the
+    rejected alternative, GROUP BY key, reads the whole range before returning a row).
+
+    The subquery must read the key's own entries through the (index_id, key) B-tree, a few
+    rows; read through the primary key it scans the whole matching range once per result row,
+    quadratic in the matches (a count of 16,000 took 22 s on SQLite, 17 s on PostgreSQL
+    before its first ANALYZE). So its WHERE names only
+    index_id and key, and the filter is applied in the ORDER BY expression, where no planner
+    can turn it into a range on (index_id, ivalue) nor read it in primary-key order: with
+    ``j.ivalue`` bounds in the WHERE and ``ORDER BY j.ivalue`` (the rejected form) the
+    primary key is ordered and covering, and SQLite takes it. Entries outside the filter sort
+    after every matching one (``TOP`` ascending, ``b""`` descending: no NULL, whose place in
+    the order differs per dialect). MIN/MAX would say it shorter, but PostgreSQL has no
+    min(bytea).
+
+    SQLite without ANALYZE statistics still guesses that ``index_id = ?`` alone finds 10 rows
+    and prefers the covering primary key to the (index_id, key) index, which must also read
+    the table: likelihood() tells it that the key equality is selective (it is: one key).
+    PostgreSQL has no likelihood() and needs none, as its cost model bounds a B-tree scan by
+    the leading equalities only.
+
+    ``i.ivalue <= first`` holds exactly when ``i`` is that first entry, as ``i`` itself is
+    among the values; ``=`` would say the same with a 0.005 selectivity estimate (see above).
+    """
+    if not flt.multi:
+        return "", {}
+    cond, params = flt.render("j", "")
+    op, direction, past = (">=", "DESC", b"") if desc else ("<=", "ASC", TOP)
+    return (
+        f" AND i.ivalue {op} (SELECT CASE WHEN {cond} THEN j.ivalue ELSE :past END AS first "
+        f"FROM {{ie}} j WHERE j.index_id = i.index_id AND {_key_is(scope, 'j', 'i.key')} "
+        f"ORDER BY first {direction} LIMIT 1)",
+        {**params, "past": past},
+    )
+
+
+def find_statement(
+    scope: Scope, flt: Filter, cond: str, params: dict[str, Any], desc: bool, items: bool
+) -> tuple[Rendered, dict[str, Any]]:
+    """A find statement: ``cond`` (already rendered) plus the index, liveness and dedupe."""
+    dedupe, dparams = _dedupe(scope, flt, desc)
+    direction = "DESC" if desc else "ASC"
+    cols = "i.key, i.ivalue"
+    if items:
+        cols += ", " + ", ".join(_ENTRY.format(col=c) for c in ("value", "blob_id", "size"))
+    text = (
+        f"SELECT {cols} FROM {{ie}} i WHERE {_INDEX_ID} AND {cond}{dedupe} AND {_IE_LIVE} "
+        f"ORDER BY i.ivalue {direction}, i.key {direction} LIMIT :limit"
+    )
+    return scope.sql(SQL, "ix:" + text, text), {**dparams, **params}
+
+
+def position_statement(scope: Scope, name: str, key: str) -> tuple[Rendered, dict[str, Any]]:
+    """All of ``key``'s entries in the index, for ``after=key``; the caller filters them. With
+    the filter in the WHERE (the rejected form, ``... ORDER BY i.ivalue LIMIT 1``) SQLite reads
+    the primary-key range up to the key instead, on every page, so a walk by ``after=key``
+    pages was quadratic in the range; the key's own entries are few (see _dedupe)."""
+    text = f"SELECT i.ivalue FROM {{ie}} i WHERE {_INDEX_ID} AND {_key_is(scope, 'i', ':akey')}"
+    return scope.sql(SQL, "ix:" + text, text), {"ns": scope.namespace, "name": name, "akey": key}
+
+
+def count_statement(scope: Scope, name: str, flt: Filter) -> tuple[Rendered, dict[str, Any]]:
+    """The count statement: find's conditions, dedupe included, so it counts exactly the keys
+    find returns. The rejected alternative, ``COUNT(DISTINCT i.key)``, counts the same keys
+    without the per-row probe but sorts them all, and is a second text to keep in step."""
+    cond, params = flt.render("i", "")
+    dedupe, dparams = _dedupe(scope, flt, False)
+    text = f"SELECT COUNT(*) FROM {{ie}} i WHERE {_INDEX_ID} AND {cond}{dedupe} AND {_IE_LIVE}"
+    return scope.sql(SQL, "ix:" + text, text), {
+        **params,
+        **dparams,
+        "ns": scope.namespace,
+        "name": name,
+    }
+
+
+# -- key scans and batches -------------------------------------------------------------------
+def key_batch(
+    scope: Scope, prefix: str, after: str | None, limit: int, inclusive: bool = False
+) -> list[str]:
+    """Up to ``limit`` live keys starting with ``prefix``, in order, after ``after`` (from it,
+    with ``inclusive``): a primary-key range [prefix, prefix_upper(prefix)), no LIKE."""
+    hi = prefix_upper(prefix) if prefix else None
+    conds = ["namespace = :ns", LIVE]
+    params: dict[str, Any] = {"ns": scope.namespace, "now": now_us(), "limit": limit}
+    if after is not None:
+        conds.append("key >= :after" if inclusive else "key > :after")
+        params["after"] = after
+    if prefix:
+        conds.append("key >= :lo")
+        params["lo"] = prefix
+    if hi is not None:
+        conds.append("key < :hi")
+        params["hi"] = hi
+    name = f"keys:{after is not None}:{inclusive}:{bool(prefix)}:{hi is not None}"
+    text = "SELECT key FROM {e} WHERE " + " AND ".join(conds) + " ORDER BY key LIMIT :limit"
+    with scope.connection() as conn:
+        return [r[0] for r in conn.execute(scope.sql(SQL, name, text), params).fetchall()]
+
+
+def get_many(scope: Scope, keys: list[str]) -> dict[str, bytes]:
+    """The live values of ``keys`` (distinct, validated), in one query per batch."""
+    out: dict[str, bytes] = {}
+    template = (
+        f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {LIVE} "
+        "AND key IN ({marks})"
+    )
+    with scope.connection() as conn:
+        for sql, params in _in_batches(scope, keys, template, "get_many"):
+            for key, value, blob_id, size in conn.execute(sql, params).fetchall():
+                if blob_id is None:
+                    out[key] = bytes(value)
+                else:
+                    out[key] = read_blob(scope, conn, key, blob_id, size)
+    return out
+
+
+def namespace_stats(scope: Scope) -> list[tuple[str, int, int]]:
+    """(namespace, live entries, bytes) of every namespace with a live entry, by name: the
+    store's own, other stores', and the derived namespaces of collections and caches."""
+    with scope.connection() as conn:
+        rows = conn.execute(scope.sql(SQL, "namespace_stats"), {"now": now_us()}).fetchall()
+    return [(r[0], int(r[1]), int(r[2])) for r in rows]

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["CONTENTION", "RACE", "SCHEMA_RACE", "Policy", "backoff_sleep", "retry"]
+__all__ = ["CONTENTION", "LOCK_POLL", "RACE", "SCHEMA_RACE", "Policy", "backoff_sleep", "retry"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Policy:
 #: a statement or transaction that met a lock ("database is locked", a deadlock, a
 #: serialization failure) while kvstore owns the transaction
 CONTENTION = Policy(attempts=9, base=0.01)
+#: a cached call waiting for another caller's computation of the same key (polling its lock)
+LOCK_POLL = Policy(attempts=0, base=0.005, cap=0.1)
 #: ensure_schema lost a race with another process creating or upgrading the same tables
 SCHEMA_RACE = Policy(attempts=6, base=0.05, cap=2.0)
 #: an operation that lost a race with a concurrent writer (a key created between our check and

@@ -102,18 +102,6 @@ def from_micros(value: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=value)
 
 
-def _key_type() -> String:
-    # Code-point order on every dialect: SQLite's default BINARY collation already is; on
-    # PostgreSQL the "C" collation makes ORDER BY and range scans byte-wise, whatever the
-    # database's default collation, so a prefix scan is a B-tree range scan.
-    return String().with_variant(String(collation="C"), "postgresql")
-
-
-def _id_type() -> BigInteger:
-    # SQLite only auto-assigns INTEGER PRIMARY KEY (the rowid alias), not BIGINT.
-    return BigInteger().with_variant(Integer(), "sqlite")
-
-
 @dataclass(frozen=True)
 class Tables:
     """kvstore's tables for one table prefix, with their own :class:`MetaData`."""
@@ -141,7 +129,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
         f"{p}entries",
         md,
         Column("namespace", String(255), nullable=False),
-        Column("key", _key_type(), nullable=False),
+        Column("key", _dialect.key_type(), nullable=False),
         Column("value", LargeBinary, nullable=True),
         Column("blob_id", BigInteger, nullable=True),
         Column("size", BigInteger, nullable=False),
@@ -175,7 +163,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
     indexes = Table(
         f"{p}indexes",
         md,
-        Column("id", _id_type(), primary_key=True, autoincrement=True),
+        Column("id", _dialect.id_type(), primary_key=True, autoincrement=True),
         Column("namespace", String(255), nullable=False),
         Column("name", String(255), nullable=False),
         Column("kind", String(16), nullable=False),
@@ -195,7 +183,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
         ),
         Column("ivalue", LargeBinary, nullable=False),
         Column("uvalue", LargeBinary, nullable=True),
-        Column("key", _key_type(), nullable=False),
+        Column("key", _dialect.key_type(), nullable=False),
         PrimaryKeyConstraint("index_id", "ivalue", "key"),
         UniqueConstraint("index_id", "uvalue"),
         Index(None, "index_id", "key"),
@@ -203,7 +191,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
     lists = Table(
         f"{p}lists",
         md,
-        Column("id", _id_type(), primary_key=True, autoincrement=True),
+        Column("id", _dialect.id_type(), primary_key=True, autoincrement=True),
         Column("namespace", String(255), nullable=False),
         Column("name", String(255), nullable=False),
         Column("length", BigInteger, nullable=False),

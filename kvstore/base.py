@@ -35,6 +35,17 @@ class EntryInfo:
     checksum: str = ""
 
 
+@dataclass(frozen=True)
+class NamespaceInfo:
+    """What :meth:`kvstore.Store.namespaces` tells about one namespace."""
+
+    name: str
+    #: live entries
+    entries: int
+    #: bytes of their values
+    size: int
+
+
 class KeyValueStore(ABC):
     """Base class of every kvstore store and decorator (minimalkv-compatible)."""
 

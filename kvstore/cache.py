@@ -25,7 +25,6 @@ import hashlib
 import inspect
 import json
 import math
-import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -33,6 +32,7 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar, cast, overload
 
 from ._backend import facade
 from ._entries import clear_namespace, delete_if_checksum
+from ._retry import LOCK_POLL
 from ._validate import NOT_SET, TTL, ttl_to_seconds
 from .errors import ConflictError
 from .serializers import BY_NAME, JSON, get_serializer
@@ -47,7 +47,6 @@ R = TypeVar("R")
 DEFAULT_LOCK_TIMEOUT = 60.0
 _NAME_MAX = 120  # what Store._derived accepts
 _KEY_FORMAT = "kvstore.cached/1:"  # hashed in front of the encoding, so a new format gets new keys
-_POLL_FIRST, _POLL_MAX = 0.005, 0.1
 # The first byte of a stored bytes result under "auto". JSON text as json.dumps writes it
 # starts with one of {["-0123456789tfn, never "B", so one byte tells the two apart and JSON
 # results need no tag at all: they stay byte-identical to what "json" stores.
@@ -349,11 +348,6 @@ class _Core:
         return not self.results.scope.in_transaction
 
 
-def _backoff(delay: float) -> tuple[float, float]:
-    """How long to sleep now (jittered, so waiters spread out), and the next delay."""
-    return delay * (0.5 + random.random()), min(delay * 2, _POLL_MAX)
-
-
 _UNBOUND: Any = object()
 
 
@@ -415,10 +409,10 @@ class CachedFunction(_CachedBase[P, R]):
         found, value = core.lookup(key)
         if found:
             return value  # type: ignore[no-any-return]
-        delay = _POLL_FIRST
+        waits = 0
         while (token := core.try_lock(key)) is None:
-            sleep, delay = _backoff(delay)
-            time.sleep(sleep)
+            time.sleep(LOCK_POLL.delay(waits))
+            waits += 1
             found, value = core.lookup(key)
             if found:
                 return value  # type: ignore[no-any-return]
@@ -472,10 +466,10 @@ class AsyncCachedFunction(_CachedBase[P, R]):
         found, value = await self._run(core.lookup, key)
         if found:
             return value  # type: ignore[no-any-return]
-        delay = _POLL_FIRST
+        waits = 0
         while (token := await self._run(core.try_lock, key)) is None:
-            sleep, delay = _backoff(delay)
-            await asyncio.sleep(sleep)
+            await asyncio.sleep(LOCK_POLL.delay(waits))
+            waits += 1
             found, value = await self._run(core.lookup, key)
             if found:
                 return value  # type: ignore[no-any-return]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import copy as _copy
 import functools
-import hashlib
 import io
 import json
 import marshal
@@ -48,12 +47,9 @@ from collections.abc import (
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from . import serializers
-from ._backend import Scope, Statements, facade, open_store, scope_of
+from . import _entries, serializers
+from ._backend import Scope, facade, open_store, scope_of
 from ._conn import Conn
-from ._dialect import Rendered
-from ._entries import COLUMNS, LIVE, NEW_ROW, ON_CONFLICT, now_us, read_blob
-from ._entries import SQL as ENTRY_SQL
 from ._indexing import JsonField
 from ._validate import NOT_SET, check_collection_key
 from .errors import ConflictError, NotFoundError
@@ -63,21 +59,10 @@ if TYPE_CHECKING:
 
 __all__ = ["PersistentDict", "PersistentSet"]
 
-SQL = Statements("collections", {})
-
 T = TypeVar("T")
 
 _MISSING: Any = object()
 _REPR_ITEMS = 20
-
-# Insert-if-absent, keeping the existing row (a set keeps the element added first, as the
-# built-in does). It is the store's "insert_new" statement without the index-generation guard:
-# a set's namespace can have no index (PersistentSet offers no create_index), so there is
-# nothing for the guard to protect and every add stays one statement.
-_INSERT_NEW = (
-    f"INSERT INTO {{e}} ({COLUMNS}) SELECT {NEW_ROW} WHERE 1 = 1 {ON_CONFLICT}"
-    " WHERE {e}.expires_at IS NOT NULL AND {e}.expires_at <= excluded.updated_at"
-)
 
 
 # -- key encodings ---------------------------------------------------------------------------
@@ -269,101 +254,18 @@ class _Collection:
         owns = self._owned is not None
         return (_reopen, (type(self), self._base, self._name, self._options(), owns))
 
-    def _sql(self, name: str, template: str) -> Rendered:
-        return self._scope.sql(SQL, name, template)
-
-    def _params(self, **kw: Any) -> dict[str, Any]:
-        return {"ns": self._scope.namespace, "now": now_us(), **kw}
-
-    def _exec(self, name: str, template: str, **params: Any) -> list[Any]:
-        """Run one statement on the store's connection (its transaction's, inside one) and
-        fetch every row: a RETURNING statement is complete only once it is read to the end."""
-        with self._scope.connection() as conn:
-            return list(conn.execute(self._sql(name, template), self._params(**params)).fetchall())
-
     def _scan(self, *, values: bool, desc: bool = False) -> Iterator[tuple[str, bytes | None]]:
-        """(key, value) rows in key order, a batch per query, continuing after the last key
-        seen (keyset pagination). A concurrent writer can neither make it fail nor make it
-        yield a key twice; keys written behind the cursor are not seen, as in a database
-        cursor."""
-        cols = "key, value, blob_id" if values else "key"
-        op, order = ("<", "DESC") if desc else (">", "ASC")
-        base = f"SELECT {cols} FROM {{e}} WHERE namespace = :ns AND {LIVE}"
-        tail = f" ORDER BY key {order} LIMIT :limit"
-        first = self._sql(f"scan:{values}:{desc}", base + tail)
-        more = self._sql(f"scan:{values}:{desc}:after", base + f" AND key {op} :after" + tail)
-        after: str | None = None
-        limit = max(1, int(self.batch_size))
-        while True:
-            with self._scope.connection() as conn:
-                params = self._params(limit=limit)
-                if after is None:
-                    rows = conn.execute(first, params).fetchall()
-                else:
-                    rows = conn.execute(more, dict(params, after=after)).fetchall()
-            # the connection is back in the pool before the caller sees a row
-            for row in rows:
-                if not values:
-                    yield row[0], None
-                elif row[2] is None:
-                    yield row[0], bytes(row[1])
-                else:
-                    try:  # a chunked value: read it whole (it may be gone by now)
-                        yield row[0], self._s.get(row[0])
-                    except NotFoundError:
-                        continue
-            if len(rows) < limit:
-                return
-            after = rows[-1][0]
+        return _entries.scan(self._scope, values=values, desc=desc, batch=self.batch_size)
 
     def _present(self, keys: Iterable[str]) -> set[str]:
         """Which of ``keys`` exist, in one query per batch."""
-        wanted = list(dict.fromkeys(keys))
-        found: set[str] = set()
-        if not wanted:
-            return found
-        with self._scope.connection() as conn:
-            for sql, params in self._in_batches(
-                wanted,
-                "SELECT key FROM {e} WHERE namespace = :ns AND " + LIVE + " AND key IN ({marks})",
-                "present",
-            ):
-                found.update(r[0] for r in conn.execute(sql, params).fetchall())
-        return found
-
-    def _in_batches(
-        self, keys: list[str], template: str, name: str
-    ) -> Iterator[tuple[Rendered, dict[str, Any]]]:
-        """A statement with ``key IN (...)`` per batch of keys. Batches are padded (by
-        repeating a key, which changes nothing) to a power of two, so the statement cache
-        holds a dozen texts rather than one per batch length."""
-        step = self._scope.backend.dialect.max_params - 10
-        for i in range(0, len(keys), step):
-            part = keys[i : i + step]
-            size = 1
-            while size < len(part):
-                size *= 2
-            size = min(size, step)
-            part = part + [part[-1]] * (size - len(part))
-            marks = ", ".join(f":k{j}" for j in range(size))
-            sql = self._sql(f"{name}:{size}", template.replace("{marks}", marks))
-            yield sql, self._params(**{f"k{j}": k for j, k in enumerate(part)})
+        return _entries.present(self._scope, keys)
 
     def _is_empty(self) -> bool:
-        # ORDER BY key keeps PostgreSQL on the primary key even with a generic plan (psycopg
-        # prepares repeated statements): a bare "SELECT 1 ... LIMIT 1" gets a sequential scan
-        # there whenever another namespace holds most of the table.
-        rows = self._exec(
-            "any", f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} ORDER BY key LIMIT 1"
-        )
-        return not rows
+        return _entries.is_empty(self._scope)
 
     def _clear(self) -> None:
-        self._exec_write("clear", "DELETE FROM {e} WHERE namespace = :ns")
-
-    def _exec_write(self, name: str, template: str, **params: Any) -> int:
-        with self._scope.connection() as conn:
-            return int(conn.execute(self._sql(name, template), self._params(**params)).rowcount)
+        _entries.clear_namespace(self._scope)
 
     def __len__(self) -> int:
         """One COUNT over the collection's primary-key range."""
@@ -505,12 +407,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
             raise KeyError(key)
 
     def _delete_live(self, k: str) -> bool:
-        rows = self._exec(
-            "delete_returning",
-            f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE} RETURNING key",
-            key=k,
-        )
-        return bool(rows)
+        return _entries.delete_live(self._scope, k)
 
     def __contains__(self, key: object) -> bool:
         k = self._lookup(key)
@@ -555,66 +452,15 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         return self._ser.loads(data)
 
     def _pop_raw(self, k: str) -> bytes | None:
-        rows = self._exec(
-            "pop_inline",
-            f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE} "
-            "AND blob_id IS NULL RETURNING value",
-            key=k,
-        )
-        if rows:
-            return bytes(rows[0][0])
-        # Missing, or a chunked value: the delete trigger drops the chunks before RETURNING
-        # could read them, so read and delete such a value under a row lock in one transaction.
-        probe = self._exec(
-            "probe_blob",
-            f"SELECT blob_id FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE}",
-            key=k,
-        )
-        if not probe:
-            return None
-        got = self._scope.atomic(lambda conn: self._take_locked(conn, k))
-        return None if got is None else got[1]
-
-    def _take_locked(self, conn: Conn, k: str | None) -> tuple[str, bytes] | None:
-        """Read and delete ``k`` (or, if ``None``, the last key) inside a transaction."""
-        where = "key = :key" if k is not None else "1 = 1"
-        sql = self._scope.sql(
-            SQL,
-            f"take:{k is None}",
-            f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {where} "
-            f"AND {LIVE} ORDER BY key DESC LIMIT 1{{for_update}}",
-        )
-        row = conn.execute(sql, self._params(key=k)).fetchone()
-        if row is None:
-            return None
-        key = row[0]
-        data = (
-            bytes(row[1]) if row[2] is None else read_blob(self._scope, conn, key, row[2], row[3])
-        )
-        conn.execute(
-            self._scope.sql(ENTRY_SQL, "delete"), {"ns": self._scope.namespace, "key": key}
-        )
-        return key, data
+        return _entries.pop_value(self._scope, k)
 
     def popitem(self) -> tuple[Any, Any]:
         """Remove and return the *last* (key, value) pair in iteration order (the greatest
         key), in one statement; ``KeyError`` when the dict is empty."""
-        while True:
-            rows = self._exec(
-                "popitem",
-                "DELETE FROM {e} WHERE namespace = :ns AND blob_id IS NULL AND key = ("
-                f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} "
-                "ORDER BY key DESC LIMIT 1) RETURNING key, value",
-            )
-            if rows:
-                return self._decode_key(rows[0][0]), self._ser.loads(bytes(rows[0][1]))
-            # Nothing deleted: the dict is empty, its last value is chunked, or a concurrent
-            # pop took the same key first (PostgreSQL then re-checks the row and skips it).
-            got = self._scope.atomic(lambda conn: self._take_locked(conn, None))
-            if got is not None:
-                return self._decode_key(got[0]), self._ser.loads(got[1])
-            if self._is_empty():
-                raise KeyError("popitem(): dictionary is empty")
+        got = _entries.pop_last(self._scope)
+        if got is None:
+            raise KeyError("popitem(): dictionary is empty")
+        return self._decode_key(got[0]), self._ser.loads(got[1])
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         """``d[key]`` if present, else store ``default`` and return it: insert-if-absent then
@@ -1074,26 +920,6 @@ class PersistentSet(_Collection, MutableSet[Any]):
                 out.add(k)
         return out
 
-    def _row(self, k: str, stash: bytes, now: int) -> dict[str, Any]:
-        return {
-            "ns": self._scope.namespace,
-            "key": k,
-            "value": stash,
-            "blob_id": None,
-            "size": len(stash),
-            "now": now,
-            "exp": None,
-            "ct": None,
-            "meta": None,
-            "sum": hashlib.sha256(stash).hexdigest(),
-        }
-
-    def _insert_rows(self, conn: Conn, rows: dict[str, bytes]) -> None:
-        now = now_us()
-        conn.executemany(
-            self._sql("insert_new", _INSERT_NEW), [self._row(k, v, now) for k, v in rows.items()]
-        )
-
     # -- the set -------------------------------------------------------------------------------
     def __contains__(self, elem: object) -> bool:
         k = self._lookup(elem)
@@ -1106,8 +932,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
     def add(self, elem: Any) -> None:
         """Add ``elem`` (one insert-if-absent statement; an equal element already there stays)."""
         k, stash = self._encode(elem)
-        with self._scope.connection() as conn:
-            conn.execute(self._sql("insert_new", _INSERT_NEW), self._row(k, stash, now_us()))
+        _entries.insert_absent(self._scope, k, stash)
 
     def discard(self, elem: Any) -> None:
         k = self._lookup(elem)
@@ -1116,33 +941,15 @@ class PersistentSet(_Collection, MutableSet[Any]):
 
     def remove(self, elem: Any) -> None:
         k = self._lookup(elem)
-        rows = (
-            []
-            if k is None
-            else self._exec(
-                "remove",
-                f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE} RETURNING key",
-                key=k,
-            )
-        )
-        if not rows:
+        if k is None or not _entries.delete_live(self._scope, k):
             raise KeyError(elem)
 
     def pop(self) -> Any:
         """Remove and return an element (the first in iteration order), in one statement."""
-        while True:
-            rows = self._exec(
-                "pop",
-                "DELETE FROM {e} WHERE namespace = :ns AND key = ("
-                f"SELECT key FROM {{e}} WHERE namespace = :ns AND {LIVE} "
-                "ORDER BY key LIMIT 1) RETURNING key, value",
-            )
-            if rows:
-                value = rows[0][1]
-                return self._decode(rows[0][0], None if value is None else bytes(value))
-            # nothing deleted: empty, or a concurrent pop took that element first
-            if self._is_empty():
-                raise KeyError("pop from an empty set")
+        got = _entries.pop_first(self._scope)
+        if got is None:
+            raise KeyError("pop from an empty set")
+        return self._decode(got[0], got[1])
 
     def clear(self) -> None:
         """Remove every element, in one statement."""
@@ -1180,7 +987,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
             for k, v in self._encode_all(other).items():
                 rows.setdefault(k, v)
         if rows:
-            self._scope.atomic(lambda conn: self._insert_rows(conn, rows))
+            self._scope.atomic(lambda conn: _entries.insert_absent_in(self._scope, conn, rows))
 
     def intersection_update(self, *others: Iterable[Any]) -> None:
         if not others:
@@ -1193,31 +1000,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
         if not keep:
             self._clear()
             return
-        self._scope.atomic(lambda conn: self._keep_only(conn, keep))
-
-    def _keep_only(self, conn: Conn, keep: set[str]) -> None:
-        step = self._scope.backend.dialect.max_params - 10
-        if len(keep) <= step:
-            for sql, params in self._in_batches(
-                sorted(keep),
-                "DELETE FROM {e} WHERE namespace = :ns AND key NOT IN ({marks})",
-                "keep_only",
-            ):
-                conn.execute(sql, params)
-            return
-        # Too many to name in one statement: walk our keys inside the transaction instead.
-        drop: list[str] = []
-        sql = self._sql("all_keys", "SELECT key FROM {e} WHERE namespace = :ns ORDER BY key")
-        for (k,) in conn.execute(sql, self._params()).fetchall():
-            if k not in keep:
-                drop.append(k)
-        self._delete_in(conn, drop)
-
-    def _delete_in(self, conn: Conn, keys: list[str]) -> None:
-        for sql, params in self._in_batches(
-            keys, "DELETE FROM {e} WHERE namespace = :ns AND key IN ({marks})", "delete_in"
-        ):
-            conn.execute(sql, params)
+        self._scope.atomic(lambda conn: _entries.keep_only(self._scope, conn, keep))
 
     def difference_update(self, *others: Iterable[Any]) -> None:
         drop: set[str] = set()
@@ -1225,7 +1008,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
             drop |= self._lookup_all(other)
         if drop:
             keys = sorted(drop)
-            self._scope.atomic(lambda conn: self._delete_in(conn, keys))
+            self._scope.atomic(lambda conn: _entries.delete_keys_in(self._scope, conn, keys))
 
     def symmetric_difference_update(self, other: Iterable[Any]) -> None:
         rows = self._encode_all(other)
@@ -1233,13 +1016,11 @@ class PersistentSet(_Collection, MutableSet[Any]):
             return
 
         def run(conn: Conn) -> None:
-            present: set[str] = set()
-            keys = sorted(rows)
-            template = "SELECT key FROM {e} WHERE namespace = :ns AND key IN ({marks}){for_update}"
-            for sql, params in self._in_batches(keys, template, "present_locked"):
-                present.update(r[0] for r in conn.execute(sql, params).fetchall())
-            self._delete_in(conn, sorted(present))
-            self._insert_rows(conn, {k: v for k, v in rows.items() if k not in present})
+            present = _entries.present_locked(self._scope, conn, sorted(rows))
+            _entries.delete_keys_in(self._scope, conn, sorted(present))
+            _entries.insert_absent_in(
+                self._scope, conn, {k: v for k, v in rows.items() if k not in present}
+            )
 
         self._scope.atomic(run)
 

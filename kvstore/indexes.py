@@ -16,24 +16,26 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._backend import Scope, Statements
+from ._backend import Scope
 from ._conn import Conn
 from ._dialect import Rendered
 from ._entries import (
     SQL as ENTRY_SQL,
 )
 from ._entries import (
+    count_statement,
+    find_statement,
     forget_index_state,
     index_state,
     insert_entries,
     now_us,
+    position_statement,
     read_blob,
     refresh_index_state,
 )
 from ._indexing import (
     MAX_ENCODED,
     MAX_IN,
-    TOP,
     Filter,
     IndexInfo,
     IndexSpec,
@@ -73,23 +75,6 @@ __all__ = [
 _BATCH = 500  # back-fill batch (keys per round trip)
 _PAGE = 1000  # rows per query when find() has no limit
 
-SQL = Statements(
-    "indexes",
-    {
-        "index_def": "SELECT id, kind, definition, is_unique FROM {ix} "
-        "WHERE namespace = :ns AND name = :name",
-        "index_insert": "INSERT INTO {ix} (namespace, name, kind, definition, is_unique, "
-        "created_at) VALUES (:ns, :name, :kind, :definition, :unique, :now)",
-        "bump_generation": "INSERT INTO {n} (namespace, index_generation) VALUES (:ns, 1) "
-        "ON CONFLICT (namespace) DO UPDATE SET index_generation = {n}.index_generation + 1",
-        "ie_drop": "DELETE FROM {ie} WHERE index_id = :iid",
-        "index_drop": "DELETE FROM {ix} WHERE id = :iid",
-        "backfill_batch": "SELECT key, value, blob_id, size FROM {e} WHERE namespace = :ns "
-        "AND key > :after AND (expires_at IS NULL OR expires_at > :now) ORDER BY key "
-        "LIMIT :limit",
-    },
-)
-
 
 def create_index(
     scope: Scope,
@@ -122,7 +107,7 @@ def create_index(
     def run(conn: Conn) -> IndexInfo:
         _lock_for_build(scope, conn)
         row = conn.execute(
-            scope.sql(SQL, "index_def"),
+            scope.sql(ENTRY_SQL, "index_def"),
             {"ns": scope.namespace, "name": name},
         ).fetchone()
         if row is not None:
@@ -134,7 +119,7 @@ def create_index(
                 )
             return IndexInfo(name, kind, definition, unique, True)
         conn.execute(
-            scope.sql(SQL, "index_insert"),
+            scope.sql(ENTRY_SQL, "index_insert"),
             {
                 "ns": scope.namespace,
                 "name": name,
@@ -145,7 +130,7 @@ def create_index(
             },
         )
         iid = conn.execute(
-            scope.sql(SQL, "index_def"), {"ns": scope.namespace, "name": name}
+            scope.sql(ENTRY_SQL, "index_def"), {"ns": scope.namespace, "name": name}
         ).fetchone()[0]
         _bump_generation(scope, conn)
         spec = IndexSpec(int(iid), name, kind, definition, unique, extractor)
@@ -170,7 +155,7 @@ def _lock_for_build(scope: Scope, conn: Conn) -> None:
 
 
 def _bump_generation(scope: Scope, conn: Conn) -> None:
-    conn.execute(scope.sql(SQL, "bump_generation"), {"ns": scope.namespace})
+    conn.execute(scope.sql(ENTRY_SQL, "bump_generation"), {"ns": scope.namespace})
 
 
 def _backfill(
@@ -188,7 +173,7 @@ def _backfill(
     state = NamespaceIndexes(0, [spec], [], {spec.name: spec})
     while True:
         rows = conn.execute(
-            scope.sql(SQL, "backfill_batch"),
+            scope.sql(ENTRY_SQL, "backfill_batch"),
             {"ns": scope.namespace, "after": after, "now": now, "limit": _BATCH},
         ).fetchall()
         batch: dict[str, list[dict[str, Any]]] = {}
@@ -225,12 +210,12 @@ def drop_index(scope: Scope, name: str) -> None:
         # see it change (and its index rows lose their index) before it commits
         _lock_for_build(scope, conn)
         row = conn.execute(
-            scope.sql(SQL, "index_def"), {"ns": scope.namespace, "name": name}
+            scope.sql(ENTRY_SQL, "index_def"), {"ns": scope.namespace, "name": name}
         ).fetchone()
         if row is None:
             raise UnknownIndexError(scope.namespace, name)
-        conn.execute(scope.sql(SQL, "ie_drop"), {"iid": row[0]})
-        conn.execute(scope.sql(SQL, "index_drop"), {"iid": row[0]})
+        conn.execute(scope.sql(ENTRY_SQL, "ie_drop"), {"iid": row[0]})
+        conn.execute(scope.sql(ENTRY_SQL, "index_drop"), {"iid": row[0]})
         _bump_generation(scope, conn)
 
     try:
@@ -253,7 +238,7 @@ def rebuild_index(
         spec = _spec(scope, name, conn)
         if spec.extractor is None:
             raise IndexNotDeclaredError(scope.namespace, [name])
-        conn.execute(scope.sql(SQL, "ie_drop"), {"iid": spec.id})
+        conn.execute(scope.sql(ENTRY_SQL, "ie_drop"), {"iid": spec.id})
         _backfill(scope, conn, spec, progress)
         return info_of(spec)
 
@@ -267,82 +252,6 @@ def list_indexes(scope: Scope) -> list[IndexInfo]:
 
 
 # -- queries ---------------------------------------------------------------------------------
-_INDEX_ID = "i.index_id = (SELECT id FROM {ix} WHERE namespace = :ns AND name = :name)"
-# The entry's columns and liveness are read by correlated scalar subqueries on its primary key,
-# not by a JOIN: PostgreSQL never turns a scalar subquery into a join, so each result row costs
-# one index probe whatever the planner estimates. With a JOIN it hash-joins a sequential scan
-# of the whole entries table (every namespace) as soon as a range looks large. The conditions
-# are written as IS NOT NULL and <=, whose default selectivities (0.995, 1/3) keep the row
-# estimate realistic; "= 1" or IS NULL (0.005 each) make a LIMIT look useless to the planner,
-# which then sorts the whole range instead of reading it in index order.
-_ENTRY = "(SELECT e.{col} FROM {{e}} e WHERE e.namespace = :ns AND e.key = i.key)"
-_LIVE = (
-    "(SELECT 1 FROM {e} e WHERE e.namespace = :ns AND e.key = i.key "
-    "AND (e.expires_at IS NULL OR e.expires_at > :now)) IS NOT NULL"
-)
-
-
-def _key_is(scope: Scope, alias: str, key: str) -> str:
-    """``alias.key = key``, flagged as selective to SQLite's planner (see _dedupe); on SQLite
-    only, as PostgreSQL has no likelihood()."""
-    cond = f"{alias}.key = {key}"
-    return scope.backend.dialect.selective(cond)
-
-
-def _dedupe(scope: Scope, flt: Filter, desc: bool) -> tuple[str, dict[str, Any]]:
-    """Each key once, at its first matching value in the requested order: this entry is the
-    key's first matching one. A correlated scalar subquery, for the same reason as _LIVE (the
-    rejected alternative, GROUP BY key, reads the whole range before returning a row).
-
-    The subquery must read the key's own entries through the (index_id, key) B-tree, a few
-    rows; read through the primary key it scans the whole matching range once per result row,
-    quadratic in the matches (a count of 16,000 took 22 s on SQLite, 17 s on PostgreSQL
-    before its first ANALYZE). So its WHERE names only
-    index_id and key, and the filter is applied in the ORDER BY expression, where no planner
-    can turn it into a range on (index_id, ivalue) nor read it in primary-key order: with
-    ``j.ivalue`` bounds in the WHERE and ``ORDER BY j.ivalue`` (the rejected form) the
-    primary key is ordered and covering, and SQLite takes it. Entries outside the filter sort
-    after every matching one (``TOP`` ascending, ``b""`` descending: no NULL, whose place in
-    the order differs per dialect). MIN/MAX would say it shorter, but PostgreSQL has no
-    min(bytea).
-
-    SQLite without ANALYZE statistics still guesses that ``index_id = ?`` alone finds 10 rows
-    and prefers the covering primary key to the (index_id, key) index, which must also read
-    the table: likelihood() tells it that the key equality is selective (it is: one key).
-    PostgreSQL has no likelihood() and needs none, as its cost model bounds a B-tree scan by
-    the leading equalities only.
-
-    ``i.ivalue <= first`` holds exactly when ``i`` is that first entry, as ``i`` itself is
-    among the values; ``=`` would say the same with a 0.005 selectivity estimate (see above).
-    """
-    if not flt.multi:
-        return "", {}
-    cond, params = flt.render("j", "")
-    op, direction, past = (">=", "DESC", b"") if desc else ("<=", "ASC", TOP)
-    return (
-        f" AND i.ivalue {op} (SELECT CASE WHEN {cond} THEN j.ivalue ELSE :past END AS first "
-        f"FROM {{ie}} j WHERE j.index_id = i.index_id AND {_key_is(scope, 'j', 'i.key')} "
-        f"ORDER BY first {direction} LIMIT 1)",
-        {**params, "past": past},
-    )
-
-
-def _statement(
-    scope: Scope, flt: Filter, cond: str, params: dict[str, Any], desc: bool, items: bool
-) -> tuple[Rendered, dict[str, Any]]:
-    """A find statement: ``cond`` (already rendered) plus the index, liveness and dedupe."""
-    dedupe, dparams = _dedupe(scope, flt, desc)
-    direction = "DESC" if desc else "ASC"
-    cols = "i.key, i.ivalue"
-    if items:
-        cols += ", " + ", ".join(_ENTRY.format(col=c) for c in ("value", "blob_id", "size"))
-    text = (
-        f"SELECT {cols} FROM {{ie}} i WHERE {_INDEX_ID} AND {cond}{dedupe} AND {_LIVE} "
-        f"ORDER BY i.ivalue {direction}, i.key {direction} LIMIT :limit"
-    )
-    return scope.sql(SQL, "ix:" + text, text), {**dparams, **params}
-
-
 @dataclass
 class _Find:
     """A validated find() call."""
@@ -377,7 +286,7 @@ class _Find:
                 yield self._stmt("i.ivalue = :b_v", {"b_v": v})
 
     def _stmt(self, cond: str, params: dict[str, Any]) -> tuple[Rendered, dict[str, Any]]:
-        sql, p = _statement(self.scope, self.flt, cond, params, self.desc, self.items)
+        sql, p = find_statement(self.scope, self.flt, cond, params, self.desc, self.items)
         return sql, {**p, "ns": self.scope.namespace, "name": self.name}
 
 
@@ -431,7 +340,7 @@ def _resolve_after(
         return b"", key  # nothing matches, whatever the position
     # The key's position in this query is its first matching value in this order (_dedupe).
     with scope.connection() as conn:
-        rows = conn.execute(*_position_statement(scope, name, key)).fetchall()
+        rows = conn.execute(*position_statement(scope, name, key)).fetchall()
         values = [v for v in (bytes(r[0]) for r in rows) if flt.matches(v)]
         if not values:
             _check_exists(scope, name, conn)
@@ -440,15 +349,6 @@ def _resolve_after(
                 "after=(index value, key) to continue past a key that was changed or deleted"
             )
     return max(values) if desc else min(values), key
-
-
-def _position_statement(scope: Scope, name: str, key: str) -> tuple[Rendered, dict[str, Any]]:
-    """All of ``key``'s entries in the index, for ``after=key``; the caller filters them. With
-    the filter in the WHERE (the rejected form, ``... ORDER BY i.ivalue LIMIT 1``) SQLite reads
-    the primary-key range up to the key instead, on every page, so a walk by ``after=key``
-    pages was quadratic in the range; the key's own entries are few (see _dedupe)."""
-    text = f"SELECT i.ivalue FROM {{ie}} i WHERE {_INDEX_ID} AND {_key_is(scope, 'i', ':akey')}"
-    return scope.sql(SQL, "ix:" + text, text), {"ns": scope.namespace, "name": name, "akey": key}
 
 
 def _check_exists(scope: Scope, name: str, conn: Conn) -> None:
@@ -524,25 +424,10 @@ def _run_find(plan: _Find) -> Iterator[tuple[str, bytes | None]]:
             pos = (bytes(rows[-1][1]), rows[-1][0])
 
 
-def _count_statement(scope: Scope, name: str, flt: Filter) -> tuple[Rendered, dict[str, Any]]:
-    """The count statement: find's conditions, dedupe included, so it counts exactly the keys
-    find returns. The rejected alternative, ``COUNT(DISTINCT i.key)``, counts the same keys
-    without the per-row probe but sorts them all, and is a second text to keep in step."""
-    cond, params = flt.render("i", "")
-    dedupe, dparams = _dedupe(scope, flt, False)
-    text = f"SELECT COUNT(*) FROM {{ie}} i WHERE {_INDEX_ID} AND {cond}{dedupe} AND {_LIVE}"
-    return scope.sql(SQL, "ix:" + text, text), {
-        **params,
-        **dparams,
-        "ns": scope.namespace,
-        "name": name,
-    }
-
-
 def count_matches(scope: Scope, index: str, value: Any = NOT_SET, **query: Any) -> int:
     """How many live keys ``find`` would return for the same query (each key once)."""
     name = check_name(index)
-    sql, params = _count_statement(scope, name, parse_filter(value, query))
+    sql, params = count_statement(scope, name, parse_filter(value, query))
     with scope.connection() as conn:
         n = int(conn.execute(sql, dict(params, now=now_us())).fetchone()[0])
         if n == 0:

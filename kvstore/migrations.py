@@ -426,10 +426,7 @@ def _driver_begin(conn: Connection) -> None:
     # The dialect's write BEGIN (IMMEDIATE on SQLite) also queues concurrent migrators: a
     # deferred transaction that read the schema and then tries to write fails with "database
     # is locked" at once, without waiting, when another process got there first.
-    d = _dialect.for_name(conn.dialect.name)
-    dbapi = conn.connection.driver_connection
-    if not d.in_driver_transaction(dbapi):
-        conn.exec_driver_sql(d.default_begin)
+    _dialect.for_name(conn.dialect.name).driver_begin_on(conn)
 
 
 def _stamped(conn: Connection, prefix: str) -> set[str] | None:
@@ -502,12 +499,6 @@ def _alembic(fn: Any, conn: Connection, prefix: str, revision: str) -> None:
                     proxy._install_proxy()
 
 
-# Catalog queries for triggers. They belong in kvstore._dialect with the trigger DDL (asked for
-# in the migrations report); until then they live here, keyed by dialect name.
-_TRIGGER_CATALOG = {
-    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table",
-    "postgresql": "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND NOT tgisinternal",
-}
 _CREATE_TRIGGER_RE = re.compile(r"CREATE\s+TRIGGER\s+(\w+)", re.IGNORECASE)
 
 
@@ -517,7 +508,8 @@ def _trigger_problems(conn: Connection, prefix: str) -> list[str]:
     expected = {
         m for stmt in _dialect.trigger_sql(name, prefix) for m in _CREATE_TRIGGER_RE.findall(stmt)
     }
-    found = {row[0] for row in conn.execute(sa.text(_TRIGGER_CATALOG[name]), {"table": entries})}
+    catalog = _dialect.for_name(name).trigger_catalog
+    found = {row[0] for row in conn.execute(sa.text(catalog), {"table": entries})}
     return [
         f"trigger {trigger} on table {entries} is missing" for trigger in sorted(expected - found)
     ]

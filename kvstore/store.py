@@ -18,13 +18,16 @@ from ._backend import Backend, Options, Scope, install_facade, reader_slot
 from ._conn import Conn
 from ._dialect import engine_from_url
 from ._entries import (
-    LIVE,
     SQL,
     count_keys,
+    delete_keys_in,
+    get_many,
     index_state,
     insert_chunks,
     insert_entries,
+    key_batch,
     lock_row,
+    namespace_stats,
     new_blob_id,
     now_us,
     prefix_upper,
@@ -35,7 +38,7 @@ from ._entries import (
     write_in,
 )
 from ._indexing import IndexInfo
-from ._retry import Policy, retry
+from ._retry import RACE, Policy, retry
 from ._schema import Tables, from_micros
 from ._validate import (
     NOT_SET,
@@ -43,6 +46,7 @@ from ._validate import (
     check_busy_timeout,
     check_chunk_size,
     check_content_type,
+    check_int,
     check_iterable,
     check_key,
     check_max_open_readers,
@@ -55,7 +59,7 @@ from ._validate import (
     check_version,
     ttl_to_seconds,
 )
-from .base import EntryInfo, KeyValueStore, SizedRawReader, read_source
+from .base import EntryInfo, KeyValueStore, NamespaceInfo, SizedRawReader, read_source
 from .collections import PersistentDict, PersistentSet
 from .errors import (
     ConflictError,
@@ -121,14 +125,17 @@ class Store(KeyValueStore):
 
     @property
     def namespace_name(self) -> str:
+        """The namespace this store reads and writes."""
         return self._ns
 
     @property
     def dialect_name(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
         return self._b.dialect.name
 
     @property
     def tables(self) -> Tables:
+        """The SQLAlchemy ``Table`` objects of this store's table prefix."""
         return self._b.tables
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -223,26 +230,13 @@ class Store(KeyValueStore):
     def _key_batch(
         self, prefix: str, after: str | None, limit: int, inclusive: bool = False
     ) -> list[str]:
-        hi = prefix_upper(prefix) if prefix else None
-        conds = ["namespace = :ns", LIVE]
-        params: dict[str, Any] = {"ns": self._ns, "now": now_us(), "limit": limit}
-        if after is not None:
-            conds.append("key >= :after" if inclusive else "key > :after")
-            params["after"] = after
-        if prefix:
-            conds.append("key >= :lo")
-            params["lo"] = prefix
-        if hi is not None:
-            conds.append("key < :hi")
-            params["hi"] = hi
-        name = f"keys:{after is not None}:{inclusive}:{bool(prefix)}:{hi is not None}"
-        sql = self._scope.sql(
-            SQL,
-            name,
-            "SELECT key FROM {e} WHERE " + " AND ".join(conds) + " ORDER BY key LIMIT :limit",
-        )
-        with self._connection() as conn:
-            return [r[0] for r in conn.execute(sql, params).fetchall()]
+        return key_batch(self._scope, prefix, after, limit, inclusive)
+
+    def namespaces(self) -> list[NamespaceInfo]:
+        """Every namespace of these tables that holds a live entry, with its entry count and
+        value bytes, by name: other stores' too, and collections' and caches' derived ones
+        (``<namespace>/d/<name>``). One aggregate over the entries table: it reads every row."""
+        return [NamespaceInfo(n, c, b) for n, c, b in namespace_stats(self._scope)]
 
     def count_keys(self, prefix: str = "") -> int:
         """How many live keys start with ``prefix`` (all of them for ``""``): one COUNT over
@@ -282,6 +276,8 @@ class Store(KeyValueStore):
                 after, inclusive = batch[-1], False
 
     def stat(self, key: str) -> EntryInfo:
+        """Size, version, timestamps, expiry, content type, metadata and checksum of ``key``
+        (``KeyError`` when it is missing or expired), without reading the value."""
         key = self._key(key)
         with self._connection() as conn:
             params = {"ns": self._ns, "key": key, "now": now_us()}
@@ -303,26 +299,7 @@ class Store(KeyValueStore):
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         """Values of the given keys that exist, in one query per batch of keys."""
         wanted = list(dict.fromkeys(self._key(k) for k in check_iterable(keys, "keys")))
-        out: dict[str, bytes] = {}
-        step = self._b.dialect.max_params - 10
-        with self._connection() as conn:
-            for i in range(0, len(wanted), step):
-                part = wanted[i : i + step]
-                marks = ", ".join(f":k{j}" for j in range(len(part)))
-                sql = self._scope.sql(
-                    SQL,
-                    f"get_many:{len(part)}",
-                    f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {LIVE}"
-                    f" AND key IN ({marks})",
-                )
-                params: dict[str, Any] = {f"k{j}": k for j, k in enumerate(part)}
-                params.update(ns=self._ns, now=now_us())
-                for key, value, blob_id, size in conn.execute(sql, params).fetchall():
-                    out[key] = (
-                        bytes(value)
-                        if blob_id is None
-                        else read_blob(self._scope, conn, key, blob_id, size)
-                    )
+        out = get_many(self._scope, wanted)
         return {k: out[k] for k in wanted if k in out}
 
     def open(self, key: str) -> BinaryIO:
@@ -575,22 +552,7 @@ class Store(KeyValueStore):
         wanted = list(dict.fromkeys(self._key(k) for k in check_iterable(keys, "keys")))
         if not wanted:
             return
-        step = self._b.dialect.max_params - 10
-
-        def run(conn: Conn) -> None:
-            for i in range(0, len(wanted), step):
-                part = wanted[i : i + step]
-                marks = ", ".join(f":k{j}" for j in range(len(part)))
-                sql = self._scope.sql(
-                    SQL,
-                    f"delete_many:{len(part)}",
-                    f"DELETE FROM {{e}} WHERE namespace = :ns AND key IN ({marks})",
-                )
-                params: dict[str, Any] = {f"k{j}": k for j, k in enumerate(part)}
-                params["ns"] = self._ns
-                conn.execute(sql, params)
-
-        self._run_atomic(run)
+        self._scope.atomic(lambda conn: delete_keys_in(self._scope, conn, wanted))
 
     def copy(self, source: str, dest: str) -> str:
         """Copy ``source`` to ``dest`` (value, metadata, content type, expiry) atomically."""
@@ -666,29 +628,33 @@ class Store(KeyValueStore):
                 {"ns": self._ns, "key": source, "dest": dest},
             )
 
-        for _ in range(10):
-            try:
-                self._run_atomic(run)
-                return dest
-            except _Retry:
-                continue
-        raise TransactionError(f"move to {dest!r} kept racing with concurrent writers")
+        retry(
+            lambda: self._scope.atomic(run),
+            RACE,
+            lambda exc: isinstance(exc, _Retry),
+            exhausted=lambda _: TransactionError(
+                f"move to {dest!r} kept racing with concurrent writers"
+            ),
+        )
+        return dest
 
     def incr(self, key: str, delta: int = 1, initial: int = 0) -> int:
         """Add ``delta`` to the integer stored at ``key`` and return the result, atomically.
         A missing (or expired) key starts at ``initial``. Values are ASCII decimal bytes."""
         key = self._key(key)
-        for name, v in (("delta", delta), ("initial", initial)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"incr {name} must be an int, not {type(v).__name__}")
-        for _ in range(20):
-            try:
-                return self._run_atomic(
-                    lambda conn: self._incr_in(conn, key, delta, initial), write=False
-                )
-            except ConflictError:
-                continue  # another writer created the key first: add to its value instead
-        raise TransactionError(f"incr of {key!r} kept conflicting with concurrent writers")
+        check_int("incr delta", delta)
+        check_int("incr initial", initial)
+        # A ConflictError means another writer created the key first: add to its value instead.
+        return retry(
+            lambda: self._scope.atomic(
+                lambda conn: self._incr_in(conn, key, delta, initial), write=False
+            ),
+            RACE,
+            lambda exc: isinstance(exc, ConflictError),
+            exhausted=lambda _: TransactionError(
+                f"incr of {key!r} kept conflicting with concurrent writers"
+            ),
+        )
 
     def _incr_in(self, conn: Conn, key: str, delta: int, initial: int) -> int:
         b = self._b
@@ -846,7 +812,7 @@ class Transaction(Store):
         return tx
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the transaction's ``with`` block owns its connection."""
 
     def __repr__(self) -> str:
         return f"<kvstore.Transaction namespace={self._ns!r}>"

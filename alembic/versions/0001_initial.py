@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
-from kvstore import _dialect
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -137,16 +136,15 @@ def upgrade(table_prefix: str) -> None:
             ondelete="CASCADE",
         ),
     )
-    # The triggers come from kvstore._dialect, the one place that knows each dialect's trigger
-    # syntax. sa.DDL rather than a plain string: op.execute() would wrap a string in text(),
-    # which reads ":name" as a bind parameter; DDL only needs "%" doubled.
-    for stmt in _dialect.trigger_sql(op.get_context().dialect.name, p):
+    # sa.DDL rather than a plain string: op.execute() would wrap a string in text(), which
+    # reads ":name" as a bind parameter; DDL only needs "%" doubled.
+    for stmt in _triggers(op.get_context().dialect.name, p):
         op.execute(sa.DDL(stmt.replace("%", "%%")))  # type: ignore[no-untyped-call]
 
 
 def downgrade(table_prefix: str) -> None:
     p = table_prefix
-    for stmt in _dialect.drop_trigger_sql(op.get_context().dialect.name, p):
+    for stmt in _drop_triggers(op.get_context().dialect.name, p):
         op.execute(sa.DDL(stmt.replace("%", "%%")))  # type: ignore[no-untyped-call]
     for name in (
         "list_items",
@@ -158,3 +156,51 @@ def downgrade(table_prefix: str) -> None:
         "namespaces",
     ):
         op.drop_table(f"{p}{name}")
+
+
+# -- the triggers as this revision shipped them ------------------------------------------------
+# Frozen here, not taken from kvstore._dialect: the live catalogue may change (a later revision
+# then replaces the triggers), and this revision must keep creating what it always created.
+# Deleting an entry, or pointing it at another blob, drops the old blob's chunks and the entry's
+# index entries in the same transaction, whoever issues the statement.
+
+
+def _triggers(dialect_name: str, p: str) -> list[str]:
+    if dialect_name == "postgresql":
+        return [
+            f"""CREATE FUNCTION {p}entries_cleanup() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.blob_id IS NOT NULL AND (TG_OP = 'DELETE' OR OLD.blob_id IS DISTINCT FROM NEW.blob_id) THEN
+    DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    DELETE FROM {p}index_entries WHERE key = OLD.key
+      AND index_id IN (SELECT id FROM {p}indexes WHERE namespace = OLD.namespace);
+  END IF;
+  RETURN NULL;
+END $$""",
+            f"""CREATE TRIGGER {p}entries_cleanup AFTER DELETE OR UPDATE OF blob_id ON {p}entries
+FOR EACH ROW EXECUTE FUNCTION {p}entries_cleanup()""",
+        ]
+    return [
+        f"""CREATE TRIGGER {p}entries_ad AFTER DELETE ON {p}entries
+BEGIN
+  DELETE FROM {p}chunks WHERE OLD.blob_id IS NOT NULL AND blob_id = OLD.blob_id;
+  DELETE FROM {p}index_entries WHERE key = OLD.key
+    AND index_id IN (SELECT id FROM {p}indexes WHERE namespace = OLD.namespace);
+END""",
+        f"""CREATE TRIGGER {p}entries_au AFTER UPDATE OF blob_id ON {p}entries
+WHEN OLD.blob_id IS NOT NULL AND OLD.blob_id IS NOT NEW.blob_id
+BEGIN
+  DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+END""",
+    ]
+
+
+def _drop_triggers(dialect_name: str, p: str) -> list[str]:
+    if dialect_name == "postgresql":
+        return [
+            f"DROP TRIGGER IF EXISTS {p}entries_cleanup ON {p}entries",
+            f"DROP FUNCTION IF EXISTS {p}entries_cleanup()",
+        ]
+    return [f"DROP TRIGGER IF EXISTS {p}entries_ad", f"DROP TRIGGER IF EXISTS {p}entries_au"]
