@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -74,9 +75,16 @@ class Options:
     busy_timeout: float = 30.0
     chunk_size: int = 256 << 10
     max_open_readers: int = 8
+    #: WAL on SQLite: None = for engines kvstore creates only, True = also on yours, False = never
+    sqlite_wal: bool | None = None
 
-    def connection_options(self) -> dict[str, Any]:
-        return {"synchronous": self.sqlite_synchronous, "busy_timeout": self.busy_timeout}
+    def connection_options(self, owned: bool) -> dict[str, Any]:
+        return {
+            "synchronous": self.sqlite_synchronous,
+            "busy_timeout": self.busy_timeout,
+            "wal": self.sqlite_wal,
+            "owned": owned,
+        }
 
 
 class Backend:
@@ -95,6 +103,8 @@ class Backend:
         self.max_open_readers = options.max_open_readers
         self.readers = threading.BoundedSemaphore(max(options.max_open_readers, 1))
         self.owns_engine = owns_engine
+        self._conn_options = options.connection_options(owns_engine)
+        self._lock_wait: float | None = None
         self.external: ExternalConn | None = None
         self.engine: Engine | None = None
         if isinstance(bind, Engine):
@@ -192,8 +202,8 @@ class Backend:
                 # Someone listens to this engine's statements (echo, the sqlalchemy.engine
                 # logger, cursor events: tracing, query counters): run through SQLAlchemy's
                 # Connection so they see ours too. The fast path skips that overhead.
-                return SAConn(engine.connect(), self.dialect, self.options.connection_options())
-            return RawConn(engine.raw_connection(), self.dialect, self.options.connection_options())
+                return SAConn(engine.connect(), self.dialect, self._conn_options)
+            return RawConn(engine.raw_connection(), self.dialect, self._conn_options)
         except sa_exc.TimeoutError as exc:
             if self._slots is not None:
                 self._slots.release()
@@ -217,7 +227,11 @@ class Backend:
             return
         if conn.in_tx:
             conn.rollback()
-        if not conn.broken and conn.closed:
+        try:
+            dead = conn.closed
+        except Exception:
+            dead = True
+        if not conn.broken and dead:
             conn.broken = True  # the server dropped it: invalidate rather than reuse
         # Idle connections stay checked out of the engine's pool: fine for an engine the store
         # owns, but a caller's Engine would run short, and an in-memory database's only
@@ -244,6 +258,19 @@ class Backend:
             conn.close()
         if self.owns_engine and self.engine is not None:
             self.engine.dispose()
+
+    def lock_wait(self, conn: Conn) -> float:
+        """How long one statement may wait for a lock: kvstore's busy_timeout on an engine it
+        made, the connection's own on the application's (read once)."""
+        if self._lock_wait is None:
+            if self.owns_engine:
+                self._lock_wait = self.options.busy_timeout
+            else:
+                try:
+                    self._lock_wait = conn.lock_wait()
+                except Exception:
+                    self._lock_wait = self.options.busy_timeout
+        return self._lock_wait
 
     def active(self) -> Conn | None:
         """The connection of the transaction this thread has open on this backend."""
@@ -376,9 +403,10 @@ class Scope:
 
     def atomic(self, fn: Callable[[Conn], T], *, write: bool = True) -> T:
         """Run ``fn`` in one transaction (a savepoint inside an open one), retrying on lock
-        contention under the CONTENTION policy when we own the transaction."""
+        contention (see :meth:`_give_up`) when we own the transaction."""
         self.check_not_mixing()
         attempt = 0
+        start = time.monotonic()
         while True:
             with self.connection() as conn:
                 owned = not conn.in_tx
@@ -387,33 +415,36 @@ class Scope:
                         return fn(conn)
                 except Exception as exc:
                     attempt += 1
-                    if (
-                        not owned
-                        or attempt >= CONTENTION.attempts
-                        or not self.backend.dialect.is_retryable(exc)
-                    ):
+                    if not owned or self._give_up(conn, exc, attempt, start):
                         raise
             backoff_sleep(CONTENTION, attempt - 1)
 
     def single(self, fn: Callable[[Conn], T]) -> T:
         """Run one autocommitted statement (or, inside a transaction, just run it), retrying
         on lock contention as :meth:`atomic` does: SQLite's busy handler alone gives up after
-        ``busy_timeout``."""
+        ``busy_timeout`` even where trying again would succeed."""
         self.check_not_mixing()
         attempt = 0
+        start = time.monotonic()
         while True:
             with self.connection() as conn:
                 try:
                     return fn(conn)
                 except Exception as exc:
                     attempt += 1
-                    if (
-                        conn.in_tx
-                        or attempt >= CONTENTION.attempts
-                        or not self.backend.dialect.is_retryable(exc)
-                    ):
+                    if conn.in_tx or self._give_up(conn, exc, attempt, start):
                         raise
             backoff_sleep(CONTENTION, attempt - 1)
+
+    def _give_up(self, conn: Conn, exc: BaseException, attempt: int, start: float) -> bool:
+        """Whether a failed attempt is final. Lock contention, deadlocks and serialization
+        failures are retried under the CONTENTION policy, but only while the call has waited
+        less than one lock wait (at least a second): a call never waits much longer than the
+        busy timeout it was given, however often the lock slips away."""
+        if attempt >= CONTENTION.attempts or not self.backend.dialect.is_retryable(exc):
+            return True
+        budget = max(self.backend.lock_wait(conn), 1.0)
+        return time.monotonic() - start >= budget
 
     def check_not_mixing(self) -> None:
         b = self.backend

@@ -77,6 +77,10 @@ class Conn:
     def closed(self) -> bool:
         return False
 
+    def lock_wait(self) -> float:
+        """How long the driver waits for a lock on this connection before failing."""
+        return 0.0
+
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         name = f"kv_sp{next(_savepoint_ids)}"
@@ -130,6 +134,7 @@ class RawConn(Conn):
         self.proxied = proxied  # SQLAlchemy's pool proxy: returning it gives it back to the pool
         self.dbapi = proxied.driver_connection
         self.dialect = dialect
+        self._exec = dialect.executor(self.dbapi)
         info = proxied.info
         try:
             if not info.get("kvstore_prepared"):
@@ -144,7 +149,7 @@ class RawConn(Conn):
 
     def execute(self, stmt: Rendered, params: Any = None) -> Cursor:
         try:
-            cur: Cursor = self.dbapi.execute(stmt.sql, stmt.bind(params))
+            cur: Cursor = self._exec(stmt.sql, stmt.bind(params))
         except Exception as exc:
             raise self.dialect.error(exc) from exc
         return cur
@@ -167,9 +172,12 @@ class RawConn(Conn):
         finally:
             cur.close()
 
+    def lock_wait(self) -> float:
+        return self.dialect.lock_wait(self.dbapi)
+
     def run(self, sql: str) -> Cursor:
         try:
-            cur: Cursor = self.dbapi.execute(sql)
+            cur: Cursor = self._exec(sql)
         except Exception as exc:
             raise self.dialect.error(exc) from exc
         return cur
@@ -190,7 +198,7 @@ class RawConn(Conn):
     def rollback(self) -> None:
         self.in_tx = False
         try:
-            self.dbapi.execute("ROLLBACK")
+            self._exec("ROLLBACK")
         except Exception:
             # A connection that cannot even roll back is discarded rather than reused.
             self.broken = True

@@ -10,9 +10,10 @@ Nothing else checks the dialect or the driver.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -137,19 +138,43 @@ class Dialect:
     # -- connections -------------------------------------------------------------------------
     def prepare_connection(self, dbapi_conn: Any, options: dict[str, Any]) -> None:
         """Run once per DBAPI connection kvstore uses."""
+        owned = options.get("owned", True)
+        wal = options.get("wal")
+        if not owned and not wal:
+            # A connection of the application's Engine keeps its settings (busy_timeout,
+            # foreign_keys, journal mode, synchronous): changing them would change what the
+            # application's own statements do on the connections kvstore happened to use.
+            return
         cur = dbapi_conn.cursor()
         try:
             busy_ms = int(options.get("busy_timeout", 30.0) * 1000)
-            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            cur.execute("PRAGMA foreign_keys = ON")
+            if owned:
+                cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                cur.execute("PRAGMA foreign_keys = ON")
             if not dbapi_conn.in_transaction:
                 # WAL lets readers and one writer work at once across processes, and costs
-                # one fsync per commit where the rollback journal costs four.
-                _switch_to_wal(cur, busy_ms / 1000)
-                sync = options.get("synchronous", "FULL")
-                cur.execute(f"PRAGMA synchronous = {sync}")
+                # one fsync per commit where the rollback journal costs four. It is a setting
+                # of the database file: on an application's Engine only when asked for.
+                if wal or (owned and wal is None):
+                    _switch_to_wal(cur, busy_ms / 1000)
+                if owned:
+                    sync = options.get("synchronous", "FULL")
+                    cur.execute(f"PRAGMA synchronous = {sync}")
         finally:
             cur.close()
+
+    def lock_wait(self, dbapi_conn: Any) -> float:
+        """How long the driver itself waits for a lock before failing, in seconds."""
+        row = dbapi_conn.execute("PRAGMA busy_timeout").fetchone()
+        return float(row[0]) / 1000 if row else 0.0
+
+    #: the DBAPI driver (SQLAlchemy's name for it) this dialect object speaks to
+    driver = "pysqlite"
+
+    def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
+        """``execute(sql, params=None) -> cursor`` on a DBAPI connection, as cheap as the
+        driver allows: sqlite3 and psycopg 3 connections execute themselves."""
+        return dbapi_conn.execute  # type: ignore[no-any-return]
 
     def set_autocommit(self, dbapi_conn: Any, on: bool) -> Any:
         """Switch the driver's implicit transactions off (or back); return the old setting."""
@@ -209,6 +234,13 @@ class Dialect:
     def is_lock_timeout(self, exc: BaseException) -> bool:
         return self.is_retryable(exc)
 
+    def lock_message(self, detail: str) -> str:
+        return (
+            "gave up waiting for the database's write lock: another connection holds it "
+            f"({detail}); connect(busy_timeout=...) sets how long to wait. Inside a request "
+            "whose own Session has written, use a store bound to that Session"
+        )
+
     def error(self, exc: BaseException, *, connecting: bool = False) -> KVStoreError:
         """The kvstore exception for a driver (or SQLAlchemy) error; raise it ``from exc``."""
         if isinstance(exc, KVStoreError):
@@ -220,11 +252,7 @@ class Dialect:
         if self.is_unavailable(exc) or (connecting and isinstance(exc, sa_exc.OperationalError)):
             return DatabaseUnavailableError(f"cannot reach the database: {detail}", orig)
         if self.is_lock_timeout(exc):
-            return LockTimeoutError(
-                f"gave up waiting for a lock held by another transaction ({detail}); "
-                "connect(busy_timeout=...) sets how long to wait",
-                orig,
-            )
+            return LockTimeoutError(self.lock_message(detail), orig)
         return DatabaseError(f"the database refused the statement: {detail}", orig)
 
     def is_disk_full(self, exc: BaseException) -> bool:
@@ -269,6 +297,9 @@ class PostgresDialect(Dialect):
     def prepare_connection(self, dbapi_conn: Any, options: dict[str, Any]) -> None:
         pass
 
+    def lock_wait(self, dbapi_conn: Any) -> float:
+        return 0.0  # lock_timeout is off by default; lock errors come back at once
+
     def set_autocommit(self, dbapi_conn: Any, on: bool) -> Any:
         old = dbapi_conn.autocommit
         dbapi_conn.autocommit = on
@@ -292,7 +323,10 @@ class PostgresDialect(Dialect):
         return True  # psycopg begins implicitly before any statement, SAVEPOINT included
 
     def _sqlstate(self, exc: BaseException) -> str | None:
-        return getattr(_orig(exc), "sqlstate", None)
+        orig = _orig(exc)
+        # psycopg 3 calls it sqlstate, psycopg2 pgcode
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        return state if isinstance(state, str) else None
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return self._sqlstate(exc) == "23505"
@@ -316,6 +350,37 @@ class PostgresDialect(Dialect):
 
     def is_lock_timeout(self, exc: BaseException) -> bool:
         return self._sqlstate(exc) == "55P03"  # lock_not_available (lock_timeout)
+
+    def lock_message(self, detail: str) -> str:
+        return f"gave up waiting for a row or table lock held by another transaction ({detail})"
+
+
+class Psycopg2Dialect(PostgresDialect):
+    """PostgreSQL through psycopg2: cursors execute (connections cannot), no binary results,
+    and a connection says it is dead through ``closed`` alone."""
+
+    driver = "psycopg2"
+
+    def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
+        cursor = dbapi_conn.cursor
+
+        def execute(sql: str, params: Any = None) -> Any:
+            cur = cursor()
+            cur.execute(sql, params)
+            return cur
+
+        return execute
+
+    def execute_bytes(self, dbapi_conn: Any, sql: str, params: Any) -> Any:
+        # psycopg2 hands bytea back as memoryview whatever the wire format
+        return self.executor(dbapi_conn)(sql, params)
+
+    def is_closed(self, dbapi_conn: Any) -> bool:
+        return bool(dbapi_conn.closed)
+
+    def in_driver_transaction(self, dbapi_conn: Any) -> bool:
+        # psycopg2 (not in autocommit) begins implicitly before any statement, like psycopg 3
+        return True
 
 
 def _switch_to_wal(cur: Any, timeout: float) -> None:
@@ -358,9 +423,22 @@ def _orig(exc: BaseException) -> BaseException:
 
 
 _DIALECTS: dict[str, Dialect] = {"sqlite": Dialect(), "postgresql": PostgresDialect()}
+#: the drivers kvstore speaks to, by (database, SQLAlchemy driver name)
+_DRIVERS: dict[tuple[str, str], Dialect] = {
+    ("sqlite", "pysqlite"): _DIALECTS["sqlite"],
+    ("postgresql", "psycopg"): _DIALECTS["postgresql"],
+    ("postgresql", "psycopg2"): Psycopg2Dialect(),
+}
+_INSTALL = {
+    "sqlite": "the standard library's sqlite3 (sqlite:///path or sqlite+pysqlite:///path)",
+    "postgresql": "psycopg 3 (pip install 'sqlalchemy-kvstore[postgres]', URL "
+    "postgresql+psycopg://...) or psycopg2 (pip install psycopg2-binary, URL "
+    "postgresql+psycopg2://...)",
+}
 
 
 def for_name(name: str) -> Dialect:
+    """The dialect object of a database's default driver (for what does not depend on it)."""
     try:
         return _DIALECTS[name]
     except KeyError:
@@ -368,11 +446,21 @@ def for_name(name: str) -> Dialect:
 
 
 def for_engine(engine: Engine) -> Dialect:
-    return for_name(engine.dialect.name)
+    return for_sa_dialect(engine.dialect)
 
 
 def for_sa_dialect(sa_dialect: sa.engine.Dialect) -> Dialect:
-    return for_name(sa_dialect.name)
+    """The dialect object for a SQLAlchemy dialect and its driver; a driver kvstore cannot use
+    is refused with what to use instead."""
+    name, driver = sa_dialect.name, sa_dialect.driver
+    try:
+        return _DRIVERS[(name, driver)]
+    except KeyError:
+        pass
+    for_name(name)  # an unsupported database says so first
+    raise ValueError(
+        f"kvstore cannot use the {driver!r} driver for {name}: it works with {_INSTALL[name]}"
+    )
 
 
 def key_type() -> sa.String:
@@ -403,6 +491,13 @@ def is_memory(engine: Engine) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
+def _default_pg_driver() -> str:
+    for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return driver
+    return "psycopg"  # neither: SQLAlchemy's import error names psycopg, what to install
+
+
 def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
     """The engine a store owns for a URL: ``postgresql://`` means psycopg 3; SQLite files
     may be used from any thread, and an in-memory database is one shared connection."""
@@ -411,9 +506,16 @@ def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
     except Exception as exc:
         raise ValueError(f"not a database URL: {url!r} ({exc})") from None
     if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
+        # psycopg 3 when it is installed, else psycopg2 (SQLAlchemy's own default)
+        parsed = parsed.set(drivername=f"postgresql+{_default_pg_driver()}")
     backend = parsed.get_backend_name()
     for_name(backend)  # refuse unsupported databases with a clear message
+    driver = parsed.get_driver_name()
+    if (backend, driver) not in _DRIVERS:
+        raise ValueError(
+            f"kvstore cannot use the {driver!r} driver for {backend}: it works with "
+            f"{_INSTALL[backend]}"
+        )
     if backend == "sqlite":
         connect_args = dict(options.pop("connect_args", {}))
         connect_args.setdefault("check_same_thread", False)
@@ -422,7 +524,13 @@ def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
         options.setdefault("paramstyle", "named")
         if parsed.database in (None, "", ":memory:"):
             options.setdefault("poolclass", StaticPool)
-    return create_engine(parsed, **options)
+    try:
+        return create_engine(parsed, **options)
+    except ImportError as exc:
+        raise ImportError(
+            f"the {driver} driver for {backend} is not installed ({exc}); kvstore works with "
+            f"{_INSTALL[backend]}"
+        ) from exc
 
 
 # -- triggers ---------------------------------------------------------------------------------

@@ -283,3 +283,9 @@ def check_retry_args(retries: object, backoff: object) -> None:
         or not 0 <= backoff < float("inf")
     ):
         raise ValueError(f"backoff must be a non-negative number of seconds, got {backoff!r}")
+
+
+def check_optional_bool(name: str, value: object) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, not {value!r}")
+    return value

@@ -426,7 +426,7 @@ def _driver_begin(conn: Connection) -> None:
     # The dialect's write BEGIN (IMMEDIATE on SQLite) also queues concurrent migrators: a
     # deferred transaction that read the schema and then tries to write fails with "database
     # is locked" at once, without waiting, when another process got there first.
-    _dialect.for_name(conn.dialect.name).driver_begin_on(conn)
+    _dialect.for_sa_dialect(conn.dialect).driver_begin_on(conn)
 
 
 def _stamped(conn: Connection, prefix: str) -> set[str] | None:

@@ -52,6 +52,7 @@ from ._validate import (
     check_max_open_readers,
     check_metadata,
     check_namespace,
+    check_optional_bool,
     check_prefix,
     check_retry_args,
     check_synchronous,
@@ -939,6 +940,7 @@ def connect(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     engine_options: Mapping[str, Any] | None = None,
     max_open_readers: int = DEFAULT_MAX_OPEN_READERS,
+    sqlite_wal: bool | None = None,
 ) -> Store:
     """Open a key-value store.
 
@@ -952,6 +954,7 @@ def connect(
         busy_timeout=check_busy_timeout(busy_timeout),
         chunk_size=check_chunk_size(chunk_size),
         max_open_readers=check_max_open_readers(max_open_readers),
+        sqlite_wal=check_optional_bool("sqlite_wal", sqlite_wal),
     )
     ttl_to_seconds(default_ttl_secs, NOT_SET)  # validate early
     owns = isinstance(bind, str)
@@ -975,6 +978,7 @@ def connect(
             busy_timeout=busy_timeout,
             chunk_size=chunk_size,
             max_open_readers=max_open_readers,
+            sqlite_wal=sqlite_wal,
             engine_options=dict(engine_options or {}),
         )
     store = Store(Scope(backend, namespace), root=True)

@@ -1,6 +1,7 @@
 """The shared conformance fixtures: every test that takes ``store`` runs on each backend.
 
-Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory`` and ``postgresql``.
+Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3)
+and ``postgresql-psycopg2``.
 PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
 PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
 visible reason (except under ``CI=true``, where that is an error). A URL that is set but
@@ -24,9 +25,11 @@ import kvstore
 import kvstore.models
 from kvstore.decorators import HMACDecorator, PrefixDecorator, URLEncodeKeysDecorator
 
-BACKENDS = ["sqlite-file", "sqlite-memory", "postgresql"]
+# "postgresql" runs on psycopg 3, "postgresql-psycopg2" on the same server through psycopg2
+# (SQLAlchemy's default PostgreSQL driver, and what most existing applications use).
+BACKENDS = ["sqlite-file", "sqlite-memory", "postgresql", "postgresql-psycopg2"]
 # Backends where several connections (threads, processes) see one database.
-SHARED_BACKENDS = ["sqlite-file", "postgresql"]
+SHARED_BACKENDS = ["sqlite-file", "postgresql", "postgresql-psycopg2"]
 
 # The KeyValueStore implementations the key-value contract runs on (the ``kv`` fixture), each
 # over every backend: the store itself, a transaction of it, and the key- or value-mapping
@@ -121,6 +124,27 @@ def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+def _with_driver(url: str, driver: str) -> str:
+    return (
+        sa.make_url(url)
+        .set(drivername=f"postgresql+{driver}")
+        .render_as_string(hide_password=False)
+    )
+
+
+@pytest.fixture(scope="session")
+def pg2_url(pg_url: str) -> str:
+    """The test PostgreSQL server, through psycopg2."""
+    return _with_driver(pg_url, "psycopg2")
+
+
+@pytest.fixture(scope="session")
+def pg2_engine(pg2_url: str, pg_engine: sa.Engine) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(pg2_url, pool_size=10)
+    yield engine
+    engine.dispose()
+
+
 @dataclass
 class Backend:
     """How a test can reach the database of its backend from elsewhere (threads, processes)."""
@@ -163,8 +187,9 @@ def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
     elif name == "sqlite-memory":
         yield Backend(name, "sqlite://", namespace, None)
     else:
-        engine: sa.Engine = request.getfixturevalue("pg_engine")
-        url = request.getfixturevalue("pg_url")
+        psycopg2 = name == "postgresql-psycopg2"
+        engine: sa.Engine = request.getfixturevalue("pg2_engine" if psycopg2 else "pg_engine")
+        url = request.getfixturevalue("pg2_url" if psycopg2 else "pg_url")
         try:
             yield Backend(name, url, namespace, engine)
         finally:

@@ -41,11 +41,14 @@ OFFERED = {
     "sqlite-memory": set(ALL_LEVELS),
     "postgresql": {"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"},
 }
+OFFERED["postgresql-psycopg2"] = OFFERED["postgresql"]
 # A level under which "read a key, then write it" fails when another transaction wrote the
 # key after we read it (instead of silently losing that write).
 CONFLICT_LEVEL = {"sqlite-file": "DEFERRED", "postgresql": "SERIALIZABLE"}
+CONFLICT_LEVEL["postgresql-psycopg2"] = CONFLICT_LEVEL["postgresql"]
 # A level for a read-only transaction: a stable snapshot that does not block writers.
 SNAPSHOT_LEVEL = {"sqlite-file": "DEFERRED", "postgresql": "REPEATABLE READ"}
+SNAPSHOT_LEVEL["postgresql-psycopg2"] = SNAPSHOT_LEVEL["postgresql"]
 
 
 class Boom(Exception):
