@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -44,6 +45,8 @@ T = TypeVar("T")
 
 #: idle connections an owned engine's backend keeps checked out, ready for the next call
 MAX_IDLE = 8
+#: connections a forked child inherited: never used, never closed (see Backend._after_fork)
+_INHERITED: list[Any] = []
 
 
 class Statements:
@@ -130,6 +133,7 @@ class Backend:
         self.single_connection = memory or self.external is not None
         self._idle: list[Conn] = []
         self._lock = threading.Lock()
+        self.pid = os.getpid()
         self.local = threading.local()
         self.closed = False
         self._rendered: dict[tuple[str, str], Rendered] = {}
@@ -190,6 +194,8 @@ class Backend:
             )
         engine = self.engine
         assert engine is not None
+        if self.pid != os.getpid():
+            self._after_fork(engine)
         watched = _watched(engine)
         # list.pop/append are atomic under the GIL: the idle list needs no lock of its own.
         if not watched:
@@ -203,7 +209,9 @@ class Backend:
                 # logger, cursor events: tracing, query counters): run through SQLAlchemy's
                 # Connection so they see ours too. The fast path skips that overhead.
                 return SAConn(engine.connect(), self.dialect, self._conn_options)
-            return RawConn(engine.raw_connection(), self.dialect, self._conn_options)
+            return RawConn(
+                engine.raw_connection(), self.dialect, self._conn_options, engine.raw_connection
+            )
         except sa_exc.TimeoutError as exc:
             if self._slots is not None:
                 self._slots.release()
@@ -258,6 +266,20 @@ class Backend:
             conn.close()
         if self.owns_engine and self.engine is not None:
             self.engine.dispose()
+
+    def _after_fork(self, engine: Engine) -> None:
+        """In a child process (gunicorn --preload, Celery prefork, multiprocessing): the
+        connections inherited from the parent share its sockets, so none may be used, nor
+        closed (closing sends the server a goodbye on the parent's session). They are kept
+        referenced and forgotten, and the engine's pool starts afresh (SQLAlchemy's recipe,
+        ``Engine.dispose(close=False)``)."""
+        with self._lock:
+            if self.pid == os.getpid():
+                return
+            _INHERITED.extend(self._idle)
+            self._idle = []
+            engine.dispose(close=False)
+            self.pid = os.getpid()
 
     def lock_wait(self, conn: Conn) -> float:
         """How long one statement may wait for a lock: kvstore's busy_timeout on an engine it

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ._dialect import Dialect, Rendered
@@ -130,29 +130,62 @@ class Conn:
 class RawConn(Conn):
     """A pooled DBAPI connection in autocommit mode, owned by one store backend."""
 
-    def __init__(self, proxied: Any, dialect: Dialect, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        proxied: Any,
+        dialect: Dialect,
+        options: dict[str, Any],
+        reconnect: Callable[[], Any] | None = None,
+    ) -> None:
+        self.dialect = dialect
+        self._options = options
+        self._reconnect = reconnect
+        self._attach(proxied)
+        self.in_tx = False
+        self.broken = False
+
+    def _attach(self, proxied: Any) -> None:
         self.proxied = proxied  # SQLAlchemy's pool proxy: returning it gives it back to the pool
         self.dbapi = proxied.driver_connection
-        self.dialect = dialect
+        dialect = self.dialect
         self._exec = dialect.executor(self.dbapi)
         info = proxied.info
         try:
             if not info.get("kvstore_prepared"):
-                dialect.prepare_connection(self.dbapi, options)
+                dialect.prepare_connection(self.dbapi, self._options)
                 info["kvstore_prepared"] = True
             self._old_autocommit = dialect.set_autocommit(self.dbapi, True)
         except Exception as exc:
             proxied.invalidate()
             raise dialect.error(exc) from exc
-        self.in_tx = False
-        self.broken = False
 
     def execute(self, stmt: Rendered, params: Any = None) -> Cursor:
         try:
             cur: Cursor = self._exec(stmt.sql, stmt.bind(params))
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            if not self._replace_dead(exc):
+                raise self.dialect.error(exc) from exc
+            try:  # once, on the fresh connection
+                cur = self._exec(stmt.sql, stmt.bind(params))
+            except Exception as again:
+                raise self.dialect.error(again) from again
         return cur
+
+    def _replace_dead(self, exc: BaseException) -> bool:
+        """After a restart or a terminated session, the connection the store kept (or the
+        pool handed out) is dead. Outside a transaction each statement stands alone and a
+        dead connection executed none of it, so it runs once more on a fresh connection;
+        inside one, the transaction is lost and the error stands."""
+        if self.in_tx or self._reconnect is None or not self.dialect.is_unavailable(exc):
+            return False
+        with contextlib.suppress(Exception):  # already unusable: the pool forgets it anyway
+            self.proxied.invalidate()
+        try:
+            self._attach(self._reconnect())
+        except Exception:
+            self.broken = True
+            return False
+        return True
 
     def execute_bytes(self, stmt: Rendered, params: Any = None) -> Cursor:
         try:
@@ -179,11 +212,16 @@ class RawConn(Conn):
         try:
             cur: Cursor = self._exec(sql)
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            if not self._replace_dead(exc):
+                raise self.dialect.error(exc) from exc
+            try:
+                cur = self._exec(sql)
+            except Exception as again:
+                raise self.dialect.error(again) from again
         return cur
 
     def begin(self, begin_sql: str) -> None:
-        self.run(begin_sql)
+        self.run(begin_sql)  # a dead connection is replaced here, before anything is lost
         self.in_tx = True
 
     def commit(self) -> None:

@@ -1,0 +1,279 @@
+"""kvstore inside an application that already exists: its driver, its connections' settings,
+forked worker processes, and bounded lock waits (issue 11)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import _sql
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import kvstore
+
+# -- drivers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, driver",
+    [
+        ("postgresql+pg8000://u@127.0.0.1/db", "pg8000"),
+        ("postgresql+asyncpg://u@127.0.0.1/db", "asyncpg"),
+        ("sqlite+aiosqlite:///x.db", "aiosqlite"),
+    ],
+)
+def test_a_driver_kvstore_cannot_use_is_refused_naming_it(url: str, driver: str) -> None:
+    with pytest.raises(ValueError, match=rf"cannot use the '{driver}' driver") as info:
+        kvstore.connect(url)
+    assert "psycopg" in str(info.value) or "sqlite3" in str(info.value)
+
+
+def test_an_unsupported_database_is_refused() -> None:
+    with pytest.raises(ValueError, match="supports SQLite and PostgreSQL"):
+        kvstore.connect("mysql+pymysql://u@127.0.0.1/db")
+
+
+def test_postgresql_without_a_driver_means_psycopg_3(pg_url: str) -> None:
+    bare = sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    store = kvstore.connect(bare, namespace="app-bare-url")
+    try:
+        store.put("k", b"v")
+        assert store.scope.backend.engine is not None
+        assert store.scope.backend.engine.dialect.driver == "psycopg"
+    finally:
+        store.delete("k")
+        store.close()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_an_app_session_on_either_driver_gets_savepoints_and_its_commit(
+    pg_url: str, driver: str
+) -> None:
+    url = sa.make_url(pg_url).set(drivername=f"postgresql+{driver}")
+    engine = sa.create_engine(url)
+    ns = f"app-session-{driver}"
+    try:
+        with Session(engine) as session:
+            store = kvstore.connect(session, namespace=ns)
+            store.put("a", b"1")
+            with store.transaction() as tx:
+                tx.put("b", b"2")
+            with pytest.raises(RuntimeError), store.transaction() as tx:
+                tx.put("c", b"3")
+                raise RuntimeError("rolled back to the savepoint")
+            session.commit()
+        after = kvstore.connect(engine, namespace=ns)
+        assert after.keys() == ["a", "b"]
+        after.delete_many(["a", "b"])
+    finally:
+        engine.dispose()
+
+
+# -- the application's SQLite connections --------------------------------------------------------
+
+
+def _settings(dbapi: Any) -> tuple[int, int, str]:
+    busy = dbapi.execute("PRAGMA busy_timeout").fetchone()[0]
+    fks = dbapi.execute("PRAGMA foreign_keys").fetchone()[0]
+    journal = dbapi.execute("PRAGMA journal_mode").fetchone()[0]
+    return int(busy), int(fks), str(journal)
+
+
+def test_the_apps_sqlite_connections_keep_their_settings(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 5})
+    with engine.begin() as conn:  # the app's own schema: a foreign key it does not enforce
+        conn.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql(
+            "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id))"
+        )
+        conn.exec_driver_sql("INSERT INTO child (parent_id) VALUES (42)")  # accepted: FKs off
+    store = kvstore.connect(engine)
+    store.put("k", b"v")
+    assert store.get("k") == b"v"
+    with store.transaction() as tx:
+        tx.put("t", b"1")
+    # every connection of the pool, including those kvstore used
+    with engine.connect() as a, engine.connect() as b:
+        for conn in (a, b):
+            assert _settings(conn.connection.driver_connection) == (5000, 0, "delete")
+        a.exec_driver_sql("INSERT INTO child (parent_id) VALUES (43)")  # still accepted
+        a.commit()
+    store.close()
+    engine.dispose()
+
+
+def test_wal_on_the_apps_sqlite_file_is_offered_not_imposed(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    kvstore.connect(engine).put("k", b"v")
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    engine.dispose()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    kvstore.connect(engine, sqlite_wal=True).put("k", b"w")
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    engine.dispose()
+    with pytest.raises(TypeError, match="sqlite_wal"):
+        kvstore.connect(f"sqlite:///{path}", sqlite_wal="yes")  # type: ignore[arg-type]
+
+
+def test_a_store_kvstore_owns_uses_wal_unless_told_not_to(tmp_path: Path) -> None:
+    on = kvstore.connect(f"sqlite:///{tmp_path / 'on.db'}")
+    on.put("k", b"v")
+    off = kvstore.connect(f"sqlite:///{tmp_path / 'off.db'}", sqlite_wal=False)
+    off.put("k", b"v")
+    assert sqlite3.connect(tmp_path / "on.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (
+        sqlite3.connect(tmp_path / "off.db").execute("PRAGMA journal_mode").fetchone()[0]
+        == "delete"
+    )
+    on.close()
+    off.close()
+
+
+# -- bounded lock waits ------------------------------------------------------------------------
+
+
+def test_a_write_that_cannot_get_the_lock_fails_after_about_one_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    kvstore.connect(f"sqlite:///{path}").close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another connection holds the write lock throughout
+    store = kvstore.connect(f"sqlite:///{path}", busy_timeout=1.5)
+    try:
+        start = time.monotonic()
+        with pytest.raises(kvstore.LockTimeoutError, match="write lock") as info:
+            store.put("k", b"v")
+        waited = time.monotonic() - start
+        assert 1.4 <= waited < 4.0, waited  # one busy timeout (and a retry), not nine
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "k" not in store
+    store.close()
+
+
+# -- prefork servers ---------------------------------------------------------------------------
+
+
+def _child(url: str, ns: str, i: int, out: Any) -> None:
+    try:
+        store = _PREFORK_STORE[0]
+        for n in range(20):
+            store.put(f"w{i}-{n}", str(n).encode())
+            assert store.get(f"w{i}-{n}") == str(n).encode()
+        store.incr("counter")
+        out.put(("ok", i))
+    except BaseException as exc:
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+_PREFORK_STORE: list[kvstore.Store] = []
+
+
+@pytest.mark.parametrize("which", ["sqlite", "postgresql"])
+def test_a_store_opened_before_fork_works_in_the_children_and_the_parent(
+    which: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if which == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fork.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    ns = f"prefork-{os.getpid()}-{which}"
+    store = kvstore.connect(url, namespace=ns)
+    store.delete_many(store.keys())
+    store.put("before", b"1")  # the parent has live connections now
+    _PREFORK_STORE[:] = [store]
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    children = [ctx.Process(target=_child, args=(url, ns, i, out)) for i in range(4)]
+    try:
+        for c in children:
+            c.start()
+        results = [out.get(timeout=60) for _ in children]
+        for c in children:
+            c.join(30)
+        assert sorted(results) == [("ok", i) for i in range(4)], results
+        # the parent's connections survived its children
+        assert store.get("before") == b"1"
+        assert store.get("counter") == b"4"
+        assert len(store.keys("w")) == 80
+    finally:
+        for c in children:
+            if c.is_alive():
+                c.kill()
+        store.delete_many(store.keys())
+        store.close()
+        _PREFORK_STORE.clear()
+
+
+# -- restarts ----------------------------------------------------------------------------------
+
+
+def test_a_dropped_connection_costs_no_failed_call(pg_url: str) -> None:
+    """The server ends the store's idle connection (a restart, pg_terminate_backend, an idle
+    timeout): the next read and the next write run on a fresh connection without an error."""
+    store = kvstore.connect(pg_url, namespace="app-dropped")
+    admin = sa.create_engine(pg_url)
+    try:
+        store.put("k", b"1")
+        for call in (lambda: store.get("k") == b"1", lambda: store.put("k", b"2") == "k"):
+            pid = _sql.value(store, "SELECT pg_backend_pid()")  # the idle connection it keeps
+            with admin.begin() as c:
+                c.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": pid})
+            time.sleep(0.2)  # the backend is gone before the next call
+            assert call()
+        assert store.get("k") == b"2"
+    finally:
+        store.delete("k")
+        store.close()
+        admin.dispose()
+
+
+def test_a_transaction_whose_connection_dies_raises_and_applies_nothing(pg_url: str) -> None:
+    store = kvstore.connect(pg_url, namespace="app-dropped-tx")
+    admin = sa.create_engine(pg_url)
+    try:
+        with pytest.raises(kvstore.DatabaseError), store.transaction() as tx:
+            tx.put("a", b"1")
+            pid = _sql.value(tx, "SELECT pg_backend_pid()")
+            with admin.begin() as c:
+                c.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": pid})
+            tx.put("b", b"2")
+        assert store.keys() == []
+    finally:
+        store.close()
+        admin.dispose()
+
+
+def test_threads_and_processes_share_nothing_by_accident(tmp_path: Path) -> None:
+    """Many threads on one store: every call succeeds (connections are per call)."""
+    store = kvstore.connect(f"sqlite:///{tmp_path / 'threads.db'}")
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for n in range(30):
+                store.put(f"t{i}-{n}", b"x")
+                store.get(f"t{i}-{n}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(store) == 240
+    store.close()
