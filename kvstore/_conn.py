@@ -248,7 +248,7 @@ class RawConn(Conn):
             self.dialect.restore_autocommit(self.dbapi, self._old_autocommit)
         except Exception:
             self.broken = True
-        if self.broken:
+        if self.broken and self.proxied.is_valid:
             self.proxied.invalidate()
         self.proxied.close()
 

@@ -18,6 +18,9 @@ from sqlalchemy.orm import Session
 
 import kvstore
 
+# throwaway PostgreSQL servers to stop and start (tests/clusters.py)
+pytest_plugins = ["clusters"]
+
 # -- drivers -----------------------------------------------------------------------------------
 
 
@@ -277,3 +280,34 @@ def test_threads_and_processes_share_nothing_by_accident(tmp_path: Path) -> None
     assert errors == []
     assert len(store) == 240
     store.close()
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_a_server_restart_costs_no_call_and_downtime_fails_fast(
+    make_pg_cluster: Any, driver: str
+) -> None:
+    """A real PostgreSQL server stops and starts again under a store on a URL and one on the
+    application's Engine: while it is down each call fails fast with
+    DatabaseUnavailableError; once it is back the next call succeeds."""
+    node = make_pg_cluster(standbys=0).primary
+    url = node.url.replace("+psycopg", f"+{driver}")
+    engine = sa.create_engine(url)
+    stores = [kvstore.connect(url, namespace="restart"), kvstore.connect(engine, namespace="e")]
+    try:
+        for s in stores:
+            s.put("k", b"1")
+        node.stop("fast")
+        for s in stores:
+            start = time.monotonic()
+            with pytest.raises(kvstore.DatabaseUnavailableError):
+                s.get("k")
+            assert time.monotonic() - start < 2.0
+        node.start()
+        for s in stores:
+            assert s.get("k") == b"1"
+            s.put("k", b"2")
+            assert s.get("k") == b"2"
+    finally:
+        for s in stores:
+            s.close()
+        engine.dispose()
