@@ -80,6 +80,9 @@ class Options:
     max_open_readers: int = 8
     #: WAL on SQLite: None = for engines kvstore creates only, True = also on yours, False = never
     sqlite_wal: bool | None = None
+    #: connections an owned engine's backend keeps between calls (0 when the pool must see
+    #: every checkout: pool_pre_ping, pool_recycle)
+    max_idle: int = 8
 
     def connection_options(self, owned: bool) -> dict[str, Any]:
         return {
@@ -124,6 +127,7 @@ class Backend:
             )
         self.dialect = _dialect.for_sa_dialect(sa_dialect)
         self.sa_dialect = sa_dialect
+        _dialect.refuse_schema_translation(bind)
         self.tables: Tables = tables(self.dialect.check_table_prefix(table_prefix))
         if self.engine is None:
             self.external = ExternalConn(bind, self.dialect)
@@ -250,7 +254,7 @@ class Backend:
             and not self.closed
             and self.owns_engine
             and self._slots is None
-            and len(self._idle) < MAX_IDLE
+            and len(self._idle) < self.options.max_idle
         ):
             self._idle.append(conn)
         else:

@@ -197,13 +197,10 @@ class RawConn(Conn):
     def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
         if not params:
             return
-        cur = self.dbapi.cursor()
         try:
-            cur.executemany(stmt.sql, [stmt.bind(p) for p in params])
+            self.dialect.executemany(self.dbapi, stmt.sql, [stmt.bind(p) for p in params])
         except Exception as exc:
             raise self.dialect.error(exc) from exc
-        finally:
-            cur.close()
 
     def lock_wait(self) -> float:
         return self.dialect.lock_wait(self.dbapi)

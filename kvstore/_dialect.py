@@ -176,6 +176,13 @@ class Dialect:
         driver allows: sqlite3 and psycopg 3 connections execute themselves."""
         return dbapi_conn.execute  # type: ignore[no-any-return]
 
+    def executemany(self, dbapi_conn: Any, sql: str, rows: list[Any]) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.executemany(sql, rows)
+        finally:
+            cur.close()
+
     def set_autocommit(self, dbapi_conn: Any, on: bool) -> Any:
         """Switch the driver's implicit transactions off (or back); return the old setting."""
         old = dbapi_conn.isolation_level
@@ -371,6 +378,16 @@ class Psycopg2Dialect(PostgresDialect):
 
         return execute
 
+    def executemany(self, dbapi_conn: Any, sql: str, rows: list[Any]) -> None:
+        # psycopg2's executemany is a round trip per row; execute_batch sends pages of them
+        import psycopg2.extras  # type: ignore[import-untyped, unused-ignore]
+
+        cur = dbapi_conn.cursor()
+        try:
+            psycopg2.extras.execute_batch(cur, sql, rows, page_size=200)
+        finally:
+            cur.close()
+
     def execute_bytes(self, dbapi_conn: Any, sql: str, params: Any) -> Any:
         # psycopg2 hands bytea back as memoryview whatever the wire format
         return self.executor(dbapi_conn)(sql, params)
@@ -461,6 +478,22 @@ def for_sa_dialect(sa_dialect: sa.engine.Dialect) -> Dialect:
     raise ValueError(
         f"kvstore cannot use the {driver!r} driver for {name}: it works with {_INSTALL[name]}"
     )
+
+
+def refuse_schema_translation(bind: Any) -> None:
+    """kvstore's statements name their tables (``kv_entries``, or your ``table_prefix``) and
+    run on the connection's ``search_path``: SQLAlchemy's ``schema_translate_map`` would not
+    reach them, so a bind that sets one is refused rather than silently ignored."""
+    get = getattr(bind, "get_execution_options", None)
+    if get is None and is_session(bind):
+        get = getattr(bind.get_bind(), "get_execution_options", None)
+    options = get() if callable(get) else {}
+    if options.get("schema_translate_map"):
+        raise ValueError(
+            "kvstore does not follow schema_translate_map (its tables are found on the "
+            "connection's search_path); use table_prefix=... to separate kvstore's tables, or "
+            "set search_path on the connection (see docs/production.md)"
+        )
 
 
 def key_type() -> sa.String:

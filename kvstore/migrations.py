@@ -26,7 +26,7 @@ import functools
 import importlib.resources
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ __all__ = [
     "current",
     "downgrade",
     "ensure_schema",
+    "exclude_kvstore_tables",
     "heads",
     "script_location",
     "table_names",
@@ -124,6 +125,26 @@ def context_options(table_prefix: str = DEFAULT_TABLE_PREFIX) -> dict[str, Any]:
         "include_name": include_name,
         "compare_type": _compare_type,
     }
+
+
+def exclude_kvstore_tables(
+    table_prefix: str = DEFAULT_TABLE_PREFIX,
+) -> Callable[[str | None, str, Any], bool]:
+    """An ``include_name`` hook for the *application's* Alembic ``env.py``: autogenerate then
+    leaves kvstore's tables (and its version table) alone, instead of proposing to drop them
+    because they are not in the application's models::
+
+        context.configure(..., include_name=kvstore.migrations.exclude_kvstore_tables())
+
+    Combine it with a hook of your own by calling both."""
+    names = frozenset(tables(check_table_prefix(table_prefix)).metadata.tables) | {
+        version_table(table_prefix)
+    }
+
+    def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+        return not (type_ == "table" and name in names)
+
+    return include_name
 
 
 def _compare_type(

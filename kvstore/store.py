@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from ._backend import Backend, Options, Scope, install_facade, reader_slot
+from ._backend import MAX_IDLE, Backend, Options, Scope, install_facade, reader_slot
 from ._conn import Conn
 from ._dialect import engine_from_url
 from ._entries import (
@@ -955,6 +955,9 @@ def connect(
         chunk_size=check_chunk_size(chunk_size),
         max_open_readers=check_max_open_readers(max_open_readers),
         sqlite_wal=check_optional_bool("sqlite_wal", sqlite_wal),
+        # A pool that checks connections on checkout or retires them by age must see every
+        # checkout: kvstore then keeps none of its own between calls.
+        max_idle=0 if {"pool_pre_ping", "pool_recycle"} & set(engine_options or {}) else MAX_IDLE,
     )
     ttl_to_seconds(default_ttl_secs, NOT_SET)  # validate early
     owns = isinstance(bind, str)

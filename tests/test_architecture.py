@@ -34,6 +34,9 @@ LAZY_IMPORTS = {
     # urllib.parse is needed by the CLI only to mask a password in an error message; it is
     # the standard library's and creates no dependency between kvstore's modules.
     "urllib": "imported only when the CLI masks a secret",
+    # psycopg2 is an optional driver: its batch helper is imported only by the dialect object
+    # of a store that runs on psycopg2.
+    "psycopg2": "imported only on a psycopg2 connection",
 }
 
 

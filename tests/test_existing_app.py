@@ -311,3 +311,57 @@ def test_a_server_restart_costs_no_call_and_downtime_fails_fast(
         for s in stores:
             s.close()
         engine.dispose()
+
+
+# -- the application's Alembic, schemas and pool ------------------------------------------------
+
+
+def test_the_apps_autogenerate_leaves_kvstore_tables_alone(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    kvstore.connect(engine).close()
+    app = sa.MetaData()
+    sa.Table("orders", app, sa.Column("id", sa.Integer, primary_key=True))
+    app.create_all(engine)
+    with engine.connect() as conn:
+        plain = compare_metadata(MigrationContext.configure(conn), app)
+        hooked = compare_metadata(
+            MigrationContext.configure(
+                conn, opts={"include_name": kvstore.migrations.exclude_kvstore_tables()}
+            ),
+            app,
+        )
+    dropped = {d[1].name for d in plain if d[0] == "remove_table"}
+    assert "kv_entries" in dropped and "kv_alembic_version" in dropped  # without the hook
+    assert hooked == []
+    engine.dispose()
+
+
+def test_schema_translate_map_is_refused_not_ignored(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}").execution_options(
+        schema_translate_map={None: "tenant1"}
+    )
+    with pytest.raises(ValueError, match="schema_translate_map"):
+        kvstore.connect(engine)
+    with engine.connect() as conn, pytest.raises(ValueError, match="schema_translate_map"):
+        kvstore.connect(conn)
+    with Session(engine) as session, pytest.raises(ValueError, match="schema_translate_map"):
+        kvstore.connect(session)
+
+
+def test_pool_pre_ping_sees_every_checkout(tmp_path: Path) -> None:
+    """With pool_pre_ping (or pool_recycle) kvstore keeps no connection between calls: each
+    call checks one out of the engine's pool, which pings it."""
+    pings: list[int] = []
+    store = kvstore.connect(
+        f"sqlite:///{tmp_path / 'ping.db'}", engine_options={"pool_pre_ping": True}
+    )
+    engine = store.scope.backend.engine
+    assert engine is not None
+    sa.event.listen(engine.pool, "checkout", lambda *a: pings.append(1))
+    for n in range(5):
+        store.put(f"k{n}", b"v")
+    assert len(pings) >= 5
+    store.close()
