@@ -225,9 +225,12 @@ class Backend:
                 "of the same Engine hold them",
                 exc,
             ) from exc
-        except sa_exc.DBAPIError as exc:
+        except Exception as exc:
+            # engine.raw_connection() raises the driver's own errors, connect() SQLAlchemy's
             if self._slots is not None:
                 self._slots.release()
+            if isinstance(exc, KVStoreError) or not self.dialect.is_driver_error(exc):
+                raise
             raise self.dialect.error(exc, connecting=True) from exc
         except BaseException:
             if self._slots is not None:

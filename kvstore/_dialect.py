@@ -34,6 +34,10 @@ from .errors import (
 __all__ = ["Dialect", "Rendered", "engine_from_url", "for_name", "render", "trigger_ddl"]
 
 
+#: modules whose exceptions are a driver's (DBAPI) errors
+_DRIVER_MODULES = frozenset({"sqlite3", "_sqlite3", "psycopg", "psycopg2", "psycopg_binary"})
+
+
 @dataclass(frozen=True, slots=True)
 class Rendered:
     """A statement in one driver's SQL and parameter style: ``names`` is the order of
@@ -234,6 +238,12 @@ class Dialect:
     def is_bad_integer(self, exc: BaseException) -> bool:
         return False
 
+    def is_driver_error(self, exc: BaseException) -> bool:
+        """An error of SQLAlchemy's DBAPI family or of a driver module itself."""
+        if isinstance(exc, sa_exc.DBAPIError):
+            return True
+        return type(exc).__module__.split(".")[0] in _DRIVER_MODULES
+
     def is_unavailable(self, exc: BaseException) -> bool:
         """The database cannot be reached (a file that cannot be opened, here)."""
         return "unable to open database file" in str(_orig(exc))
@@ -256,7 +266,7 @@ class Dialect:
         detail = f"{type(orig).__name__}: {orig}".strip()
         if self.is_disk_full(exc):
             return StorageFullError(f"the database is out of space: {orig}", orig)
-        if self.is_unavailable(exc) or (connecting and isinstance(exc, sa_exc.OperationalError)):
+        if self.is_unavailable(exc) or (connecting and type(orig).__name__ == "OperationalError"):
             return DatabaseUnavailableError(f"cannot reach the database: {detail}", orig)
         if self.is_lock_timeout(exc):
             return LockTimeoutError(self.lock_message(detail), orig)
