@@ -175,6 +175,11 @@ class KVStoreGroup(click.Group):
             code = 1
         except click.exceptions.Exit as exc:
             code = exc.exit_code
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # `kvstore`, `kvstore db`, `kvstore index` alone: click's convention, the group's
+            # whole help on stderr and the usage status, not squeezed into one error line.
+            exc.show()
+            code = exc.exit_code
         except (Exception, KeyboardInterrupt) as exc:
             code, message = classify(exc)
             line = _one_line(mask_secrets(message, _secrets(argv)))

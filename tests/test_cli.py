@@ -274,6 +274,39 @@ def test_incr(kv: KV, lib: kvstore.Store) -> None:
     assert_error(kv("incr", "n", "1.5"), 2, "DELTA")
 
 
+# -- groups without a command ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("group", "commands"),
+    [
+        ((), ["db", "export", "get", "import", "index", "ls", "put", "rm", "stat"]),
+        (("db",), ["check", "current", "upgrade"]),
+        (("index",), ["create", "drop", "find", "list", "rebuild"]),
+    ],
+)
+def test_a_group_without_a_command_prints_its_help(
+    group: tuple[str, ...], commands: list[str], tmp_path: Path
+) -> None:
+    """click's convention: the group's whole help (not one error line) on stderr, status 2."""
+    env: dict[str, str | None] = {"KVSTORE_URL": f"sqlite:///{tmp_path / 'never.db'}"}
+    result = CliRunner().invoke(cli, list(group), prog_name="kvstore", env=env)
+    assert result.exit_code == 2, result.stderr
+    assert result.stdout == ""
+    help_text = result.stderr
+    assert help_text.startswith(f"Usage: {' '.join(('kvstore', *group))} [OPTIONS] COMMAND")
+    assert "kvstore: error" not in help_text
+    assert help_text == CliRunner().invoke(cli, [*group, "--help"], prog_name="kvstore").stdout
+    listed = help_text.split("\nCommands:\n", 1)[1]
+    for c in commands:
+        assert re.search(rf"^  {re.escape(c)}\s", listed, re.M), (c, listed)
+    # options but no command is an ordinary usage error, as click has it
+    result = CliRunner().invoke(cli, ["--namespace", "x", *group], prog_name="kvstore", env=env)
+    if group:
+        assert result.exit_code == 2 and result.stderr.startswith("Usage: ")
+    else:
+        assert_error(result, 2, "Missing command")
+    assert not (tmp_path / "never.db").exists()
+
+
 # -- connection, URL, environment, masking ----------------------------------------------------
 def test_url_from_environment_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()
@@ -797,6 +830,9 @@ def test_real_process_exit_codes_and_stderr(tmp_path: Path) -> None:
     p = run("--url", "postgresql://bob:hunter2@127.0.0.1:1/db", "ls")
     assert p.returncode == 2 and p.stderr.count(b"\n") == 1, p.stderr
     assert b"hunter2" not in p.stderr and b"bob:***@" in p.stderr and b"Traceback" not in p.stderr
+    p = run()  # no command: the help, on stderr
+    assert (p.returncode, p.stdout) == (2, b"")
+    assert p.stderr.startswith(b"Usage: kvstore [OPTIONS] COMMAND") and b"\nCommands:\n" in p.stderr
 
 
 def test_installed_entry_point(tmp_path: Path) -> None:
