@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -22,10 +23,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 import click
+import sqlalchemy
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 
 from . import __version__, migrations, transfer
 from ._dialect import engine_from_url
@@ -34,6 +37,7 @@ from ._validate import check_key, check_prefix
 from .base import EntryInfo
 from .errors import (
     DatabaseError,
+    DatabaseUnavailableError,
     InvalidKeyError,
     KVStoreError,
     NotFoundError,
@@ -49,6 +53,9 @@ PROGRESS_THRESHOLD = 1000
 IMPORT_BATCH = transfer.DEFAULT_BATCH_SIZE
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # ``scheme://user:password@host``: the password is whatever lies between the user's colon and
 # the last ``@`` before the host, so a password containing ``@`` or ``:`` is masked whole.
@@ -197,6 +204,8 @@ class Settings:
     namespace: str
     table_prefix: str
     store: Store | None = None
+    #: set by @reads: open the store without creating anything
+    read_only: bool = False
 
 
 def _settings() -> Settings:
@@ -210,15 +219,124 @@ def masked_url(url: str) -> str:
 
 
 def open_store() -> Store:
-    """The store for this invocation (tables created if missing), closed when it ends."""
+    """The store for this invocation, closed when it ends. A write command creates kvstore's
+    tables (and a SQLite file) when they are missing; a read command (see :func:`reads`)
+    creates nothing: a missing SQLite file is an error before anything is opened."""
     s = _settings()
     if s.store is None:
+        if s.read_only:
+            require_database_file(s.url)
         with _connecting(s.url):
             s.store = connect(
-                s.url, namespace=s.namespace, table_prefix=s.table_prefix, create=True
+                s.url,
+                namespace=s.namespace,
+                table_prefix=s.table_prefix,
+                create=not s.read_only,
             )
         click.get_current_context().call_on_close(s.store.close)
     return s.store
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names, as the user wrote it (relative paths stay relative);
+    ``None`` for other databases, in-memory ones and SQLite URIs that never create a file
+    (``mode=ro``/``rw``/``memory``). An unparseable URL is also ``None``: connecting reports it."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    name = parsed.database or ""
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1", "yes", "on"):
+        # sqlite:///file:data.db?mode=ro&uri=true: the rest of the query goes to SQLite
+        if parsed.query.get("mode") in ("ro", "rw", "memory"):
+            return None
+        from urllib.parse import unquote
+
+        name = name.removeprefix("file:")
+        if name.startswith("//"):  # file://localhost/abs/path or file:///abs/path
+            name = name[name.find("/", 2) :] if "/" in name[2:] else ""
+        name = unquote(name)
+    if name in ("", ":memory:"):
+        return None
+    return name
+
+
+def require_database_file(url: str) -> None:
+    """Refuse a SQLite URL whose file does not exist (sqlite3 would create it on opening)."""
+    path = sqlite_file(url)
+    if path is None or os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise CommandError(f"cannot open database {path}: it is a directory", EXIT_USAGE)
+    raise CommandError(
+        f"cannot open database {path}: no such file; nothing was created (a write such as "
+        "`kvstore put`, or `kvstore db upgrade`, creates it)",
+        EXIT_USAGE,
+    )
+
+
+def database_name(url: str) -> str:
+    """How messages name the database: a SQLite file's path as given, else the URL with its
+    password masked."""
+    return sqlite_file(url) or masked_url(url)
+
+
+def missing_tables_message(url: str, table_prefix: str) -> str | None:
+    """Why a read failed when kvstore's tables are not all there (none, or some), asked of
+    the database itself; ``None`` when they are all there, so the failure was something else.
+    A database that cannot even be inspected is reported as one that cannot be opened."""
+    wanted = migrations.table_names(table_prefix) - {migrations.version_table(table_prefix)}
+    with _engine(create=False) as engine, _connecting(url):
+        present = set(sqlalchemy.inspect(engine).get_table_names())
+    missing = wanted - present
+    where = database_name(url)
+    if missing == wanted:
+        return (
+            f"no kvstore tables (table prefix {table_prefix}) in {where}; run `kvstore db "
+            "upgrade` or write something first"
+        )
+    if missing:
+        return (
+            f"kvstore's tables in {where} are incomplete (no {', '.join(sorted(missing))}); "
+            "run `kvstore db upgrade`"
+        )
+    return None
+
+
+def reads(command: Callable[P, R]) -> Callable[P, R]:
+    """Mark a command as read-only: it opens the store with ``create=False`` (and refuses a
+    missing SQLite file), and a failure caused by missing tables says so, with status 1,
+    instead of showing the driver's "no such table". A database that cannot be reached is a
+    usage error (status 2), as it is for the commands that open with ``create=True``."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        s = _settings()
+        s.read_only = True
+        try:
+            return command(*args, **kwargs)
+        except DatabaseUnavailableError as exc:
+            raise CommandError(
+                f"cannot open database {masked_url(s.url)}: {_database_error(exc)}", EXIT_USAGE
+            ) from exc
+        except DatabaseError as exc:
+            message = missing_tables_message(s.url, s.table_prefix)
+            if message is None:
+                raise
+            raise CommandError(message, EXIT_MISSING) from exc
+        except Exception as exc:
+            # With create=False the first connection is made by the first read, and a
+            # failure to make it reaches here as the driver's own exception.
+            if _is_driver_error(exc):
+                raise CommandError(
+                    f"cannot open database {masked_url(s.url)}: {_database_error(exc)}",
+                    EXIT_USAGE,
+                ) from exc
+            raise
+
+    return run
 
 
 @contextlib.contextmanager
@@ -418,6 +536,7 @@ def put(
     help="Write the value to this file instead of standard output (streamed; the file is "
     "replaced only once the whole value is written).",
 )
+@reads
 def get(key: str, output: str | None) -> None:
     """Write the value of KEY to standard output, as raw bytes.
 
@@ -487,6 +606,7 @@ def rm(keys: tuple[str, ...], force: bool) -> None:
     is_flag=True,
     help="Also show size (bytes), version, updated_at and expires_at (UTC).",
 )
+@reads
 def ls(prefix: str, long_: bool) -> None:
     """List keys (starting with PREFIX), one per line, sorted.
 
@@ -513,6 +633,7 @@ def ls(prefix: str, long_: bool) -> None:
 
 @cli.command()
 @click.argument("key", callback=_key_param)
+@reads
 def stat(key: str) -> None:
     """Show the details of KEY as JSON.
 
@@ -706,6 +827,7 @@ def _plural(n: int, one: str, many: str) -> str:
     "--prefix", default="", callback=_prefix_param, help="Only keys starting with PREFIX."
 )
 @_progress_option
+@reads
 def export(file: str, prefix: str, progress: bool | None) -> None:
     """Write entries as JSON Lines to FILE ('-' or omitted: standard output).
 
@@ -742,6 +864,7 @@ def index() -> None:
 
 @index.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@reads
 def index_list(as_json: bool) -> None:
     """List the namespace's indexes: name, kind, definition, unique."""
     infos = open_store().indexes()
@@ -848,6 +971,7 @@ def _index_value(text: str | None, as_string: bool) -> Any:
 @click.option(
     "--after", metavar="KEY", help="Continue after KEY, the last key of the previous page."
 )
+@reads
 def index_find(
     name: str,
     value: str | None,
@@ -892,10 +1016,13 @@ def db() -> None:
 
 
 @contextlib.contextmanager
-def _engine() -> Iterator[Any]:
+def _engine(*, create: bool) -> Iterator[Any]:
     """An engine on --url whose database has answered once (so a bad URL is a usage error
-    and not a migration failure), disposed at the end."""
+    and not a migration failure), disposed at the end. Without ``create``, a missing SQLite
+    file is an error rather than created by connecting."""
     url = _settings().url
+    if not create:
+        require_database_file(url)
     with _connecting(url):
         engine = engine_from_url(url, {})
     try:
@@ -911,7 +1038,7 @@ def _engine() -> Iterator[Any]:
 def db_upgrade(revision: str) -> None:
     """Apply kvstore's migrations up to REVISION (default: head)."""
     s = _settings()
-    with _engine() as engine:
+    with _engine(create=True) as engine:
         migrations.upgrade(engine, revision, table_prefix=s.table_prefix)
         now = migrations.current(engine, table_prefix=s.table_prefix)
     click.echo(f"kvstore: database at revision {now}", err=True)
@@ -921,7 +1048,7 @@ def db_upgrade(revision: str) -> None:
 def db_current() -> None:
     """Print the database's kvstore schema revision (nothing if never migrated)."""
     s = _settings()
-    with _engine() as engine:
+    with _engine(create=False) as engine:
         rev = migrations.current(engine, table_prefix=s.table_prefix)
     if rev is None:
         click.echo("kvstore: no kvstore migration has been applied to this database", err=True)
@@ -936,7 +1063,7 @@ def db_check() -> None:
     Prints each difference and exits with status 1 if there are any.
     """
     s = _settings()
-    with _engine() as engine:
+    with _engine(create=False) as engine:
         diffs = migrations.check(engine, table_prefix=s.table_prefix)
     if diffs:
         for d in diffs:

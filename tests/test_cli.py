@@ -17,6 +17,7 @@ import pty
 import re
 import select
 import shlex
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,10 +28,11 @@ from typing import Any
 
 import click
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 import kvstore
-from kvstore.cli import cli, mask_secrets
+from kvstore.cli import cli, mask_secrets, sqlite_file
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "cli.md"
@@ -325,6 +327,7 @@ def test_url_from_environment_and_default(tmp_path: Path, monkeypatch: pytest.Mo
         assert s.get("k") == b"default"
     # --url wins over the environment
     other = tmp_path / "other.db"
+    kvstore.connect(f"sqlite:///{other}").close()
     result = runner.invoke(
         cli, ["--url", f"sqlite:///{other}", "get", "k"], env={"KVSTORE_URL": f"sqlite:///{env_db}"}
     )
@@ -378,6 +381,119 @@ def test_url_encoded_and_odd_passwords_are_masked() -> None:
         assert "***" in line
     assert mask_secrets("x postgresql://u:pw@h/db y", ["pw"]) == "x postgresql://u:***@h/db y"
     assert mask_secrets("password pw was rejected", ["pw"]) == "password *** was rejected"
+
+
+# -- reads never create anything ----------------------------------------------------------------
+#: Every command that only reads, with arguments; none of them may create a file or a table.
+READS: list[tuple[str, ...]] = [
+    ("get", "k"),
+    ("get", "k", "--output", "out.bin"),
+    ("ls",),
+    ("ls", "--long", "p"),
+    ("stat", "k"),
+    ("export",),
+    ("export", "out.jsonl"),
+    ("index", "list"),
+    ("index", "list", "--json"),
+    ("index", "find", "by_x", "1"),
+]
+
+
+def test_reads_never_create_a_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for args in [*READS, ("db", "current"), ("db", "check")]:
+        # the path the user wrote, relative, is the one the error names
+        result = runner.invoke(cli, ["--url", "sqlite:///typo.db", *args])
+        line = assert_error(result, 2, "cannot open database typo.db: no such file")
+        assert "nothing was created" in line and str(tmp_path) not in line
+        assert result.stdout == ""
+        assert sorted(os.listdir(tmp_path)) == [], args
+    # the same through $KVSTORE_URL, an absolute path, and a SQLite URI filename
+    result = runner.invoke(cli, ["ls"], env={"KVSTORE_URL": f"sqlite:///{tmp_path}/a/b.db"})
+    assert_error(result, 2, f"cannot open database {tmp_path}/a/b.db: no such file")
+    result = runner.invoke(cli, ["--url", "sqlite:///file:typo.db?uri=true", "ls"])
+    assert_error(result, 2, "cannot open database typo.db: no such file")
+    result = runner.invoke(cli, ["--url", "sqlite:///file:typo.db?mode=ro&uri=true", "ls"])
+    assert_error(result, 2, "cannot open database")  # SQLite's own refusal: mode=ro
+    assert_error(runner.invoke(cli, ["--url", f"sqlite:///{tmp_path}", "ls"]), 2, "a directory")
+    assert sorted(os.listdir(tmp_path)) == []
+    # a write creates the file and its tables, as ever
+    runner.invoke(cli, ["--url", "sqlite:///typo.db", "put", "k", "v"])
+    assert runner.invoke(cli, ["--url", "sqlite:///typo.db", "get", "k"]).stdout == "v"
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///rel/x.db", "rel/x.db"),
+        ("sqlite:////abs/x.db", "/abs/x.db"),
+        ("sqlite+pysqlite:///x.db", "x.db"),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("sqlite:///file:x%20y.db?uri=true", "x y.db"),
+        ("sqlite:///file:///abs/x.db?uri=true", "/abs/x.db"),
+        ("sqlite:///file:x.db?mode=rw&uri=true", None),
+        ("sqlite:///file::memory:?uri=true", None),
+        ("postgresql://u:p@h/db", None),
+        ("garbage", None),
+    ],
+)
+def test_sqlite_file_of_a_url(url: str, path: str | None) -> None:
+    assert sqlite_file(url) == path
+
+
+def _no_tables(url: str, prefix: str) -> bool:
+    engine = sa.create_engine(url)
+    try:
+        return not [t for t in sa.inspect(engine).get_table_names() if t.startswith(prefix)]
+    finally:
+        engine.dispose()
+
+
+def test_reads_on_a_database_without_kvstore_tables(
+    shared_backend: Any, fresh_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty PostgreSQL database (a table prefix no one used), or a SQLite file of someone
+    else's tables: a read says there are no kvstore tables, status 1, and creates none."""
+    cwd = tmp_path / "cwd"  # where --output files would land
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    url = shared_backend.url
+    path = sqlite_file(url)
+    if path is not None:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE app_users (id INTEGER PRIMARY KEY)")
+    where = path or url
+    kv = KV(url, shared_backend.namespace, table_prefix=fresh_prefix)
+    for args in READS:
+        result = kv(*args)
+        assert_error(
+            result,
+            1,
+            f"no kvstore tables (table prefix {fresh_prefix}) in {where}; run `kvstore db upgrade`",
+        )
+        assert result.stdout == ""
+        assert not os.listdir(cwd)  # no --output file, no temporary file left
+    assert _no_tables(url, fresh_prefix)
+    assert kv.ok("db", "current").stdout == ""
+    assert _no_tables(url, fresh_prefix)
+    # a write creates the tables; then the reads work
+    kv.ok("put", "k", "v")
+    assert kv.ok("get", "k").stdout == "v"
+    assert kv.ok("ls").stdout == "k\n"
+
+
+def test_a_read_names_missing_tables_when_some_are_there(tmp_path: Path) -> None:
+    path = tmp_path / "partial.db"
+    kvstore.connect(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE kv_entries")
+    kv = KV(f"sqlite:///{path}", "default")
+    assert_error(kv("ls"), 1, f"kvstore's tables in {path} are incomplete (no kv_entries)")
+    # a failure that is not about tables is reported as it is
+    path.write_bytes(b"not a database, only bytes" * 100)
+    assert_error(kv("ls"), 2, "cannot open database", "file is not a database")
 
 
 # -- import / export -----------------------------------------------------------------------------
@@ -734,6 +850,13 @@ def fresh_prefix(shared_backend: Any, migrations: Any) -> Iterator[str]:
 
 def test_db_upgrade_current_check(shared_backend: Any, fresh_prefix: str, migrations: Any) -> None:
     kv = KV(shared_backend.url, shared_backend.namespace, table_prefix=fresh_prefix)
+    path = sqlite_file(shared_backend.url)
+    if path is not None and not os.path.exists(path):
+        # reading the revision of a SQLite file that is not there creates no file
+        assert_error(kv("db", "current"), 2, f"cannot open database {path}: no such file")
+        assert_error(kv("db", "check"), 2, f"cannot open database {path}: no such file")
+        assert not os.path.exists(path)
+        sqlite3.connect(path).close()  # an empty database file
     result = kv("db", "current")
     assert result.exit_code == 0 and result.stdout == ""
     assert "no kvstore migration" in result.stderr
@@ -785,10 +908,16 @@ def test_db_commands_report_bad_urls(migrations: Any) -> None:
 
 
 def test_db_commands_do_not_create_tables(tmp_path: Path, migrations: Any) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    path = tmp_path / "empty.db"
+    url = f"sqlite:///{path}"
+    for sub in ("check", "current"):
+        assert_error(CliRunner().invoke(cli, ["--url", url, "db", sub]), 2, f"{path}: no such file")
+    assert not path.exists()
+    sqlite3.connect(path).close()
     assert_error(CliRunner().invoke(cli, ["--url", url, "db", "check"]), 1)
     assert migrations.current(url) is None
     assert migrations.check(url) != []
+    assert sa.inspect(sa.create_engine(url)).get_table_names() == []
 
 
 # -- real processes --------------------------------------------------------------------------------
