@@ -548,13 +548,18 @@ def get(key: str, output: str | None) -> None:
         store.get_file(key, out)
         out.flush()
         return
-    _write_atomically(Path(output), lambda f: store.get_file(key, f))
+    _write_atomically(output, lambda f: store.get_file(key, f))
 
 
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+def _write_atomically(target: str, write: Callable[[IO[bytes]], object]) -> None:
     # A temporary file beside the target, renamed over it at the end: a failure half-way
     # (missing key, lost connection) never leaves a truncated file where a good one was.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Errors name the target as the user wrote it, never the temporary file.
+    path = Path(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # no such directory, not a directory, not writable
+        raise CommandError(f"cannot write {target}: {exc.strerror or exc}", EXIT_USAGE) from exc
     try:
         # mkstemp makes the file private (0600); give it the mode `> FILE` would have: the
         # replaced file's, or the umask's default for a new one.
@@ -568,9 +573,12 @@ def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, KVStoreError):
+            # the disk filled up, the target became a directory, ...
+            raise CommandError(f"cannot write {target}: {exc.strerror or exc}") from exc
         raise
 
 
@@ -848,7 +856,7 @@ def export(file: str, prefix: str, progress: bool | None) -> None:
         write(out)
         out.flush()
     else:
-        _write_atomically(Path(file), write)
+        _write_atomically(file, write)
 
 
 # -- indexes -------------------------------------------------------------------------------------

@@ -684,7 +684,8 @@ def test_export_prefix_and_file_replaced_only_on_success(
         "user-2",
     ]
     out = tmp_path / "sub" / "dump.jsonl"
-    assert_error(kv("export", str(out)), 1, "No such file or directory")
+    line = assert_error(kv("export", str(out)), 2, f"cannot write {out}: No such file or directory")
+    assert ".tmp" not in line
     out.parent.mkdir()
     kv.ok("export", str(out), "--prefix", "oth")
     assert _jsonl(out.read_text()) == [{"key": "other", "value": "c"}]
@@ -695,6 +696,32 @@ def test_export_prefix_and_file_replaced_only_on_success(
     kv.ok("export", str(out))
     assert out.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
     assert_error(kv("export", "--prefix", "bad prefix"), 2, "no key can start with")
+
+
+def test_output_file_errors_name_the_users_path_never_a_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    kv = KV("sqlite:///kv.db", "default")
+    kv.ok("put", "k", "v")
+    for args, path in [
+        (("get", "k", "--output", "no/such/dir/v.bin"), "no/such/dir/v.bin"),
+        (("export", "no/such/dir/dump.jsonl"), "no/such/dir/dump.jsonl"),
+        (("get", "k", "-o", "kv.db/v.bin"), "kv.db/v.bin"),  # a file where a directory should be
+    ]:
+        line = assert_error(kv(*args), 2, f"cannot write {path}: ")
+        assert ".tmp" not in line and str(tmp_path) not in line
+    # a failure at the end (here, renaming the finished file into place) is named the same way
+    # and leaves no temporary file behind
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(18, "Invalid cross-device link", src, None, dst)
+
+    monkeypatch.setattr("kvstore.cli.os.replace", refuse)
+    for args in (("get", "k", "-o", "v.bin"), ("export", "dump.jsonl")):
+        line = assert_error(kv(*args), 1, f"cannot write {args[-1]}: Invalid cross-device link")
+        assert ".tmp" not in line
+    assert sorted(os.listdir(tmp_path)) == ["kv.db"]
 
 
 def test_progress_bar_never_touches_stdout(kv: KV, lib: kvstore.Store, tmp_path: Path) -> None:
