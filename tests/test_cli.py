@@ -21,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -116,8 +117,6 @@ def test_get_missing_key_exits_1(kv: KV, lib: kvstore.Store) -> None:
     assert_error(result, 1, "no such key: 'nope'")
     assert result.stdout_bytes == b""
     lib.put("short-lived", b"x", ttl_secs=0.001)
-    import time
-
     time.sleep(0.01)
     assert_error(kv("get", "short-lived"), 1, "no such key")
     assert_error(kv("stat", "nope"), 1, "no such key: 'nope'")
@@ -280,7 +279,7 @@ def test_incr(kv: KV, lib: kvstore.Store) -> None:
 @pytest.mark.parametrize(
     ("group", "commands"),
     [
-        ((), ["db", "export", "get", "import", "index", "ls", "put", "rm", "stat"]),
+        ((), ["db", "export", "get", "import", "index", "ls", "purge", "put", "rm", "stat"]),
         (("db",), ["check", "current", "upgrade"]),
         (("index",), ["create", "drop", "find", "list", "rebuild"]),
     ],
@@ -307,6 +306,35 @@ def test_a_group_without_a_command_prints_its_help(
     else:
         assert_error(result, 2, "Missing command")
     assert not (tmp_path / "never.db").exists()
+
+
+def test_purge_deletes_expired_entries_and_says_how_many(kv: KV, lib: kvstore.Store) -> None:
+    result = kv.ok("purge")
+    assert (result.stdout, result.stderr) == ("", "kvstore: deleted 0 expired entries\n")
+    lib.put_many({f"gone-{i}": b"x" for i in range(3)}, ttl_secs=0.001)
+    lib.put("stays", b"y", ttl_secs=3600)
+    lib.put("forever", b"z")
+    other = lib.namespace(lib.namespace_name + "-other")
+    other.put("gone-too", b"x", ttl_secs=0.001)
+    time.sleep(0.01)
+    result = kv.ok("purge")
+    assert (result.stdout, result.stderr) == ("", "kvstore: deleted 3 expired entries\n")
+    assert sorted(lib.keys()) == ["forever", "stays"]
+    assert other.purge_expired() == 1  # another namespace's were left alone
+    lib.put("one", b"x", ttl_secs=0.001)
+    time.sleep(0.01)
+    assert kv.ok("purge").stderr == "kvstore: deleted 1 expired entry\n"
+
+
+def test_purge_is_a_write_and_creates_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    assert (
+        KV(f"sqlite:///{path}", "default")
+        .ok("purge")
+        .stderr.endswith("deleted 0 expired entries\n")
+    )
+    with kvstore.connect(f"sqlite:///{path}", create=False) as s:
+        assert s.keys() == []
 
 
 # -- connection, URL, environment, masking ----------------------------------------------------
