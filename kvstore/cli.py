@@ -34,7 +34,7 @@ from . import __version__, migrations, transfer
 from ._dialect import engine_from_url
 from ._indexing import json_field
 from ._validate import check_key, check_prefix
-from .base import EntryInfo
+from .base import EntryInfo, NamespaceInfo
 from .errors import (
     DatabaseError,
     DatabaseUnavailableError,
@@ -378,6 +378,13 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _iso(value: dt.datetime | None, timespec: str = "auto") -> str | None:
     if value is None:
         return None
@@ -676,6 +683,46 @@ def purge() -> None:
     """
     n = open_store().purge_expired()
     click.echo(f"kvstore: deleted {_plural(n, 'expired entry', 'expired entries')}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead.")
+@reads
+def namespaces(as_json: bool) -> None:
+    """List the namespaces that hold live entries, with entry count and size.
+
+    Every namespace of the tables, whatever --namespace says, the derived namespaces of
+    collections and caches (NAMESPACE/d/NAME, ...) included; size is the bytes of the values.
+    On a terminal this is a table; otherwise one line per namespace, sorted: name, entries
+    and size, separated by tabs. Reads every entry (one aggregate query).
+    """
+    infos = open_store().namespaces()
+    if as_json:
+        rows = [dataclasses.asdict(i) for i in infos]
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif _stdout_is_terminal():
+        _print_namespace_table(infos)
+    else:
+        out = sys.stdout
+        for i in infos:
+            out.write(f"{i.name}\t{i.entries}\t{i.size}\n")
+        out.flush()
+
+
+def _print_namespace_table(infos: Sequence[NamespaceInfo]) -> None:
+    from rich.console import Console
+    from rich.filesize import decimal
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table()
+    table.add_column("NAMESPACE")
+    table.add_column("ENTRIES", justify="right")
+    table.add_column("SIZE", justify="right")
+    for i in infos:
+        # Text, not a str: a name may hold [brackets], which rich would read as markup
+        table.add_row(Text(i.name), f"{i.entries:,}", decimal(i.size))
+    Console(file=sys.stdout, highlight=False).print(table)
 
 
 # -- import / export ---------------------------------------------------------------------------

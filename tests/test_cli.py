@@ -279,7 +279,7 @@ def test_incr(kv: KV, lib: kvstore.Store) -> None:
 @pytest.mark.parametrize(
     ("group", "commands"),
     [
-        ((), ["db", "export", "get", "import", "index", "ls", "purge", "put", "rm", "stat"]),
+        ((), ["db", "export", "get", "import", "index", "ls", "namespaces", "purge", "rm"]),
         (("db",), ["check", "current", "upgrade"]),
         (("index",), ["create", "drop", "find", "list", "rebuild"]),
     ],
@@ -335,6 +335,64 @@ def test_purge_is_a_write_and_creates_the_database(tmp_path: Path) -> None:
     )
     with kvstore.connect(f"sqlite:///{path}", create=False) as s:
         assert s.keys() == []
+
+
+def test_namespaces_lists_every_namespace_with_counts_and_sizes(
+    kv: KV, lib: kvstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = lib.namespace_name
+    lib.put_many({"a": b"12345", "b": b"", "c": b"x" * 1000})
+    lib.put("expired", b"gone", ttl_secs=0.001)
+    lib.namespace(ns + "-other").put("k", b"vv")
+    lib.dict("my[dict]")["key"] = [1, 2]  # derived namespace; [brackets] are not rich markup
+    time.sleep(0.01)
+    want = {
+        ns: (3, 1005),
+        ns + "-other": (1, 2),
+        ns + "/d/my[dict]": (1, 5),
+    }
+    # Whatever --namespace says: every namespace of the tables. PostgreSQL's are shared with
+    # other tests, so only these are checked; the rows are the library's, in its order.
+    result = kv.ok("namespaces")
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert all(len(row) == 3 for row in rows), rows
+    mine = {name: (int(n), int(size)) for name, n, size in rows if name.startswith(ns)}
+    assert mine == want
+    assert [row[0] for row in rows] == [i.name for i in lib.namespaces()]
+    doc = json.loads(kv.ok("namespaces", "--json").stdout)
+    assert {d["name"]: (d["entries"], d["size"]) for d in doc if d["name"].startswith(ns)} == want
+    assert set(doc[0]) == {"name", "entries", "size"}
+    # on a terminal: a table
+    monkeypatch.setattr("kvstore.cli._stdout_is_terminal", lambda: True)
+    table = kv.ok("namespaces").stdout
+    assert "NAMESPACE" in table and "ENTRIES" in table and "SIZE" in table
+    assert "my[dict]" in table and "1.0 kB" in table and "\t" not in table
+
+
+def test_namespaces_is_a_read(tmp_path: Path) -> None:
+    path = tmp_path / "kv.db"
+    kv = KV(f"sqlite:///{path}", "default")
+    assert_error(kv("namespaces"), 2, f"cannot open database {path}: no such file")
+    assert not path.exists()
+    sqlite3.connect(path).close()
+    assert_error(kv("namespaces", "--json"), 1, f"no kvstore tables (table prefix kv_) in {path}")
+    kvstore.connect(f"sqlite:///{path}").close()
+    assert kv.ok("namespaces").stdout == ""  # tables, but no live entry
+    assert json.loads(kv.ok("namespaces", "--json").stdout) == []
+
+
+def test_namespaces_table_on_a_real_terminal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    with kvstore.connect(url) as s:
+        s.put("k", b"v" * 2000)
+    code, out, err = _run_with_stderr_on_a_terminal(
+        ["--url", url, "namespaces"], tmp_path, terminal="stdout"
+    )
+    assert (code, err) == (0, b"")
+    text = out.decode()
+    assert "NAMESPACE" in text and "default" in text and "2.0 kB" in text and "\t" not in text
+    code, out, err = _run_with_stderr_on_a_terminal(["--url", url, "namespaces"], tmp_path)
+    assert (code, out) == (0, b"default\t1\t2000\n")  # stdout is a pipe here
 
 
 # -- connection, URL, environment, masking ----------------------------------------------------
@@ -1050,13 +1108,17 @@ def test_real_process_piped_output_closed_early(tmp_path: Path) -> None:
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err
 
 
-def _run_with_stderr_on_a_terminal(args: Sequence[str], cwd: Path) -> tuple[int, bytes, bytes]:
-    """Run the CLI with stdout to a pipe and stderr to a pseudo-terminal; (status, out, err)."""
+def _run_with_stderr_on_a_terminal(
+    args: Sequence[str], cwd: Path, terminal: str = "stderr"
+) -> tuple[int, bytes, bytes]:
+    """Run the CLI with stdout to a pipe and stderr to a pseudo-terminal (or the other way
+    round, with ``terminal="stdout"``); (status, out, err)."""
     master, slave = pty.openpty()
+    on_stdout = terminal == "stdout"
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvstore", *args],
-        stdout=subprocess.PIPE,
-        stderr=slave,
+        stdout=slave if on_stdout else subprocess.PIPE,
+        stderr=subprocess.PIPE if on_stdout else slave,
         stdin=subprocess.DEVNULL,
         cwd=cwd,
         env=_clean_env(TERM="xterm-256color", COLUMNS="100"),
@@ -1080,9 +1142,11 @@ def _run_with_stderr_on_a_terminal(args: Sequence[str], cwd: Path) -> tuple[int,
 
     reader = threading.Thread(target=drain)
     reader.start()
-    out, _ = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     reader.join(timeout=10)
     os.close(master)
+    if on_stdout:
+        return proc.returncode, b"".join(chunks), err
     return proc.returncode, out, b"".join(chunks)
 
 
