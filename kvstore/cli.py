@@ -35,6 +35,7 @@ from ._dialect import engine_from_url
 from ._indexing import json_field
 from ._validate import check_key, check_prefix
 from .base import EntryInfo, NamespaceInfo
+from .collections import PersistentDict
 from .errors import (
     DatabaseError,
     DatabaseUnavailableError,
@@ -1071,6 +1072,116 @@ def index_find(
     args = () if value is None else (_index_value(value, as_string),)
     for key in store.find(name, *args, order=order, limit=limit, after=after, **query):
         click.echo(key)
+
+
+# -- persistent dicts ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class DictTarget:
+    """The dict named on the command line (``kvstore dict NAME ...``)."""
+
+    name: str
+
+
+@cli.group(name="dict")
+@click.argument("name")
+@click.pass_context
+def dict_group(ctx: click.Context, name: str) -> None:
+    """Read the persistent dict NAME of the namespace: get a value, list the keys.
+
+    The dict is the library's store.dict(NAME), with str keys. Values are printed as JSON,
+    the default serializer's format (--serializer raw: as the bytes stored). These commands
+    only read: they never create anything.
+    """
+    ctx.obj = DictTarget(name)
+
+
+_serializer_option = click.option(
+    "--serializer",
+    type=click.Choice(["json", "raw"]),
+    default="json",
+    show_default=True,
+    help="How the dict's values were stored: json (store.dict's default) or raw bytes.",
+)
+
+
+def _open_dict(serializer: str) -> PersistentDict:
+    target = click.get_current_context().find_object(DictTarget)
+    assert target is not None  # set by the dict group before its commands run
+    return open_store().dict(target.name, serializer=serializer)
+
+
+def _not_json(d: PersistentDict, exc: ValueError, key: str | None = None) -> CommandError:
+    which = f"the value of {key!r}" if key is not None else "a value"
+    return CommandError(
+        f"{which} in dict {d.name!r} is not JSON ({_one_line(str(exc), 200)}); "
+        "--serializer raw reads it as bytes",
+        EXIT_MISSING,
+    )
+
+
+def _write_text(text: str) -> None:
+    # surrogatepass: JSON text decoded with it (the json serializer's loads) goes back out
+    # byte for byte
+    _stdout().write(text.encode("utf-8", "surrogatepass"))
+
+
+@dict_group.command(name="get")
+@click.argument("key")
+@_serializer_option
+@reads
+def dict_get(key: str, serializer: str) -> None:
+    """Print the value of KEY in the dict, as JSON.
+
+    With --serializer raw, the value's bytes are written as they are, without a newline.
+    Exits with status 1 when KEY is not in the dict.
+    """
+    d = _open_dict(serializer)
+    try:
+        value = d[key]
+    except KeyError:
+        raise CommandError(f"no such key in dict {d.name!r}: {key!r}", EXIT_MISSING) from None
+    except ValueError as exc:
+        raise _not_json(d, exc, key) from exc
+    out = _stdout()
+    if serializer == "raw":
+        out.write(value)
+    else:
+        _write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+@dict_group.command(name="ls")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the whole dict as one JSON object (keys to values), one entry per line.",
+)
+@_serializer_option
+@reads
+def dict_ls(as_json: bool, serializer: str) -> None:
+    """List the dict's keys, one per line, in code-point order."""
+    if as_json and serializer == "raw":
+        raise click.UsageError("--json prints JSON values: it cannot be used with --serializer raw")
+    d = _open_dict(serializer)
+    if not as_json:
+        out = sys.stdout
+        for key in d:
+            out.write(key + "\n")
+        out.flush()
+        return
+    # streamed, entry by entry (a dict may be larger than memory); the opening brace goes out
+    # with the first entry, so a first value that is not JSON prints nothing
+    empty = True
+    try:
+        for key, value in d.items():
+            k, v = json.dumps(key, ensure_ascii=False), json.dumps(value, ensure_ascii=False)
+            _write_text(("{\n  " if empty else ",\n  ") + f"{k}: {v}")
+            empty = False
+    except ValueError as exc:
+        raise _not_json(d, exc) from exc
+    _write_text("{}\n" if empty else "\n}\n")
+    _stdout().flush()
 
 
 # -- database schema (Alembic migrations) ----------------------------------------------------

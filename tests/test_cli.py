@@ -279,7 +279,7 @@ def test_incr(kv: KV, lib: kvstore.Store) -> None:
 @pytest.mark.parametrize(
     ("group", "commands"),
     [
-        ((), ["db", "export", "get", "import", "index", "ls", "namespaces", "purge", "rm"]),
+        ((), ["db", "dict", "export", "get", "import", "index", "ls", "namespaces", "purge"]),
         (("db",), ["check", "current", "upgrade"]),
         (("index",), ["create", "drop", "find", "list", "rebuild"]),
     ],
@@ -469,6 +469,63 @@ def test_url_encoded_and_odd_passwords_are_masked() -> None:
     assert mask_secrets("password pw was rejected", ["pw"]) == "password *** was rejected"
 
 
+# -- dict ----------------------------------------------------------------------------------------
+def test_dict_get_and_ls_read_a_persistent_dict(kv: KV, lib: kvstore.Store) -> None:
+    settings = lib.dict("settings")
+    values: dict[str, Any] = {
+        "theme": {"dark": True, "accent": "Zürich ☃", "sizes": [1, 2.5, None]},
+        "n": 3,
+        "a key with spaces\tand a tab": "text",
+        "ключ": [],
+    }
+    settings.update(values)
+    lib.namespace(lib.namespace_name + "-other").dict("settings")["elsewhere"] = 1
+    for key, value in values.items():
+        result = kv.ok("dict", "settings", "get", key)
+        assert json.loads(result.stdout) == value
+        assert result.stdout.endswith("\n")
+    assert kv.ok("dict", "settings", "get", "theme").stdout == (
+        json.dumps(values["theme"], indent=2, ensure_ascii=False) + "\n"
+    )
+    assert kv.ok("dict", "settings", "ls").stdout == "".join(k + "\n" for k in sorted(values))
+    listing = kv.ok("dict", "settings", "ls", "--json").stdout
+    assert json.loads(listing) == values
+    assert listing.splitlines()[1] == '  "a key with spaces\\tand a tab": "text",'  # one per line
+    assert_error(kv("dict", "settings", "get", "elsewhere"), 1, "no such key in dict 'settings'")
+    # a dict nobody wrote is empty, like a new one in the library
+    assert kv.ok("dict", "nothing", "ls").stdout == ""
+    assert kv.ok("dict", "nothing", "ls", "--json").stdout == "{}\n"
+    assert_error(kv("dict", "nothing", "get", "k"), 1, "no such key in dict 'nothing': 'k'")
+    assert lib.namespaces() == [i for i in lib.namespaces() if "/d/nothing" not in i.name]
+
+
+def test_dict_with_raw_values_and_values_that_are_not_json(kv: KV, lib: kvstore.Store) -> None:
+    blobs = lib.dict("blobs", serializer="raw")
+    blobs["bin"] = ALL_BYTES
+    blobs["text"] = b'{"looks": "like json"}'
+    assert kv.ok("dict", "blobs", "get", "bin", "--serializer", "raw").stdout_bytes == ALL_BYTES
+    assert kv.ok("dict", "blobs", "ls", "--serializer", "raw").stdout == "bin\ntext\n"
+    assert json.loads(kv.ok("dict", "blobs", "get", "text").stdout) == {"looks": "like json"}
+    line = assert_error(kv("dict", "blobs", "get", "bin"), 1, "the value of 'bin' in dict 'blobs'")
+    assert "is not JSON" in line and "--serializer raw" in line
+    result = kv("dict", "blobs", "ls", "--json")
+    assert_error(result, 1, "a value in dict 'blobs' is not JSON")
+    assert result.stdout == ""  # the first value failed: not even the opening brace
+    assert_error(kv("dict", "blobs", "ls", "--json", "--serializer", "raw"), 2, "--json")
+    assert_error(kv("dict", "blobs", "get", "k", "--serializer", "pickle"), 2, "'pickle'")
+
+
+def test_dict_usage(kv: KV) -> None:
+    kv.ok("put", "k", "v")  # the database exists: the errors below are about the arguments
+    result = kv("dict")
+    assert result.exit_code == 2 and result.stderr.startswith("Usage: kvstore dict [OPTIONS] NAME")
+    assert_error(kv("dict", "settings"), 2, "Missing command")
+    assert_error(kv("dict", "settings", "get"), 2, "Missing argument 'KEY'")
+    assert_error(kv("dict", "", "ls"), 2, "collection names")
+    usage = kv.ok("dict", "settings", "get", "--help").stdout
+    assert usage.startswith("Usage: kvstore dict NAME get [OPTIONS] KEY")
+
+
 # -- reads never create anything ----------------------------------------------------------------
 #: Every command that only reads, with arguments; none of them may create a file or a table.
 READS: list[tuple[str, ...]] = [
@@ -482,6 +539,12 @@ READS: list[tuple[str, ...]] = [
     ("index", "list"),
     ("index", "list", "--json"),
     ("index", "find", "by_x", "1"),
+    ("namespaces",),
+    ("namespaces", "--json"),
+    ("dict", "d", "get", "k"),
+    ("dict", "d", "get", "k", "--serializer", "raw"),
+    ("dict", "d", "ls"),
+    ("dict", "d", "ls", "--json"),
 ]
 
 
@@ -1189,17 +1252,22 @@ def test_the_library_never_imports_the_cli() -> None:
 
 # -- docs ------------------------------------------------------------------------------------------
 def _commands(
-    cmd: click.Command, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], click.Command]]:
-    yield path, cmd
+    cmd: click.Command, path: tuple[str, ...] = (), argv: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], tuple[str, ...], click.Command]]:
+    """Every command: its names, the arguments that reach it (a group's own arguments as
+    their placeholders: `dict NAME get`), and the command."""
+    yield path, argv, cmd
     if isinstance(cmd, click.Group):
+        own = tuple(
+            p.human_readable_name for p in cmd.params if isinstance(p, click.Argument) and path
+        )
         for name in sorted(cmd.commands):
-            yield from _commands(cmd.commands[name], (*path, name))
+            yield from _commands(cmd.commands[name], (*path, name), (*argv, *own, name))
 
 
-def _help(path: tuple[str, ...]) -> str:
+def _help(argv: tuple[str, ...]) -> str:
     result = CliRunner().invoke(
-        cli, [*path, "--help"], prog_name="kvstore", terminal_width=100, env={"KVSTORE_URL": None}
+        cli, [*argv, "--help"], prog_name="kvstore", terminal_width=100, env={"KVSTORE_URL": None}
     )
     assert result.exit_code == 0, result.stderr
     return result.stdout
@@ -1211,24 +1279,22 @@ REF_END = "<!-- end of reference -->"
 
 def reference_markdown() -> str:
     parts = [REF_START, ""]
-    for path, _cmd in _commands(cli):
+    for path, argv, _cmd in _commands(cli):
         title = " ".join(("kvstore", *path))
-        parts += [f"### `{title}`", "", "```text", _help(path).rstrip(), "```", ""]
+        parts += [f"### `{title}`", "", "```text", _help(argv).rstrip(), "```", ""]
     parts.append(REF_END)
     return "\n".join(parts)
 
 
 def test_every_command_is_documented() -> None:
     text = DOCS.read_text("utf-8")
-    names = [" ".join(("kvstore", *path)) for path, _ in _commands(cli)]
-    assert len(names) >= 18  # the tree was walked: group, commands and subcommands
+    commands = [(" ".join(("kvstore", *path)), " ".join(argv)) for path, argv, _ in _commands(cli)]
+    assert len(commands) >= 18  # the tree was walked: group, commands and subcommands
     prose = text.split(REF_START)[0]
-    for name in names:
+    for name, spelled in commands:
         assert f"### `{name}`" in text, f"{name} has no reference entry in docs/cli.md"
         # and the hand-written part mentions every command too, not just the generated one
-        assert f"`{name.removeprefix('kvstore ')}" in prose or name == "kvstore", (
-            f"{name} not described in docs/cli.md"
-        )
+        assert f"`{spelled}" in prose or name == "kvstore", f"{name} not described in docs/cli.md"
 
 
 def test_reference_is_current() -> None:
@@ -1263,7 +1329,9 @@ def _example_blocks(text: str) -> list[list[tuple[str, str]]]:
 
 def test_worked_example_in_the_docs_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each ``$ kvstore ...`` line of the docs' console examples runs, in a scratch directory
-    with the default URL, and prints what the docs show (``...`` matches anything)."""
+    with the default URL, and prints what the docs show (``...`` matches anything). So does
+    each ``$ python -c ...`` line (with this interpreter), which sets up what a program would
+    have written (a dict, say)."""
     monkeypatch.chdir(tmp_path)
     blocks = _example_blocks(DOCS.read_text("utf-8"))
     assert blocks, "docs/cli.md has no ```console example"
@@ -1273,6 +1341,13 @@ def test_worked_example_in_the_docs_runs(tmp_path: Path, monkeypatch: pytest.Mon
     for steps in blocks:
         for command, want in steps:
             argv = shlex.split(command)
+            if argv[0] == "python":
+                p = subprocess.run(
+                    [sys.executable, *argv[1:]], capture_output=True, text=True, timeout=60
+                )
+                assert p.returncode == 0, (command, p.stderr)
+                assert checker.check_output(want, p.stdout, doctest.ELLIPSIS), (command, p.stdout)
+                continue
             if argv[0] != "kvstore":
                 continue  # shell commands around the example (cat, printf) are illustration
             stdin = None
