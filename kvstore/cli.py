@@ -6,6 +6,9 @@ stderr (``kvstore: error: ...``, with any password in a database URL masked) and
 status: 0 success, 1 a missing key or index (and ``db check`` differences, and any failure of
 the database or of the data, such as a unique index violation), 2 bad usage (click's usage
 errors, an invalid key, a bad URL, bad JSON). The library never imports this module.
+
+Commands that write open the store with ``create=True``; commands that only read (marked
+with :func:`reads`) open it with ``create=False`` and create nothing, not even a SQLite file.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from .errors import (
     DatabaseUnavailableError,
     InvalidKeyError,
     KVStoreError,
+    LockTimeoutError,
     NotFoundError,
+    StorageFullError,
     UnknownIndexError,
 )
 from .store import Store, Transaction, connect
@@ -322,6 +327,8 @@ def reads(command: Callable[P, R]) -> Callable[P, R]:
             raise CommandError(
                 f"cannot open database {masked_url(s.url)}: {_database_error(exc)}", EXIT_USAGE
             ) from exc
+        except (LockTimeoutError, StorageFullError):
+            raise  # about the database's state, not its tables: inspecting it could only wait
         except DatabaseError as exc:
             message = missing_tables_message(s.url, s.table_prefix)
             if message is None:

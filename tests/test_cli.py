@@ -469,6 +469,23 @@ def test_url_encoded_and_odd_passwords_are_masked() -> None:
     assert mask_secrets("password pw was rejected", ["pw"]) == "password *** was rejected"
 
 
+def test_a_read_that_waited_for_a_lock_is_not_taken_for_missing_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kv = KV(f"sqlite:///{tmp_path / 'kv.db'}", "default")
+    kv.ok("put", "k", "v")
+
+    def locked(*args: Any, **kwargs: Any) -> None:
+        raise kvstore.LockTimeoutError("gave up waiting for a lock held by another transaction")
+
+    def inspected(*args: Any) -> None:
+        raise AssertionError("the tables were inspected")
+
+    monkeypatch.setattr(kvstore.Store, "get_file", locked)
+    monkeypatch.setattr("kvstore.cli.missing_tables_message", inspected)
+    assert_error(kv("get", "k"), 1, "database error: gave up waiting for a lock")
+
+
 # -- dict ----------------------------------------------------------------------------------------
 def test_dict_get_and_ls_read_a_persistent_dict(kv: KV, lib: kvstore.Store) -> None:
     settings = lib.dict("settings")
