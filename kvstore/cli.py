@@ -6,6 +6,9 @@ stderr (``kvstore: error: ...``, with any password in a database URL masked) and
 status: 0 success, 1 a missing key or index (and ``db check`` differences, and any failure of
 the database or of the data, such as a unique index violation), 2 bad usage (click's usage
 errors, an invalid key, a bad URL, bad JSON). The library never imports this module.
+
+Commands that write open the store with ``create=True``; commands that only read (marked
+with :func:`reads`) open it with ``create=False`` and create nothing, not even a SQLite file.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -22,21 +26,27 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 import click
+import sqlalchemy
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 
 from . import __version__, migrations, transfer
 from ._dialect import engine_from_url
 from ._indexing import json_field
 from ._validate import check_key, check_prefix
-from .base import EntryInfo
+from .base import EntryInfo, NamespaceInfo
+from .collections import PersistentDict
 from .errors import (
     DatabaseError,
+    DatabaseUnavailableError,
     InvalidKeyError,
     KVStoreError,
+    LockTimeoutError,
     NotFoundError,
+    StorageFullError,
     UnknownIndexError,
 )
 from .store import Store, Transaction, connect
@@ -49,6 +59,9 @@ PROGRESS_THRESHOLD = 1000
 IMPORT_BATCH = transfer.DEFAULT_BATCH_SIZE
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE = 0, 1, 2
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # ``scheme://user:password@host``: the password is whatever lies between the user's colon and
 # the last ``@`` before the host, so a password containing ``@`` or ``:`` is masked whole.
@@ -175,6 +188,11 @@ class KVStoreGroup(click.Group):
             code = 1
         except click.exceptions.Exit as exc:
             code = exc.exit_code
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # `kvstore`, `kvstore db`, `kvstore index` alone: click's convention, the group's
+            # whole help on stderr and the usage status, not squeezed into one error line.
+            exc.show()
+            code = exc.exit_code
         except (Exception, KeyboardInterrupt) as exc:
             code, message = classify(exc)
             line = _one_line(mask_secrets(message, _secrets(argv)))
@@ -192,6 +210,8 @@ class Settings:
     namespace: str
     table_prefix: str
     store: Store | None = None
+    #: set by @reads: open the store without creating anything
+    read_only: bool = False
 
 
 def _settings() -> Settings:
@@ -205,15 +225,126 @@ def masked_url(url: str) -> str:
 
 
 def open_store() -> Store:
-    """The store for this invocation (tables created if missing), closed when it ends."""
+    """The store for this invocation, closed when it ends. A write command creates kvstore's
+    tables (and a SQLite file) when they are missing; a read command (see :func:`reads`)
+    creates nothing: a missing SQLite file is an error before anything is opened."""
     s = _settings()
     if s.store is None:
+        if s.read_only:
+            require_database_file(s.url)
         with _connecting(s.url):
             s.store = connect(
-                s.url, namespace=s.namespace, table_prefix=s.table_prefix, create=True
+                s.url,
+                namespace=s.namespace,
+                table_prefix=s.table_prefix,
+                create=not s.read_only,
             )
         click.get_current_context().call_on_close(s.store.close)
     return s.store
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names, as the user wrote it (relative paths stay relative);
+    ``None`` for other databases, in-memory ones and SQLite URIs that never create a file
+    (``mode=ro``/``rw``/``memory``). An unparseable URL is also ``None``: connecting reports it."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    name = parsed.database or ""
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1", "yes", "on"):
+        # sqlite:///file:data.db?mode=ro&uri=true: the rest of the query goes to SQLite
+        if parsed.query.get("mode") in ("ro", "rw", "memory"):
+            return None
+        from urllib.parse import unquote
+
+        name = name.removeprefix("file:")
+        if name.startswith("//"):  # file://localhost/abs/path or file:///abs/path
+            name = name[name.find("/", 2) :] if "/" in name[2:] else ""
+        name = unquote(name)
+    if name in ("", ":memory:"):
+        return None
+    return name
+
+
+def require_database_file(url: str) -> None:
+    """Refuse a SQLite URL whose file does not exist (sqlite3 would create it on opening)."""
+    path = sqlite_file(url)
+    if path is None or os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise CommandError(f"cannot open database {path}: it is a directory", EXIT_USAGE)
+    raise CommandError(
+        f"cannot open database {path}: no such file; nothing was created (a write such as "
+        "`kvstore put`, or `kvstore db upgrade`, creates it)",
+        EXIT_USAGE,
+    )
+
+
+def database_name(url: str) -> str:
+    """How messages name the database: a SQLite file's path as given, else the URL with its
+    password masked."""
+    return sqlite_file(url) or masked_url(url)
+
+
+def missing_tables_message(url: str, table_prefix: str) -> str | None:
+    """Why a read failed when kvstore's tables are not all there (none, or some), asked of
+    the database itself; ``None`` when they are all there, so the failure was something else.
+    A database that cannot even be inspected is reported as one that cannot be opened."""
+    wanted = migrations.table_names(table_prefix) - {migrations.version_table(table_prefix)}
+    with _engine(create=False) as engine, _connecting(url):
+        present = set(sqlalchemy.inspect(engine).get_table_names())
+    missing = wanted - present
+    where = database_name(url)
+    if missing == wanted:
+        return (
+            f"no kvstore tables (table prefix {table_prefix}) in {where}; run `kvstore db "
+            "upgrade` or write something first"
+        )
+    if missing:
+        return (
+            f"kvstore's tables in {where} are incomplete (no {', '.join(sorted(missing))}); "
+            "run `kvstore db upgrade`"
+        )
+    return None
+
+
+def reads(command: Callable[P, R]) -> Callable[P, R]:
+    """Mark a command as read-only: it opens the store with ``create=False`` (and refuses a
+    missing SQLite file), and a failure caused by missing tables says so, with status 1,
+    instead of showing the driver's "no such table". A database that cannot be reached is a
+    usage error (status 2), as it is for the commands that open with ``create=True``."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        s = _settings()
+        s.read_only = True
+        try:
+            return command(*args, **kwargs)
+        except DatabaseUnavailableError as exc:
+            raise CommandError(
+                f"cannot open database {masked_url(s.url)}: {_database_error(exc)}", EXIT_USAGE
+            ) from exc
+        except (LockTimeoutError, StorageFullError):
+            raise  # about the database's state, not its tables: inspecting it could only wait
+        except DatabaseError as exc:
+            message = missing_tables_message(s.url, s.table_prefix)
+            if message is None:
+                raise
+            raise CommandError(message, EXIT_MISSING) from exc
+        except Exception as exc:
+            # With create=False the first connection is made by the first read, and a
+            # failure to make it reaches here as the driver's own exception.
+            if _is_driver_error(exc):
+                raise CommandError(
+                    f"cannot open database {masked_url(s.url)}: {_database_error(exc)}",
+                    EXIT_USAGE,
+                ) from exc
+            raise
+
+    return run
 
 
 @contextlib.contextmanager
@@ -251,6 +382,13 @@ def _stdin() -> IO[bytes]:
 def _stderr_is_terminal() -> bool:
     try:
         return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
     except (AttributeError, ValueError):
         return False
 
@@ -413,6 +551,7 @@ def put(
     help="Write the value to this file instead of standard output (streamed; the file is "
     "replaced only once the whole value is written).",
 )
+@reads
 def get(key: str, output: str | None) -> None:
     """Write the value of KEY to standard output, as raw bytes.
 
@@ -424,13 +563,18 @@ def get(key: str, output: str | None) -> None:
         store.get_file(key, out)
         out.flush()
         return
-    _write_atomically(Path(output), lambda f: store.get_file(key, f))
+    _write_atomically(output, lambda f: store.get_file(key, f))
 
 
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+def _write_atomically(target: str, write: Callable[[IO[bytes]], object]) -> None:
     # A temporary file beside the target, renamed over it at the end: a failure half-way
     # (missing key, lost connection) never leaves a truncated file where a good one was.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Errors name the target as the user wrote it, never the temporary file.
+    path = Path(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # no such directory, not a directory, not writable
+        raise CommandError(f"cannot write {target}: {exc.strerror or exc}", EXIT_USAGE) from exc
     try:
         # mkstemp makes the file private (0600); give it the mode `> FILE` would have: the
         # replaced file's, or the umask's default for a new one.
@@ -444,9 +588,12 @@ def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, KVStoreError):
+            # the disk filled up, the target became a directory, ...
+            raise CommandError(f"cannot write {target}: {exc.strerror or exc}") from exc
         raise
 
 
@@ -482,6 +629,7 @@ def rm(keys: tuple[str, ...], force: bool) -> None:
     is_flag=True,
     help="Also show size (bytes), version, updated_at and expires_at (UTC).",
 )
+@reads
 def ls(prefix: str, long_: bool) -> None:
     """List keys (starting with PREFIX), one per line, sorted.
 
@@ -508,6 +656,7 @@ def ls(prefix: str, long_: bool) -> None:
 
 @cli.command()
 @click.argument("key", callback=_key_param)
+@reads
 def stat(key: str) -> None:
     """Show the details of KEY as JSON.
 
@@ -530,6 +679,58 @@ def incr(key: str, delta: int, initial: int) -> None:
     Atomic under concurrency. A missing key starts at --initial.
     """
     click.echo(str(open_store().incr(key, delta, initial)))
+
+
+@cli.command()
+def purge() -> None:
+    """Delete the namespace's expired entries, and say how many on stderr.
+
+    Expired entries are invisible already (get, ls and export skip them); purging gives their
+    space back. Only the namespace's own keys: not those of its collections and caches, which
+    live in namespaces of their own.
+    """
+    n = open_store().purge_expired()
+    click.echo(f"kvstore: deleted {_plural(n, 'expired entry', 'expired entries')}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead.")
+@reads
+def namespaces(as_json: bool) -> None:
+    """List the namespaces that hold live entries, with entry count and size.
+
+    Every namespace of the tables, whatever --namespace says, the derived namespaces of
+    collections and caches (NAMESPACE/d/NAME, ...) included; size is the bytes of the values.
+    On a terminal this is a table; otherwise one line per namespace, sorted: name, entries
+    and size, separated by tabs. Reads every entry (one aggregate query).
+    """
+    infos = open_store().namespaces()
+    if as_json:
+        rows = [dataclasses.asdict(i) for i in infos]
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif _stdout_is_terminal():
+        _print_namespace_table(infos)
+    else:
+        out = sys.stdout
+        for i in infos:
+            out.write(f"{i.name}\t{i.entries}\t{i.size}\n")
+        out.flush()
+
+
+def _print_namespace_table(infos: Sequence[NamespaceInfo]) -> None:
+    from rich.console import Console
+    from rich.filesize import decimal
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table()
+    table.add_column("NAMESPACE")
+    table.add_column("ENTRIES", justify="right")
+    table.add_column("SIZE", justify="right")
+    for i in infos:
+        # Text, not a str: a name may hold [brackets], which rich would read as markup
+        table.add_row(Text(i.name), f"{i.entries:,}", decimal(i.size))
+    Console(file=sys.stdout, highlight=False).print(table)
 
 
 # -- import / export ---------------------------------------------------------------------------
@@ -701,6 +902,7 @@ def _plural(n: int, one: str, many: str) -> str:
     "--prefix", default="", callback=_prefix_param, help="Only keys starting with PREFIX."
 )
 @_progress_option
+@reads
 def export(file: str, prefix: str, progress: bool | None) -> None:
     """Write entries as JSON Lines to FILE ('-' or omitted: standard output).
 
@@ -721,7 +923,7 @@ def export(file: str, prefix: str, progress: bool | None) -> None:
         write(out)
         out.flush()
     else:
-        _write_atomically(Path(file), write)
+        _write_atomically(file, write)
 
 
 # -- indexes -------------------------------------------------------------------------------------
@@ -737,6 +939,7 @@ def index() -> None:
 
 @index.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@reads
 def index_list(as_json: bool) -> None:
     """List the namespace's indexes: name, kind, definition, unique."""
     infos = open_store().indexes()
@@ -843,6 +1046,7 @@ def _index_value(text: str | None, as_string: bool) -> Any:
 @click.option(
     "--after", metavar="KEY", help="Continue after KEY, the last key of the previous page."
 )
+@reads
 def index_find(
     name: str,
     value: str | None,
@@ -877,6 +1081,116 @@ def index_find(
         click.echo(key)
 
 
+# -- persistent dicts ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class DictTarget:
+    """The dict named on the command line (``kvstore dict NAME ...``)."""
+
+    name: str
+
+
+@cli.group(name="dict")
+@click.argument("name")
+@click.pass_context
+def dict_group(ctx: click.Context, name: str) -> None:
+    """Read the persistent dict NAME of the namespace: get a value, list the keys.
+
+    The dict is the library's store.dict(NAME), with str keys. Values are printed as JSON,
+    the default serializer's format (--serializer raw: as the bytes stored). These commands
+    only read: they never create anything.
+    """
+    ctx.obj = DictTarget(name)
+
+
+_serializer_option = click.option(
+    "--serializer",
+    type=click.Choice(["json", "raw"]),
+    default="json",
+    show_default=True,
+    help="How the dict's values were stored: json (store.dict's default) or raw bytes.",
+)
+
+
+def _open_dict(serializer: str) -> PersistentDict:
+    target = click.get_current_context().find_object(DictTarget)
+    assert target is not None  # set by the dict group before its commands run
+    return open_store().dict(target.name, serializer=serializer)
+
+
+def _not_json(d: PersistentDict, exc: ValueError, key: str | None = None) -> CommandError:
+    which = f"the value of {key!r}" if key is not None else "a value"
+    return CommandError(
+        f"{which} in dict {d.name!r} is not JSON ({_one_line(str(exc), 200)}); "
+        "--serializer raw reads it as bytes",
+        EXIT_MISSING,
+    )
+
+
+def _write_text(text: str) -> None:
+    # surrogatepass: JSON text decoded with it (the json serializer's loads) goes back out
+    # byte for byte
+    _stdout().write(text.encode("utf-8", "surrogatepass"))
+
+
+@dict_group.command(name="get")
+@click.argument("key")
+@_serializer_option
+@reads
+def dict_get(key: str, serializer: str) -> None:
+    """Print the value of KEY in the dict, as JSON.
+
+    With --serializer raw, the value's bytes are written as they are, without a newline.
+    Exits with status 1 when KEY is not in the dict.
+    """
+    d = _open_dict(serializer)
+    try:
+        value = d[key]
+    except KeyError:
+        raise CommandError(f"no such key in dict {d.name!r}: {key!r}", EXIT_MISSING) from None
+    except ValueError as exc:
+        raise _not_json(d, exc, key) from exc
+    out = _stdout()
+    if serializer == "raw":
+        out.write(value)
+    else:
+        _write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+@dict_group.command(name="ls")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the whole dict as one JSON object (keys to values), one entry per line.",
+)
+@_serializer_option
+@reads
+def dict_ls(as_json: bool, serializer: str) -> None:
+    """List the dict's keys, one per line, in code-point order."""
+    if as_json and serializer == "raw":
+        raise click.UsageError("--json prints JSON values: it cannot be used with --serializer raw")
+    d = _open_dict(serializer)
+    if not as_json:
+        out = sys.stdout
+        for key in d:
+            out.write(key + "\n")
+        out.flush()
+        return
+    # streamed, entry by entry (a dict may be larger than memory); the opening brace goes out
+    # with the first entry, so a first value that is not JSON prints nothing
+    empty = True
+    try:
+        for key, value in d.items():
+            k, v = json.dumps(key, ensure_ascii=False), json.dumps(value, ensure_ascii=False)
+            _write_text(("{\n  " if empty else ",\n  ") + f"{k}: {v}")
+            empty = False
+    except ValueError as exc:
+        raise _not_json(d, exc) from exc
+    _write_text("{}\n" if empty else "\n}\n")
+    _stdout().flush()
+
+
 # -- database schema (Alembic migrations) ----------------------------------------------------
 @cli.group()
 def db() -> None:
@@ -887,10 +1201,13 @@ def db() -> None:
 
 
 @contextlib.contextmanager
-def _engine() -> Iterator[Any]:
+def _engine(*, create: bool) -> Iterator[Any]:
     """An engine on --url whose database has answered once (so a bad URL is a usage error
-    and not a migration failure), disposed at the end."""
+    and not a migration failure), disposed at the end. Without ``create``, a missing SQLite
+    file is an error rather than created by connecting."""
     url = _settings().url
+    if not create:
+        require_database_file(url)
     with _connecting(url):
         engine = engine_from_url(url, {})
     try:
@@ -906,7 +1223,7 @@ def _engine() -> Iterator[Any]:
 def db_upgrade(revision: str) -> None:
     """Apply kvstore's migrations up to REVISION (default: head)."""
     s = _settings()
-    with _engine() as engine:
+    with _engine(create=True) as engine:
         migrations.upgrade(engine, revision, table_prefix=s.table_prefix)
         now = migrations.current(engine, table_prefix=s.table_prefix)
     click.echo(f"kvstore: database at revision {now}", err=True)
@@ -916,7 +1233,7 @@ def db_upgrade(revision: str) -> None:
 def db_current() -> None:
     """Print the database's kvstore schema revision (nothing if never migrated)."""
     s = _settings()
-    with _engine() as engine:
+    with _engine(create=False) as engine:
         rev = migrations.current(engine, table_prefix=s.table_prefix)
     if rev is None:
         click.echo("kvstore: no kvstore migration has been applied to this database", err=True)
@@ -931,7 +1248,7 @@ def db_check() -> None:
     Prints each difference and exits with status 1 if there are any.
     """
     s = _settings()
-    with _engine() as engine:
+    with _engine(create=False) as engine:
         diffs = migrations.check(engine, table_prefix=s.table_prefix)
     if diffs:
         for d in diffs:

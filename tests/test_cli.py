@@ -17,9 +17,11 @@ import pty
 import re
 import select
 import shlex
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,10 +29,11 @@ from typing import Any
 
 import click
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 import kvstore
-from kvstore.cli import cli, mask_secrets
+from kvstore.cli import cli, mask_secrets, sqlite_file
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "cli.md"
@@ -114,8 +117,6 @@ def test_get_missing_key_exits_1(kv: KV, lib: kvstore.Store) -> None:
     assert_error(result, 1, "no such key: 'nope'")
     assert result.stdout_bytes == b""
     lib.put("short-lived", b"x", ttl_secs=0.001)
-    import time
-
     time.sleep(0.01)
     assert_error(kv("get", "short-lived"), 1, "no such key")
     assert_error(kv("stat", "nope"), 1, "no such key: 'nope'")
@@ -274,6 +275,126 @@ def test_incr(kv: KV, lib: kvstore.Store) -> None:
     assert_error(kv("incr", "n", "1.5"), 2, "DELTA")
 
 
+# -- groups without a command ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("group", "commands"),
+    [
+        ((), ["db", "dict", "export", "get", "import", "index", "ls", "namespaces", "purge"]),
+        (("db",), ["check", "current", "upgrade"]),
+        (("index",), ["create", "drop", "find", "list", "rebuild"]),
+    ],
+)
+def test_a_group_without_a_command_prints_its_help(
+    group: tuple[str, ...], commands: list[str], tmp_path: Path
+) -> None:
+    """click's convention: the group's whole help (not one error line) on stderr, status 2."""
+    env: dict[str, str | None] = {"KVSTORE_URL": f"sqlite:///{tmp_path / 'never.db'}"}
+    result = CliRunner().invoke(cli, list(group), prog_name="kvstore", env=env)
+    assert result.exit_code == 2, result.stderr
+    assert result.stdout == ""
+    help_text = result.stderr
+    assert help_text.startswith(f"Usage: {' '.join(('kvstore', *group))} [OPTIONS] COMMAND")
+    assert "kvstore: error" not in help_text
+    assert help_text == CliRunner().invoke(cli, [*group, "--help"], prog_name="kvstore").stdout
+    listed = help_text.split("\nCommands:\n", 1)[1]
+    for c in commands:
+        assert re.search(rf"^  {re.escape(c)}\s", listed, re.M), (c, listed)
+    # options but no command is an ordinary usage error, as click has it
+    result = CliRunner().invoke(cli, ["--namespace", "x", *group], prog_name="kvstore", env=env)
+    if group:
+        assert result.exit_code == 2 and result.stderr.startswith("Usage: ")
+    else:
+        assert_error(result, 2, "Missing command")
+    assert not (tmp_path / "never.db").exists()
+
+
+def test_purge_deletes_expired_entries_and_says_how_many(kv: KV, lib: kvstore.Store) -> None:
+    result = kv.ok("purge")
+    assert (result.stdout, result.stderr) == ("", "kvstore: deleted 0 expired entries\n")
+    lib.put_many({f"gone-{i}": b"x" for i in range(3)}, ttl_secs=0.001)
+    lib.put("stays", b"y", ttl_secs=3600)
+    lib.put("forever", b"z")
+    other = lib.namespace(lib.namespace_name + "-other")
+    other.put("gone-too", b"x", ttl_secs=0.001)
+    time.sleep(0.01)
+    result = kv.ok("purge")
+    assert (result.stdout, result.stderr) == ("", "kvstore: deleted 3 expired entries\n")
+    assert sorted(lib.keys()) == ["forever", "stays"]
+    assert other.purge_expired() == 1  # another namespace's were left alone
+    lib.put("one", b"x", ttl_secs=0.001)
+    time.sleep(0.01)
+    assert kv.ok("purge").stderr == "kvstore: deleted 1 expired entry\n"
+
+
+def test_purge_is_a_write_and_creates_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    assert (
+        KV(f"sqlite:///{path}", "default")
+        .ok("purge")
+        .stderr.endswith("deleted 0 expired entries\n")
+    )
+    with kvstore.connect(f"sqlite:///{path}", create=False) as s:
+        assert s.keys() == []
+
+
+def test_namespaces_lists_every_namespace_with_counts_and_sizes(
+    kv: KV, lib: kvstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = lib.namespace_name
+    lib.put_many({"a": b"12345", "b": b"", "c": b"x" * 1000})
+    lib.put("expired", b"gone", ttl_secs=0.001)
+    lib.namespace(ns + "-other").put("k", b"vv")
+    lib.dict("my[dict]")["key"] = [1, 2]  # derived namespace; [brackets] are not rich markup
+    time.sleep(0.01)
+    want = {
+        ns: (3, 1005),
+        ns + "-other": (1, 2),
+        ns + "/d/my[dict]": (1, 5),
+    }
+    # Whatever --namespace says: every namespace of the tables. PostgreSQL's are shared with
+    # other tests, so only these are checked; the rows are the library's, in its order.
+    result = kv.ok("namespaces")
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert all(len(row) == 3 for row in rows), rows
+    mine = {name: (int(n), int(size)) for name, n, size in rows if name.startswith(ns)}
+    assert mine == want
+    assert [row[0] for row in rows] == [i.name for i in lib.namespaces()]
+    doc = json.loads(kv.ok("namespaces", "--json").stdout)
+    assert {d["name"]: (d["entries"], d["size"]) for d in doc if d["name"].startswith(ns)} == want
+    assert set(doc[0]) == {"name", "entries", "size"}
+    # on a terminal: a table
+    monkeypatch.setattr("kvstore.cli._stdout_is_terminal", lambda: True)
+    table = kv.ok("namespaces").stdout
+    assert "NAMESPACE" in table and "ENTRIES" in table and "SIZE" in table
+    assert "my[dict]" in table and "1.0 kB" in table and "\t" not in table
+
+
+def test_namespaces_is_a_read(tmp_path: Path) -> None:
+    path = tmp_path / "kv.db"
+    kv = KV(f"sqlite:///{path}", "default")
+    assert_error(kv("namespaces"), 2, f"cannot open database {path}: no such file")
+    assert not path.exists()
+    sqlite3.connect(path).close()
+    assert_error(kv("namespaces", "--json"), 1, f"no kvstore tables (table prefix kv_) in {path}")
+    kvstore.connect(f"sqlite:///{path}").close()
+    assert kv.ok("namespaces").stdout == ""  # tables, but no live entry
+    assert json.loads(kv.ok("namespaces", "--json").stdout) == []
+
+
+def test_namespaces_table_on_a_real_terminal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    with kvstore.connect(url) as s:
+        s.put("k", b"v" * 2000)
+    code, out, err = _run_with_stderr_on_a_terminal(
+        ["--url", url, "namespaces"], tmp_path, terminal="stdout"
+    )
+    assert (code, err) == (0, b"")
+    text = out.decode()
+    assert "NAMESPACE" in text and "default" in text and "2.0 kB" in text and "\t" not in text
+    code, out, err = _run_with_stderr_on_a_terminal(["--url", url, "namespaces"], tmp_path)
+    assert (code, out) == (0, b"default\t1\t2000\n")  # stdout is a pipe here
+
+
 # -- connection, URL, environment, masking ----------------------------------------------------
 def test_url_from_environment_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()
@@ -292,6 +413,7 @@ def test_url_from_environment_and_default(tmp_path: Path, monkeypatch: pytest.Mo
         assert s.get("k") == b"default"
     # --url wins over the environment
     other = tmp_path / "other.db"
+    kvstore.connect(f"sqlite:///{other}").close()
     result = runner.invoke(
         cli, ["--url", f"sqlite:///{other}", "get", "k"], env={"KVSTORE_URL": f"sqlite:///{env_db}"}
     )
@@ -345,6 +467,199 @@ def test_url_encoded_and_odd_passwords_are_masked() -> None:
         assert "***" in line
     assert mask_secrets("x postgresql://u:pw@h/db y", ["pw"]) == "x postgresql://u:***@h/db y"
     assert mask_secrets("password pw was rejected", ["pw"]) == "password *** was rejected"
+
+
+def test_a_read_that_waited_for_a_lock_is_not_taken_for_missing_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kv = KV(f"sqlite:///{tmp_path / 'kv.db'}", "default")
+    kv.ok("put", "k", "v")
+
+    def locked(*args: Any, **kwargs: Any) -> None:
+        raise kvstore.LockTimeoutError("gave up waiting for a lock held by another transaction")
+
+    def inspected(*args: Any) -> None:
+        raise AssertionError("the tables were inspected")
+
+    monkeypatch.setattr(kvstore.Store, "get_file", locked)
+    monkeypatch.setattr("kvstore.cli.missing_tables_message", inspected)
+    assert_error(kv("get", "k"), 1, "database error: gave up waiting for a lock")
+
+
+# -- dict ----------------------------------------------------------------------------------------
+def test_dict_get_and_ls_read_a_persistent_dict(kv: KV, lib: kvstore.Store) -> None:
+    settings = lib.dict("settings")
+    values: dict[str, Any] = {
+        "theme": {"dark": True, "accent": "Zürich ☃", "sizes": [1, 2.5, None]},
+        "n": 3,
+        "a key with spaces\tand a tab": "text",
+        "ключ": [],
+    }
+    settings.update(values)
+    lib.namespace(lib.namespace_name + "-other").dict("settings")["elsewhere"] = 1
+    for key, value in values.items():
+        result = kv.ok("dict", "settings", "get", key)
+        assert json.loads(result.stdout) == value
+        assert result.stdout.endswith("\n")
+    assert kv.ok("dict", "settings", "get", "theme").stdout == (
+        json.dumps(values["theme"], indent=2, ensure_ascii=False) + "\n"
+    )
+    assert kv.ok("dict", "settings", "ls").stdout == "".join(k + "\n" for k in sorted(values))
+    listing = kv.ok("dict", "settings", "ls", "--json").stdout
+    assert json.loads(listing) == values
+    assert listing.splitlines()[1] == '  "a key with spaces\\tand a tab": "text",'  # one per line
+    assert_error(kv("dict", "settings", "get", "elsewhere"), 1, "no such key in dict 'settings'")
+    # a dict nobody wrote is empty, like a new one in the library
+    assert kv.ok("dict", "nothing", "ls").stdout == ""
+    assert kv.ok("dict", "nothing", "ls", "--json").stdout == "{}\n"
+    assert_error(kv("dict", "nothing", "get", "k"), 1, "no such key in dict 'nothing': 'k'")
+    assert lib.namespaces() == [i for i in lib.namespaces() if "/d/nothing" not in i.name]
+
+
+def test_dict_with_raw_values_and_values_that_are_not_json(kv: KV, lib: kvstore.Store) -> None:
+    blobs = lib.dict("blobs", serializer="raw")
+    blobs["bin"] = ALL_BYTES
+    blobs["text"] = b'{"looks": "like json"}'
+    assert kv.ok("dict", "blobs", "get", "bin", "--serializer", "raw").stdout_bytes == ALL_BYTES
+    assert kv.ok("dict", "blobs", "ls", "--serializer", "raw").stdout == "bin\ntext\n"
+    assert json.loads(kv.ok("dict", "blobs", "get", "text").stdout) == {"looks": "like json"}
+    line = assert_error(kv("dict", "blobs", "get", "bin"), 1, "the value of 'bin' in dict 'blobs'")
+    assert "is not JSON" in line and "--serializer raw" in line
+    result = kv("dict", "blobs", "ls", "--json")
+    assert_error(result, 1, "a value in dict 'blobs' is not JSON")
+    assert result.stdout == ""  # the first value failed: not even the opening brace
+    assert_error(kv("dict", "blobs", "ls", "--json", "--serializer", "raw"), 2, "--json")
+    assert_error(kv("dict", "blobs", "get", "k", "--serializer", "pickle"), 2, "'pickle'")
+
+
+def test_dict_usage(kv: KV) -> None:
+    kv.ok("put", "k", "v")  # the database exists: the errors below are about the arguments
+    result = kv("dict")
+    assert result.exit_code == 2 and result.stderr.startswith("Usage: kvstore dict [OPTIONS] NAME")
+    assert_error(kv("dict", "settings"), 2, "Missing command")
+    assert_error(kv("dict", "settings", "get"), 2, "Missing argument 'KEY'")
+    assert_error(kv("dict", "", "ls"), 2, "collection names")
+    usage = kv.ok("dict", "settings", "get", "--help").stdout
+    assert usage.startswith("Usage: kvstore dict NAME get [OPTIONS] KEY")
+
+
+# -- reads never create anything ----------------------------------------------------------------
+#: Every command that only reads, with arguments; none of them may create a file or a table.
+READS: list[tuple[str, ...]] = [
+    ("get", "k"),
+    ("get", "k", "--output", "out.bin"),
+    ("ls",),
+    ("ls", "--long", "p"),
+    ("stat", "k"),
+    ("export",),
+    ("export", "out.jsonl"),
+    ("index", "list"),
+    ("index", "list", "--json"),
+    ("index", "find", "by_x", "1"),
+    ("namespaces",),
+    ("namespaces", "--json"),
+    ("dict", "d", "get", "k"),
+    ("dict", "d", "get", "k", "--serializer", "raw"),
+    ("dict", "d", "ls"),
+    ("dict", "d", "ls", "--json"),
+]
+
+
+def test_reads_never_create_a_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for args in [*READS, ("db", "current"), ("db", "check")]:
+        # the path the user wrote, relative, is the one the error names
+        result = runner.invoke(cli, ["--url", "sqlite:///typo.db", *args])
+        line = assert_error(result, 2, "cannot open database typo.db: no such file")
+        assert "nothing was created" in line and str(tmp_path) not in line
+        assert result.stdout == ""
+        assert sorted(os.listdir(tmp_path)) == [], args
+    # the same through $KVSTORE_URL, an absolute path, and a SQLite URI filename
+    result = runner.invoke(cli, ["ls"], env={"KVSTORE_URL": f"sqlite:///{tmp_path}/a/b.db"})
+    assert_error(result, 2, f"cannot open database {tmp_path}/a/b.db: no such file")
+    result = runner.invoke(cli, ["--url", "sqlite:///file:typo.db?uri=true", "ls"])
+    assert_error(result, 2, "cannot open database typo.db: no such file")
+    result = runner.invoke(cli, ["--url", "sqlite:///file:typo.db?mode=ro&uri=true", "ls"])
+    assert_error(result, 2, "cannot open database")  # SQLite's own refusal: mode=ro
+    assert_error(runner.invoke(cli, ["--url", f"sqlite:///{tmp_path}", "ls"]), 2, "a directory")
+    assert sorted(os.listdir(tmp_path)) == []
+    # a write creates the file and its tables, as ever
+    runner.invoke(cli, ["--url", "sqlite:///typo.db", "put", "k", "v"])
+    assert runner.invoke(cli, ["--url", "sqlite:///typo.db", "get", "k"]).stdout == "v"
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///rel/x.db", "rel/x.db"),
+        ("sqlite:////abs/x.db", "/abs/x.db"),
+        ("sqlite+pysqlite:///x.db", "x.db"),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("sqlite:///file:x%20y.db?uri=true", "x y.db"),
+        ("sqlite:///file:///abs/x.db?uri=true", "/abs/x.db"),
+        ("sqlite:///file:x.db?mode=rw&uri=true", None),
+        ("sqlite:///file::memory:?uri=true", None),
+        ("postgresql://u:p@h/db", None),
+        ("garbage", None),
+    ],
+)
+def test_sqlite_file_of_a_url(url: str, path: str | None) -> None:
+    assert sqlite_file(url) == path
+
+
+def _no_tables(url: str, prefix: str) -> bool:
+    engine = sa.create_engine(url)
+    try:
+        return not [t for t in sa.inspect(engine).get_table_names() if t.startswith(prefix)]
+    finally:
+        engine.dispose()
+
+
+def test_reads_on_a_database_without_kvstore_tables(
+    shared_backend: Any, fresh_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty PostgreSQL database (a table prefix no one used), or a SQLite file of someone
+    else's tables: a read says there are no kvstore tables, status 1, and creates none."""
+    cwd = tmp_path / "cwd"  # where --output files would land
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    url = shared_backend.url
+    path = sqlite_file(url)
+    if path is not None:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE app_users (id INTEGER PRIMARY KEY)")
+    where = path or url
+    kv = KV(url, shared_backend.namespace, table_prefix=fresh_prefix)
+    for args in READS:
+        result = kv(*args)
+        assert_error(
+            result,
+            1,
+            f"no kvstore tables (table prefix {fresh_prefix}) in {where}; run `kvstore db upgrade`",
+        )
+        assert result.stdout == ""
+        assert not os.listdir(cwd)  # no --output file, no temporary file left
+    assert _no_tables(url, fresh_prefix)
+    assert kv.ok("db", "current").stdout == ""
+    assert _no_tables(url, fresh_prefix)
+    # a write creates the tables; then the reads work
+    kv.ok("put", "k", "v")
+    assert kv.ok("get", "k").stdout == "v"
+    assert kv.ok("ls").stdout == "k\n"
+
+
+def test_a_read_names_missing_tables_when_some_are_there(tmp_path: Path) -> None:
+    path = tmp_path / "partial.db"
+    kvstore.connect(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE kv_entries")
+    kv = KV(f"sqlite:///{path}", "default")
+    assert_error(kv("ls"), 1, f"kvstore's tables in {path} are incomplete (no kv_entries)")
+    # a failure that is not about tables is reported as it is
+    path.write_bytes(b"not a database, only bytes" * 100)
+    assert_error(kv("ls"), 2, "cannot open database", "file is not a database")
 
 
 # -- import / export -----------------------------------------------------------------------------
@@ -535,7 +850,8 @@ def test_export_prefix_and_file_replaced_only_on_success(
         "user-2",
     ]
     out = tmp_path / "sub" / "dump.jsonl"
-    assert_error(kv("export", str(out)), 1, "No such file or directory")
+    line = assert_error(kv("export", str(out)), 2, f"cannot write {out}: No such file or directory")
+    assert ".tmp" not in line
     out.parent.mkdir()
     kv.ok("export", str(out), "--prefix", "oth")
     assert _jsonl(out.read_text()) == [{"key": "other", "value": "c"}]
@@ -546,6 +862,32 @@ def test_export_prefix_and_file_replaced_only_on_success(
     kv.ok("export", str(out))
     assert out.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
     assert_error(kv("export", "--prefix", "bad prefix"), 2, "no key can start with")
+
+
+def test_output_file_errors_name_the_users_path_never_a_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    kv = KV("sqlite:///kv.db", "default")
+    kv.ok("put", "k", "v")
+    for args, path in [
+        (("get", "k", "--output", "no/such/dir/v.bin"), "no/such/dir/v.bin"),
+        (("export", "no/such/dir/dump.jsonl"), "no/such/dir/dump.jsonl"),
+        (("get", "k", "-o", "kv.db/v.bin"), "kv.db/v.bin"),  # a file where a directory should be
+    ]:
+        line = assert_error(kv(*args), 2, f"cannot write {path}: ")
+        assert ".tmp" not in line and str(tmp_path) not in line
+    # a failure at the end (here, renaming the finished file into place) is named the same way
+    # and leaves no temporary file behind
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(18, "Invalid cross-device link", src, None, dst)
+
+    monkeypatch.setattr("kvstore.cli.os.replace", refuse)
+    for args in (("get", "k", "-o", "v.bin"), ("export", "dump.jsonl")):
+        line = assert_error(kv(*args), 1, f"cannot write {args[-1]}: Invalid cross-device link")
+        assert ".tmp" not in line
+    assert sorted(os.listdir(tmp_path)) == ["kv.db"]
 
 
 def test_progress_bar_never_touches_stdout(kv: KV, lib: kvstore.Store, tmp_path: Path) -> None:
@@ -701,6 +1043,13 @@ def fresh_prefix(shared_backend: Any, migrations: Any) -> Iterator[str]:
 
 def test_db_upgrade_current_check(shared_backend: Any, fresh_prefix: str, migrations: Any) -> None:
     kv = KV(shared_backend.url, shared_backend.namespace, table_prefix=fresh_prefix)
+    path = sqlite_file(shared_backend.url)
+    if path is not None and not os.path.exists(path):
+        # reading the revision of a SQLite file that is not there creates no file
+        assert_error(kv("db", "current"), 2, f"cannot open database {path}: no such file")
+        assert_error(kv("db", "check"), 2, f"cannot open database {path}: no such file")
+        assert not os.path.exists(path)
+        sqlite3.connect(path).close()  # an empty database file
     result = kv("db", "current")
     assert result.exit_code == 0 and result.stdout == ""
     assert "no kvstore migration" in result.stderr
@@ -752,10 +1101,16 @@ def test_db_commands_report_bad_urls(migrations: Any) -> None:
 
 
 def test_db_commands_do_not_create_tables(tmp_path: Path, migrations: Any) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    path = tmp_path / "empty.db"
+    url = f"sqlite:///{path}"
+    for sub in ("check", "current"):
+        assert_error(CliRunner().invoke(cli, ["--url", url, "db", sub]), 2, f"{path}: no such file")
+    assert not path.exists()
+    sqlite3.connect(path).close()
     assert_error(CliRunner().invoke(cli, ["--url", url, "db", "check"]), 1)
     assert migrations.current(url) is None
     assert migrations.check(url) != []
+    assert sa.inspect(sa.create_engine(url)).get_table_names() == []
 
 
 # -- real processes --------------------------------------------------------------------------------
@@ -797,6 +1152,9 @@ def test_real_process_exit_codes_and_stderr(tmp_path: Path) -> None:
     p = run("--url", "postgresql://bob:hunter2@127.0.0.1:1/db", "ls")
     assert p.returncode == 2 and p.stderr.count(b"\n") == 1, p.stderr
     assert b"hunter2" not in p.stderr and b"bob:***@" in p.stderr and b"Traceback" not in p.stderr
+    p = run()  # no command: the help, on stderr
+    assert (p.returncode, p.stdout) == (2, b"")
+    assert p.stderr.startswith(b"Usage: kvstore [OPTIONS] COMMAND") and b"\nCommands:\n" in p.stderr
 
 
 def test_installed_entry_point(tmp_path: Path) -> None:
@@ -830,13 +1188,17 @@ def test_real_process_piped_output_closed_early(tmp_path: Path) -> None:
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err
 
 
-def _run_with_stderr_on_a_terminal(args: Sequence[str], cwd: Path) -> tuple[int, bytes, bytes]:
-    """Run the CLI with stdout to a pipe and stderr to a pseudo-terminal; (status, out, err)."""
+def _run_with_stderr_on_a_terminal(
+    args: Sequence[str], cwd: Path, terminal: str = "stderr"
+) -> tuple[int, bytes, bytes]:
+    """Run the CLI with stdout to a pipe and stderr to a pseudo-terminal (or the other way
+    round, with ``terminal="stdout"``); (status, out, err)."""
     master, slave = pty.openpty()
+    on_stdout = terminal == "stdout"
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvstore", *args],
-        stdout=subprocess.PIPE,
-        stderr=slave,
+        stdout=slave if on_stdout else subprocess.PIPE,
+        stderr=subprocess.PIPE if on_stdout else slave,
         stdin=subprocess.DEVNULL,
         cwd=cwd,
         env=_clean_env(TERM="xterm-256color", COLUMNS="100"),
@@ -860,9 +1222,11 @@ def _run_with_stderr_on_a_terminal(args: Sequence[str], cwd: Path) -> tuple[int,
 
     reader = threading.Thread(target=drain)
     reader.start()
-    out, _ = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     reader.join(timeout=10)
     os.close(master)
+    if on_stdout:
+        return proc.returncode, b"".join(chunks), err
     return proc.returncode, out, b"".join(chunks)
 
 
@@ -905,17 +1269,22 @@ def test_the_library_never_imports_the_cli() -> None:
 
 # -- docs ------------------------------------------------------------------------------------------
 def _commands(
-    cmd: click.Command, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], click.Command]]:
-    yield path, cmd
+    cmd: click.Command, path: tuple[str, ...] = (), argv: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], tuple[str, ...], click.Command]]:
+    """Every command: its names, the arguments that reach it (a group's own arguments as
+    their placeholders: `dict NAME get`), and the command."""
+    yield path, argv, cmd
     if isinstance(cmd, click.Group):
+        own = tuple(
+            p.human_readable_name for p in cmd.params if isinstance(p, click.Argument) and path
+        )
         for name in sorted(cmd.commands):
-            yield from _commands(cmd.commands[name], (*path, name))
+            yield from _commands(cmd.commands[name], (*path, name), (*argv, *own, name))
 
 
-def _help(path: tuple[str, ...]) -> str:
+def _help(argv: tuple[str, ...]) -> str:
     result = CliRunner().invoke(
-        cli, [*path, "--help"], prog_name="kvstore", terminal_width=100, env={"KVSTORE_URL": None}
+        cli, [*argv, "--help"], prog_name="kvstore", terminal_width=100, env={"KVSTORE_URL": None}
     )
     assert result.exit_code == 0, result.stderr
     return result.stdout
@@ -927,24 +1296,22 @@ REF_END = "<!-- end of reference -->"
 
 def reference_markdown() -> str:
     parts = [REF_START, ""]
-    for path, _cmd in _commands(cli):
+    for path, argv, _cmd in _commands(cli):
         title = " ".join(("kvstore", *path))
-        parts += [f"### `{title}`", "", "```text", _help(path).rstrip(), "```", ""]
+        parts += [f"### `{title}`", "", "```text", _help(argv).rstrip(), "```", ""]
     parts.append(REF_END)
     return "\n".join(parts)
 
 
 def test_every_command_is_documented() -> None:
     text = DOCS.read_text("utf-8")
-    names = [" ".join(("kvstore", *path)) for path, _ in _commands(cli)]
-    assert len(names) >= 18  # the tree was walked: group, commands and subcommands
+    commands = [(" ".join(("kvstore", *path)), " ".join(argv)) for path, argv, _ in _commands(cli)]
+    assert len(commands) >= 18  # the tree was walked: group, commands and subcommands
     prose = text.split(REF_START)[0]
-    for name in names:
+    for name, spelled in commands:
         assert f"### `{name}`" in text, f"{name} has no reference entry in docs/cli.md"
         # and the hand-written part mentions every command too, not just the generated one
-        assert f"`{name.removeprefix('kvstore ')}" in prose or name == "kvstore", (
-            f"{name} not described in docs/cli.md"
-        )
+        assert f"`{spelled}" in prose or name == "kvstore", f"{name} not described in docs/cli.md"
 
 
 def test_reference_is_current() -> None:
@@ -979,7 +1346,9 @@ def _example_blocks(text: str) -> list[list[tuple[str, str]]]:
 
 def test_worked_example_in_the_docs_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each ``$ kvstore ...`` line of the docs' console examples runs, in a scratch directory
-    with the default URL, and prints what the docs show (``...`` matches anything)."""
+    with the default URL, and prints what the docs show (``...`` matches anything). So does
+    each ``$ python -c ...`` line (with this interpreter), which sets up what a program would
+    have written (a dict, say)."""
     monkeypatch.chdir(tmp_path)
     blocks = _example_blocks(DOCS.read_text("utf-8"))
     assert blocks, "docs/cli.md has no ```console example"
@@ -989,6 +1358,13 @@ def test_worked_example_in_the_docs_runs(tmp_path: Path, monkeypatch: pytest.Mon
     for steps in blocks:
         for command, want in steps:
             argv = shlex.split(command)
+            if argv[0] == "python":
+                p = subprocess.run(
+                    [sys.executable, *argv[1:]], capture_output=True, text=True, timeout=60
+                )
+                assert p.returncode == 0, (command, p.stderr)
+                assert checker.check_output(want, p.stdout, doctest.ELLIPSIS), (command, p.stdout)
+                continue
             if argv[0] != "kvstore":
                 continue  # shell commands around the example (cat, printf) are illustration
             stdin = None
