@@ -15,6 +15,10 @@ What vlermv's ``cache`` and diskcache's ``memoize`` give, plus what they lack:
 * ``None`` is a result like any other (a cached ``None`` is a hit), results go through a
   serializer (``"auto"`` by default: ``bytes`` stored as they are, anything else as JSON;
   ``"pickle"`` only when asked), methods and ``async def`` functions work.
+* **Late binding.** ``cached`` takes the store, or a function of no arguments that returns it,
+  called at the decorated function's first use (once, under a lock), so a module can decorate
+  at import time before the application has opened its store; ``f.bind(store)`` replaces the
+  store later (tests swap in their own).
 """
 
 from __future__ import annotations
@@ -25,23 +29,29 @@ import hashlib
 import inspect
 import json
 import math
+import reprlib
 import secrets
+import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, ParamSpec, Self, TypeVar, cast, overload
+from typing import Any, Generic, ParamSpec, Self, TypeAlias, TypeVar, cast, overload
 
 from ._backend import facade
 from ._entries import clear_namespace, delete_if_checksum
 from ._retry import LOCK_POLL
 from ._validate import NOT_SET, TTL, ttl_to_seconds
+from .base import KeyValueStore
 from .errors import ConflictError
 from .serializers import BY_NAME, JSON, get_serializer
 from .store import Store
 
-__all__ = ["AsyncCachedFunction", "CachedFunction", "cached"]
+__all__ = ["AsyncCachedFunction", "CachedFunction", "StoreSource", "cached"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: What ``cached`` and ``bind`` take: a store, or a function of no arguments returning one
+StoreSource: TypeAlias = Store | Callable[[], Store]
 
 #: seconds a computation may hold its lock before a waiting caller takes over
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -348,6 +358,101 @@ class _Core:
         return not self.results.scope.in_transaction
 
 
+def _check_source(source: object, what: str) -> StoreSource:
+    """``source`` if ``cached``/``bind`` can keep results through it: a Store, or a callable
+    that can be called with no arguments (a store factory). Anything else is a TypeError."""
+    if isinstance(source, Store):
+        return source
+    if isinstance(source, KeyValueStore) or not callable(source):
+        # a store decorator is a KeyValueStore but has no namespaces to derive the cache's
+        raise TypeError(
+            f"{what} keeps results in a kvstore.Store (from kvstore.connect), or takes a "
+            f"function of no arguments returning one, not {type(source).__name__}"
+        )
+    try:
+        inspect.signature(source).bind()
+    except ValueError:  # no signature to read (some builtins): trust it, checked at first use
+        pass
+    except TypeError:
+        # from cached(), most likely @kvstore.cached without parentheses
+        hint = (
+            ": to cache it, use @kvstore.cached(store), with parentheses"
+            if what == "cached()"
+            else ""
+        )
+        raise TypeError(
+            f"{what} takes the store, or a function of no arguments returning it, but "
+            f"{getattr(source, '__qualname__', type(source).__name__)} takes arguments{hint}"
+        ) from None
+    return cast(StoreSource, source)
+
+
+def _describe(obj: object) -> str:
+    return "None" if obj is None else f"{type(obj).__name__} {reprlib.repr(obj)}"
+
+
+class _Binding:
+    """The store a cached function (and every method bound from it) keeps its results in, as
+    the :class:`_Core` over it: built at once from a Store, or at first use from a store
+    factory, which is then called once (under a lock, so concurrent first calls wait for it)
+    and its store kept until :meth:`bind` replaces it."""
+
+    def __init__(
+        self, func: Callable[..., Any], name: str, make: Callable[[Store], _Core], source: Any
+    ) -> None:
+        self.func = func
+        self.name = name
+        self._make = make
+        # reentrant, so that a factory that calls its own cached function gets an error
+        # rather than a deadlock
+        self._lock = threading.RLock()
+        self._resolving = False
+        self._core: _Core | None = None
+        self._factory: Callable[[], Any] | None = None
+        self._set(source)
+
+    def _set(self, source: StoreSource) -> None:
+        if isinstance(source, Store):
+            self._core, self._factory = self._make(source), None
+        else:
+            self._core, self._factory = None, source
+
+    def bind(self, source: StoreSource) -> None:
+        with self._lock:
+            self._set(source)
+
+    @property
+    def current(self) -> _Core | None:
+        """The core if the store is known, without calling a factory."""
+        return self._core
+
+    def core(self) -> _Core:
+        core = self._core
+        if core is not None:
+            return core
+        with self._lock:
+            if self._core is None:
+                if self._resolving:
+                    raise RuntimeError(
+                        f"the store factory of cached {self.name}() uses {self.name} itself, "
+                        "before it has returned a store"
+                    )
+                factory = self._factory
+                assert factory is not None
+                self._resolving = True
+                try:
+                    store = factory()
+                finally:
+                    self._resolving = False
+                if not isinstance(store, Store):
+                    raise TypeError(
+                        f"the store factory of cached {self.name}() returned {_describe(store)}: "
+                        "cached() keeps results in a kvstore.Store (from kvstore.connect)"
+                    )
+                self._core = self._make(store)
+            return self._core
+
+
 _UNBOUND: Any = object()
 
 
@@ -357,31 +462,47 @@ class _CachedBase(Generic[P, R]):
     __name__: str
     __qualname__: str
 
-    def __init__(self, core: _Core, instance: Any = _UNBOUND) -> None:
-        self._core = core
+    def __init__(self, binding: _Binding, instance: Any = _UNBOUND) -> None:
+        self._binding = binding
         self._instance = instance
-        functools.update_wrapper(cast(Any, self), core.func)
+        functools.update_wrapper(cast(Any, self), binding.func)
 
     def _args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         return args if self._instance is _UNBOUND else (self._instance, *args)
 
     @property
+    def _core(self) -> _Core:
+        # the core over the current store, resolving a factory (tests/_sql.py reads the
+        # cache's name and lock store through it)
+        return self._binding.core()
+
+    @property
     def store(self) -> Store:
         """The store holding this function's results, keyed by :meth:`cache_key`: a private
         namespace derived from the store given to ``cached`` (``<namespace>/c/<name>``)."""
-        return self._core.results
+        return self._binding.core().results
+
+    def bind(self, store: StoreSource) -> None:
+        """Keep this function's results in ``store`` from now on: a Store, or a function of no
+        arguments returning one (called at the next use, once). Calls already running finish
+        on the store they started with. The results in the previous store stay there.
+
+        Methods bound from the function share it, so ``obj.method.bind(s)`` rebinds the
+        method for every instance."""
+        self._binding.bind(_check_source(store, "bind()"))
 
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The key under which the result of this call is (or would be) stored."""
-        return self._core.key(self._args(args), kwargs)
+        return self._binding.core().key(self._args(args), kwargs)
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
         """Forget the result of this call (no error when none is stored)."""
-        self._core.invalidate(self._core.key(self._args(args), kwargs))
+        core = self._binding.core()
+        core.invalidate(core.key(self._args(args), kwargs))
 
     def cache_clear(self) -> None:
         """Forget every result of this function, and nothing else."""
-        self._core.clear()
+        self._binding.core().clear()
 
     @overload
     def __get__(self, instance: None, owner: type | None = None) -> Self: ...
@@ -392,18 +513,21 @@ class _CachedBase(Generic[P, R]):
         # (attributes of a plain function wrapper would be reached unbound).
         if instance is None or self._instance is not _UNBOUND:
             return self
-        return type(self)(self._core, instance)
+        return type(self)(self._binding, instance)
 
     def __repr__(self) -> str:
+        # never calls a store factory: showing the function must not open a database
         bound = "" if self._instance is _UNBOUND else f" bound to {self._instance!r}"
-        return f"<kvstore.cached {self._core.name}{bound} in {self._core.results.namespace_name!r}>"
+        core = self._binding.current
+        where = "(store not resolved yet)" if core is None else repr(core.results.namespace_name)
+        return f"<kvstore.cached {self._binding.name}{bound} in {where}>"
 
 
 class CachedFunction(_CachedBase[P, R]):
     """A function whose results are kept in a store (returned by :func:`cached`)."""
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        core = self._core
+        core = self._binding.core()
         full = self._args(args)
         key = core.key(full, kwargs)
         found, value = core.lookup(key)
@@ -428,7 +552,7 @@ class CachedFunction(_CachedBase[P, R]):
 
     def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call the function now, store its result (replacing any) and return it."""
-        core = self._core
+        core = self._binding.core()
         full = self._args(args)
         key = core.key(full, kwargs)
         return core.save(key, core.func(*full, **kwargs))  # type: ignore[no-any-return]
@@ -444,58 +568,63 @@ class AsyncCachedFunction(_CachedBase[P, R]):
     ``asyncio.sleep``. :meth:`invalidate` and :meth:`cache_clear` are plain (synchronous) calls.
     """
 
-    def __init__(self, core: _Core, instance: Any = _UNBOUND) -> None:
-        super().__init__(core, instance)
+    def __init__(self, binding: _Binding, instance: Any = _UNBOUND) -> None:
+        super().__init__(binding, instance)
         mark = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
         if mark is not None:
             mark(self)
         else:  # Python 3.11: asyncio.iscoroutinefunction() honours this marker (so does AsyncMock)
             self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _run(self, core: _Core, fn: Callable[..., Any], *args: Any) -> Any:
         # A worker thread would escape this thread's open transaction, or share the caller's
         # Connection or Session unsafely: then the (short) store call runs here.
-        if self._core.autocommit():
+        if core.autocommit():
             return await asyncio.to_thread(fn, *args)
         return fn(*args)
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        core = self._core
+        # A store factory runs here, in the event loop's thread, at the first call: it should
+        # return a store that exists rather than connect to a database.
+        core = self._binding.core()
         full = self._args(args)
         key = core.key(full, kwargs)
-        found, value = await self._run(core.lookup, key)
+        found, value = await self._run(core, core.lookup, key)
         if found:
             return value  # type: ignore[no-any-return]
         waits = 0
-        while (token := await self._run(core.try_lock, key)) is None:
+        while (token := await self._run(core, core.try_lock, key)) is None:
             await asyncio.sleep(LOCK_POLL.delay(waits))
             waits += 1
-            found, value = await self._run(core.lookup, key)
+            found, value = await self._run(core, core.lookup, key)
             if found:
                 return value  # type: ignore[no-any-return]
         try:
-            found, value = await self._run(core.lookup, key)
+            found, value = await self._run(core, core.lookup, key)
             if found:
                 return value  # type: ignore[no-any-return]
             result = await core.func(*full, **kwargs)
-            return await self._run(core.save, key, result)  # type: ignore[no-any-return]
+            return await self._run(core, core.save, key, result)  # type: ignore[no-any-return]
         finally:
             # Even when the task is cancelled here, the worker thread finishes the delete.
-            await self._run(core.unlock, key, token)
+            await self._run(core, core.unlock, key, token)
 
     async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await the function now, store its result (replacing any) and return it."""
-        core = self._core
+        core = self._binding.core()
         full = self._args(args)
         key = core.key(full, kwargs)
         result = await core.func(*full, **kwargs)
-        return await self._run(core.save, key, result)  # type: ignore[no-any-return]
+        return await self._run(core, core.save, key, result)  # type: ignore[no-any-return]
+
+
+_NO_FUNC: Any = object()
 
 
 class _Decorator:
     def __init__(
         self,
-        store: Store,
+        store: StoreSource,
         ttl_secs: TTL,
         key: Any,
         serializer: Any,
@@ -513,7 +642,15 @@ class _Decorator:
     def __call__(self, func: Callable[P, Coroutine[Any, Any, R]]) -> AsyncCachedFunction[P, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, func: Callable[P, R]) -> CachedFunction[P, R]: ...
-    def __call__(self, func: Callable[..., Any]) -> Any:
+    def __call__(self, func: Callable[..., Any] = _NO_FUNC) -> Any:
+        if func is _NO_FUNC:
+            # what @kvstore.cached without parentheses above a function of no arguments gives:
+            # the function was taken for a store factory, and this decorator is what is left
+            raise TypeError(
+                "this is a decorator made by kvstore.cached(), called without a function: if "
+                "it decorated a function without parentheses (@kvstore.cached), write "
+                "@kvstore.cached(store)"
+            )
         if isinstance(func, staticmethod | classmethod):
             raise TypeError(f"put @{type(func).__name__} above @kvstore.cached(...), not below it")
         if not callable(func):
@@ -523,17 +660,21 @@ class _Decorator:
                 "cached() cannot store a generator; cache a function that returns a list instead"
             )
         name = self._name if self._name is not None else _default_name(func)
-        core = _Core(
-            func, self._store, self._ttl_secs, self._key, self._serializer, name, self._lock_timeout
-        )
+
+        def make(store: Store) -> _Core:  # the decorator's options are fixed: read them later
+            return _Core(
+                func, store, self._ttl_secs, self._key, self._serializer, name, self._lock_timeout
+            )
+
+        binding = _Binding(func, name, make, self._store)
         # an object whose __call__ is async def is an async function too
         if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
-            return AsyncCachedFunction(core)
-        return CachedFunction(core)
+            return AsyncCachedFunction(binding)
+        return CachedFunction(binding)
 
 
 def cached(
-    store: Store,
+    store: StoreSource,
     ttl_secs: TTL = None,
     *,
     key: Callable[..., str] | None = None,
@@ -542,6 +683,12 @@ def cached(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> _Decorator:
     """Keep the results of the decorated function in ``store``.
+
+    ``store`` is a :class:`kvstore.Store`, or a function of no arguments that returns one (a
+    store factory): it is called at the decorated function's first use (a call, or any of its
+    helpers), once, with concurrent first callers waiting for it, and the store it returns is
+    kept; a factory that raises is called again at the next use, one that returns anything
+    but a Store raises ``TypeError`` there. ``f.bind(store)`` replaces either later.
 
     ``ttl_secs`` is how long a result stays (``None``: the store's ``default_ttl_secs``,
     forever unless set). ``key`` derives the key of a call from its arguments when the
@@ -555,14 +702,7 @@ def cached(
 
     Every argument is checked here, before anything is decorated.
     """
-    if not isinstance(store, Store) and callable(store):
-        raise TypeError(
-            "cached() takes the store first: use @kvstore.cached(store), with parentheses"
-        )
-    if not isinstance(store, Store):
-        raise TypeError(
-            f"cached() keeps results in a kvstore.Store (from kvstore.connect), not {type(store).__name__}"
-        )
+    store = _check_source(store, "cached()")
     ttl_to_seconds(ttl_secs, NOT_SET)  # ValueError for a bad TTL, now rather than at the first miss
     if key is not None and not callable(key):
         raise TypeError(f"key= must be a function returning str, not {type(key).__name__}")

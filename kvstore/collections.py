@@ -45,7 +45,9 @@ from collections.abc import (
     ValuesView,
 )
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, overload
+
+from typing_extensions import TypeVar
 
 from . import _entries, serializers
 from ._backend import Scope, facade, open_store, scope_of
@@ -55,11 +57,22 @@ from ._validate import NOT_SET, check_collection_key
 from .errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsKeysAndGetItem
+
     from ._indexing import IndexInfo
 
 __all__ = ["PersistentDict", "PersistentSet"]
 
-T = TypeVar("T")
+# The type parameters: ``PersistentDict[K, V]``, ``PersistentSet[T]``. Each defaults to
+# ``Any`` (PEP 696), so a bare ``PersistentDict`` means ``PersistentDict[Any, Any]``, as the
+# values of a dict opened without annotations are whatever its serializer gives back.
+K = TypeVar("K", default=Any)
+V = TypeVar("V", default=Any)
+T = TypeVar("T", default=Any)
+# method-level type variables
+K2 = TypeVar("K2")
+V2 = TypeVar("V2")
+S = TypeVar("S")
 
 _MISSING: Any = object()
 _REPR_ITEMS = 20
@@ -238,7 +251,7 @@ class _Collection:
         if self._owned is not None:
             self._owned.close()
 
-    def __enter__(self: T) -> T:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -276,7 +289,7 @@ class _Collection:
 
 
 # -- PersistentDict ------------------------------------------------------------------------------
-class PersistentDict(_Collection, MutableMapping[Any, Any]):
+class PersistentDict(_Collection, Generic[K, V], MutableMapping[K, V]):
     """A ``dict`` in the database. ``store.dict(name)`` returns one, or open it directly:
     ``PersistentDict("sqlite:///data.db", name="settings")`` (the dict then owns the store it
     opened; close it, or use it as a context manager).
@@ -289,6 +302,10 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     ``TypeError``, never silently converted); ``"pickle"`` and ``"marshal"`` (the defaults for
     those value serializers) take any hashable value they can encode, as does ``"raw"`` for
     ``bytes`` keys or an object with ``dumps``/``loads``.
+
+    It is generic in its key and value types for type checkers: ``d: PersistentDict[str, int]
+    = store.dict("scores")`` makes ``d["k"]`` an ``int``. The parameters are promises the
+    caller makes, not checks: nothing converts or validates a value against them at runtime.
     """
 
     _kind = "d"
@@ -318,6 +335,36 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         key_ser = self._key_ser if self._key_bytes is None else _serializer_spec(self._key_ser)
         return {**super()._options(), "key_serializer": key_ser}
 
+    @overload
+    @classmethod
+    def fromkeys(
+        cls,
+        iterable: Iterable[K2],
+        value: None = None,
+        /,
+        *,
+        store: Any,
+        name: str,
+        serializer: Any = "json",
+        key_serializer: Any = None,
+        namespace: str | None = None,
+        **connect_options: Any,
+    ) -> PersistentDict[K2, Any | None]: ...
+    @overload
+    @classmethod
+    def fromkeys(
+        cls,
+        iterable: Iterable[K2],
+        value: V2,
+        /,
+        *,
+        store: Any,
+        name: str,
+        serializer: Any = "json",
+        key_serializer: Any = None,
+        namespace: str | None = None,
+        **connect_options: Any,
+    ) -> PersistentDict[K2, V2]: ...
     @classmethod
     def fromkeys(
         cls,
@@ -331,7 +378,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         key_serializer: Any = None,
         namespace: str | None = None,
         **connect_options: Any,
-    ) -> Self:
+    ) -> PersistentDict[Any, Any]:
         """``dict.fromkeys`` for the dict ``name`` on ``store`` (a Store, a transaction, or
         what :func:`kvstore.connect` takes): sets every key of ``iterable`` to ``value`` in one
         transaction (all of them or, on error, none) and returns the dict. Keys already in the
@@ -387,7 +434,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         return data if type(data) is bytes else bytes(data)
 
     # -- the mapping -----------------------------------------------------------------------------
-    def __getitem__(self, key: Any) -> Any:
+    def __getitem__(self, key: K) -> V:
         k = self._lookup(key)
         if k is None:
             raise KeyError(key)
@@ -395,13 +442,17 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
             data = self._s.get(k)
         except NotFoundError:
             raise KeyError(key) from None
-        return self._ser.loads(data)
+        return self._loads(data)
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    def _loads(self, data: bytes) -> V:
+        value: V = self._ser.loads(data)
+        return value
+
+    def __setitem__(self, key: K, value: V) -> None:
         k = self._encode_key(key)
         self._s.put(k, self._dumps(value))
 
-    def __delitem__(self, key: Any) -> None:
+    def __delitem__(self, key: K) -> None:
         k = self._lookup(key)
         if k is None or not self._delete_live(k):
             raise KeyError(key)
@@ -413,34 +464,46 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         k = self._lookup(key)
         return k is not None and k in self._s
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[K]:
         for k, _ in self._scan(values=False):
             yield self._decode_key(k)
 
-    def __reversed__(self) -> Iterator[Any]:
+    def __reversed__(self) -> Iterator[K]:
         for k, _ in self._scan(values=False, desc=True):
             yield self._decode_key(k)
 
-    def _items(self, desc: bool = False) -> Iterator[tuple[Any, Any]]:
+    def _items(self, desc: bool = False) -> Iterator[tuple[K, V]]:
         loads = self._ser.loads
         for k, v in self._scan(values=True, desc=desc):
             yield self._decode_key(k), loads(v)
 
-    def keys(self) -> KeysView[Any]:
+    def keys(self) -> KeysView[K]:
         return _DictKeys(self)
 
-    def values(self) -> ValuesView[Any]:
+    def values(self) -> ValuesView[V]:
         return _DictValues(self)
 
-    def items(self) -> ItemsView[Any, Any]:
+    def items(self) -> ItemsView[K, V]:
         return _DictItems(self)
 
+    @overload
+    def get(self, key: K, default: None = None) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V) -> V: ...
+    @overload
+    def get(self, key: K, default: S) -> V | S: ...
     def get(self, key: Any, default: Any = None) -> Any:
         try:
             return self[key]
         except KeyError:
             return default
 
+    @overload
+    def pop(self, key: K) -> V: ...
+    @overload
+    def pop(self, key: K, default: V) -> V: ...
+    @overload
+    def pop(self, key: K, default: S) -> V | S: ...
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its value, in one ``DELETE ... RETURNING`` statement."""
         k = self._lookup(key)
@@ -454,7 +517,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     def _pop_raw(self, k: str) -> bytes | None:
         return _entries.pop_value(self._scope, k)
 
-    def popitem(self) -> tuple[Any, Any]:
+    def popitem(self) -> tuple[K, V]:
         """Remove and return the *last* (key, value) pair in iteration order (the greatest
         key), in one statement; ``KeyError`` when the dict is empty."""
         got = _entries.pop_last(self._scope)
@@ -462,6 +525,10 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
             raise KeyError("popitem(): dictionary is empty")
         return self._decode_key(got[0]), self._ser.loads(got[1])
 
+    @overload
+    def setdefault(self: PersistentDict[K, S | None], key: K, default: None = None) -> S | None: ...
+    @overload
+    def setdefault(self, key: K, default: V) -> V: ...
     def setdefault(self, key: Any, default: Any = None) -> Any:
         """``d[key]`` if present, else store ``default`` and return it: insert-if-absent then
         read, in one transaction, so two processes racing on a new key agree on its value."""
@@ -482,7 +549,22 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
                     except NotFoundError:
                         continue  # deleted again in between: try once more
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
+    @overload
+    def update(self, other: SupportsKeysAndGetItem[K, V], /) -> None: ...
+    @overload
+    def update(
+        self: PersistentDict[str, V], other: SupportsKeysAndGetItem[str, V], /, **kwargs: V
+    ) -> None: ...
+    @overload
+    def update(self, other: Iterable[tuple[K, V]], /) -> None: ...
+    @overload
+    def update(
+        self: PersistentDict[str, V], other: Iterable[tuple[str, V]], /, **kwargs: V
+    ) -> None: ...
+    @overload
+    def update(self: PersistentDict[str, V], /, **kwargs: V) -> None: ...
+    # (mypy cannot tell that this accepts the overloads typed on ``self``, as dict's are)
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
         """Every form ``dict.update`` takes (a mapping, anything with ``keys()``, an iterable
         of pairs, keywords), written in one transaction: all of it or, on error, none."""
         if len(args) > 1:
@@ -496,17 +578,21 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         if pairs:
             self._s.put_many(list(pairs.items()))
 
-    def set_many(self, items: Any = (), **kwargs: Any) -> None:
+    def set_many(
+        self,
+        items: SupportsKeysAndGetItem[K, V] | Iterable[tuple[K, V]] = (),
+        **kwargs: V,
+    ) -> None:
         """Write many keys in one transaction (``update`` under the store API's name)."""
         self.update(items, **kwargs)
 
-    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+    def get_many(self, keys: Iterable[K]) -> dict[K, V]:
         """The values of those ``keys`` that exist, as a plain dict, in one query per batch."""
         if isinstance(keys, str | bytes):
             raise TypeError(
                 f"get_many takes an iterable of keys, not a single {type(keys).__name__}"
             )
-        wanted: dict[str, Any] = {}
+        wanted: dict[str, K] = {}
         for key in keys:
             k = self._lookup(key)
             if k is not None:
@@ -518,7 +604,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
         """Remove every key, in one statement."""
         self._clear()
 
-    def copy(self) -> dict[Any, Any]:
+    def copy(self) -> dict[K, V]:
         """A plain ``dict`` snapshot of the contents."""
         return dict(self._items())
 
@@ -526,7 +612,7 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
     # rows would not be a copy
     __copy__ = copy
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> dict[Any, Any]:
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[K, V]:
         return _copy.deepcopy(self.copy(), memo)
 
     def __eq__(self, other: object) -> bool:
@@ -538,21 +624,24 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __or__(self, other: Any) -> dict[Any, Any]:
+    def __or__(self, other: Mapping[K2, V2]) -> dict[K | K2, V | V2]:
         if not isinstance(other, Mapping):
             return NotImplemented
-        out = self.copy()
-        out.update(other)
+        out: dict[K | K2, V | V2] = dict(self._items())
+        out.update(other.items())
         return out
 
-    def __ror__(self, other: Any) -> dict[Any, Any]:
+    def __ror__(self, other: Mapping[K2, V2]) -> dict[K | K2, V | V2]:
         if not isinstance(other, Mapping):
             return NotImplemented
-        out = dict(other)
+        out: dict[K | K2, V | V2] = dict(other.items())
         out.update(self._items())
         return out
 
-    def __ior__(self, other: Any) -> PersistentDict:
+    # like dict's, it takes what update() takes, more than | does
+    def __ior__(  # type: ignore[misc]
+        self, other: SupportsKeysAndGetItem[K, V] | Iterable[tuple[K, V]]
+    ) -> Self:
         self.update(other)
         return self
 
@@ -603,16 +692,16 @@ class PersistentDict(_Collection, MutableMapping[Any, Any]):
                 query["after"] = self._encode_key(after)
         return query
 
-    def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[Any]:
+    def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[K]:
         """Keys whose value matches (arguments as :meth:`kvstore.Store.find`; ``after=`` takes
         a key of this dict)."""
         keys = self._s.find(index, value, **self._index_query(query))
         return [self._decode_key(k) for k in keys]
 
-    def find_items(self, index: str, value: Any = NOT_SET, **query: Any) -> list[tuple[Any, Any]]:
+    def find_items(self, index: str, value: Any = NOT_SET, **query: Any) -> list[tuple[K, V]]:
         """(key, value) pairs whose value matches, deserialized."""
         items = self._s.find_items(index, value, **self._index_query(query))
-        return [(self._decode_key(k), self._ser.loads(v)) for k, v in items]
+        return [(self._decode_key(k), self._loads(v)) for k, v in items]
 
     def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
         """How many keys match (same arguments as :meth:`find`, without paging)."""
@@ -666,36 +755,36 @@ def _repr_dict(items: Iterator[tuple[Any, Any]]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-class _View:
+class _View(Generic[K, V]):
     """What the three views share with the built-in's views besides the ABCs."""
 
-    _mapping: PersistentDict
+    _mapping: PersistentDict[K, V]
 
     @property
-    def mapping(self) -> types.MappingProxyType[Any, Any]:
+    def mapping(self) -> types.MappingProxyType[K, V]:
         """A read-only proxy of the dict, as a built-in view's ``mapping`` (it reads through to
         the database, like the view)."""
         return types.MappingProxyType(self._mapping)
 
 
-class _DictKeys(_View, KeysView[Any]):
-    _mapping: PersistentDict
+class _DictKeys(_View[K, V], KeysView[K]):
+    _mapping: PersistentDict[K, V]
 
-    def __reversed__(self) -> Iterator[Any]:
+    def __reversed__(self) -> Iterator[K]:
         return reversed(self._mapping)
 
     def __repr__(self) -> str:
         return f"{type(self._mapping).__name__}.keys({self._mapping.name!r})"
 
 
-class _DictValues(_View, ValuesView[Any]):
-    _mapping: PersistentDict
+class _DictValues(_View[K, V], ValuesView[V]):
+    _mapping: PersistentDict[K, V]
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[V]:
         for _, v in self._mapping._items():
             yield v
 
-    def __reversed__(self) -> Iterator[Any]:
+    def __reversed__(self) -> Iterator[V]:
         for _, v in self._mapping._items(desc=True):
             yield v
 
@@ -711,18 +800,18 @@ class _DictValues(_View, ValuesView[Any]):
 _BUILTIN_SET_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.items()))
 
 
-class _DictItems(_View, ItemsView[Any, Any]):
+class _DictItems(_View[K, V], ItemsView[K, V]):
     """The items view. Membership and the set operators follow CPython's ``dict_items``
     (``Objects/dictobject.c``) step by step, so results *and* errors are the built-in's: the
     ABC's versions unpack any object as a pair (``"ab"`` is the item ``("a", "b")``), and fail
     on ``1`` or ``"a"`` instead of answering False."""
 
-    _mapping: PersistentDict
+    _mapping: PersistentDict[K, V]
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    def __iter__(self) -> Iterator[tuple[K, V]]:
         return self._mapping._items()
 
-    def __reversed__(self) -> Iterator[tuple[Any, Any]]:
+    def __reversed__(self) -> Iterator[tuple[K, V]]:
         return self._mapping._items(desc=True)
 
     def __contains__(self, item: object) -> bool:
@@ -779,42 +868,44 @@ class _DictItems(_View, ItemsView[Any, Any]):
     # iterated as it is (a TypeError if it cannot be), never refused with NotImplemented, and
     # a hash is taken wherever the built-in puts an item into a set, so an unhashable value is
     # the same TypeError at the same places.
-    def __and__(self, other: Any) -> set[Any]:
+    def __and__(self, other: Any) -> set[tuple[K, V]]:
         if type(other) is set and len(self) <= len(other):
             return other.intersection(self)
         if type(other) in _BUILTIN_SET_VIEWS and len(other) > len(self):
             return {item for item in self if item in other}
         return {item for item, member in self._members(other) if member}
 
-    __rand__ = __and__
+    def __rand__(self, other: Iterable[S]) -> set[S]:
+        out: set[Any] = self.__and__(other)
+        return out
 
-    def __or__(self, other: Any) -> set[Any]:
-        out = set(self)
+    def __or__(self, other: Iterable[S]) -> set[tuple[K, V] | S]:
+        out: set[tuple[K, V] | S] = set(self)
         out.update(other)
         return out
 
-    def __ror__(self, other: Any) -> set[Any]:
-        out = set(other)
+    def __ror__(self, other: Iterable[S]) -> set[tuple[K, V] | S]:
+        out: set[tuple[K, V] | S] = set(other)
         out.update(self)
         return out
 
-    def __sub__(self, other: Any) -> set[Any]:
+    def __sub__(self, other: Iterable[Any]) -> set[tuple[K, V]]:
         out = set(self)
         out.difference_update(other)
         return out
 
-    def __rsub__(self, other: Any) -> set[Any]:
+    def __rsub__(self, other: Iterable[S]) -> set[S]:
         out = set(other)
         out.difference_update(self)
         return out
 
-    def __xor__(self, other: Any) -> set[Any]:
-        out = set(self)
+    def __xor__(self, other: Iterable[S]) -> set[tuple[K, V] | S]:
+        out: set[tuple[K, V] | S] = set(self)
         out.symmetric_difference_update(other)
         return out
 
-    def __rxor__(self, other: Any) -> set[Any]:
-        out = set(other)
+    def __rxor__(self, other: Iterable[S]) -> set[tuple[K, V] | S]:
+        out: set[tuple[K, V] | S] = set(other)
         out.symmetric_difference_update(self)
         return out
 
@@ -831,7 +922,7 @@ class _DictItems(_View, ItemsView[Any, Any]):
 
 
 # -- PersistentSet -------------------------------------------------------------------------------
-class PersistentSet(_Collection, MutableSet[Any]):
+class PersistentSet(_Collection, Generic[T], MutableSet[T]):
     """A ``set`` in the database. ``store.set(name)`` returns one, or open it directly like a
     :class:`PersistentDict`.
 
@@ -843,6 +934,9 @@ class PersistentSet(_Collection, MutableSet[Any]):
     ``"raw"``): a set has no values besides its elements, so its one serializer is its element
     encoding. Operators return plain ``set`` objects; in-place operators are one transaction
     each.
+
+    It is generic in its element type for type checkers (``PersistentSet[str]``), a promise
+    the caller makes, not a check made at runtime.
     """
 
     _kind = "s"
@@ -895,12 +989,15 @@ class PersistentSet(_Collection, MutableSet[Any]):
         except (TypeError, ValueError):
             return None
 
-    def _decode(self, text: str, stash: bytes | None) -> Any:
+    def _decode(self, text: str, stash: bytes | None) -> T:
+        elem: T
         if stash:
-            return self._ser.loads(stash)
-        if self._json:
-            return json.loads(text)
-        return self._ser.loads(base64.urlsafe_b64decode(text))
+            elem = self._ser.loads(stash)
+        elif self._json:
+            elem = json.loads(text)
+        else:
+            elem = self._ser.loads(base64.urlsafe_b64decode(text))
+        return elem
 
     def _encode_all(self, iterable: Iterable[Any]) -> dict[str, bytes]:
         """Entry rows for a write, deduplicated keeping the first equal element."""
@@ -925,26 +1022,26 @@ class PersistentSet(_Collection, MutableSet[Any]):
         k = self._lookup(elem)
         return k is not None and k in self._s
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         for k, stash in self._scan(values=True):
             yield self._decode(k, stash)
 
-    def add(self, elem: Any) -> None:
+    def add(self, elem: T) -> None:
         """Add ``elem`` (one insert-if-absent statement; an equal element already there stays)."""
         k, stash = self._encode(elem)
         _entries.insert_absent(self._scope, k, stash)
 
-    def discard(self, elem: Any) -> None:
+    def discard(self, elem: T) -> None:
         k = self._lookup(elem)
         if k is not None:
             self._s.delete(k)
 
-    def remove(self, elem: Any) -> None:
+    def remove(self, elem: T) -> None:
         k = self._lookup(elem)
         if k is None or not _entries.delete_live(self._scope, k):
             raise KeyError(elem)
 
-    def pop(self) -> Any:
+    def pop(self) -> T:
         """Remove and return an element (the first in iteration order), in one statement."""
         got = _entries.pop_first(self._scope)
         if got is None:
@@ -955,7 +1052,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
         """Remove every element, in one statement."""
         self._clear()
 
-    def copy(self) -> set[Any]:
+    def copy(self) -> set[T]:
         """A plain ``set`` snapshot of the contents."""
         return set(self)
 
@@ -963,11 +1060,11 @@ class PersistentSet(_Collection, MutableSet[Any]):
     # rows would not be a copy
     __copy__ = copy
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> set[Any]:
+    def __deepcopy__(self, memo: dict[int, Any]) -> set[T]:
         return _copy.deepcopy(self.copy(), memo)
 
     @classmethod
-    def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:
+    def _from_iterable(cls, it: Iterable[S]) -> set[S]:
         return set(it)
 
     def __repr__(self) -> str:
@@ -981,7 +1078,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
         return f"{type(self).__name__}({self._name!r}, {body})"
 
     # -- in-place updates: one transaction each -------------------------------------------------
-    def update(self, *others: Iterable[Any]) -> None:
+    def update(self, *others: Iterable[T]) -> None:
         rows: dict[str, bytes] = {}
         for other in others:
             for k, v in self._encode_all(other).items():
@@ -1010,7 +1107,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
             keys = sorted(drop)
             self._scope.atomic(lambda conn: _entries.delete_keys_in(self._scope, conn, keys))
 
-    def symmetric_difference_update(self, other: Iterable[Any]) -> None:
+    def symmetric_difference_update(self, other: Iterable[T]) -> None:
         rows = self._encode_all(other)
         if not rows:
             return
@@ -1024,25 +1121,25 @@ class PersistentSet(_Collection, MutableSet[Any]):
 
         self._scope.atomic(run)
 
-    def __ior__(self, other: AbstractSet[Any]) -> PersistentSet:  # type: ignore[misc]
+    def __ior__(self, other: AbstractSet[T]) -> Self:  # type: ignore[misc, override]
         if not isinstance(other, AbstractSet):
             return NotImplemented
         self.update(other)
         return self
 
-    def __iand__(self, other: AbstractSet[Any]) -> PersistentSet:  # type: ignore[misc]
+    def __iand__(self, other: AbstractSet[Any]) -> Self:
         if not isinstance(other, AbstractSet):
             return NotImplemented
         self.intersection_update(other)
         return self
 
-    def __isub__(self, other: AbstractSet[Any]) -> PersistentSet:  # type: ignore[misc]
+    def __isub__(self, other: AbstractSet[Any]) -> Self:
         if not isinstance(other, AbstractSet):
             return NotImplemented
         self.difference_update(other)
         return self
 
-    def __ixor__(self, other: AbstractSet[Any]) -> PersistentSet:  # type: ignore[misc]
+    def __ixor__(self, other: AbstractSet[T]) -> Self:  # type: ignore[misc, override]
         if not isinstance(other, AbstractSet):
             return NotImplemented
         self.symmetric_difference_update(other)
@@ -1059,42 +1156,46 @@ class PersistentSet(_Collection, MutableSet[Any]):
         present = self._present(k for k in elems.values() if k is not None)
         return [(e, k is not None and k in present) for e, k in elems.items()]
 
-    def union(self, *others: Iterable[Any]) -> set[Any]:
-        return set(self).union(*others)
+    def union(self, *others: Iterable[S]) -> set[T | S]:
+        out: set[T | S] = set(self)
+        return out.union(*others)
 
-    def intersection(self, *others: Iterable[Any]) -> set[Any]:
+    def intersection(self, *others: Iterable[Any]) -> set[T]:
         if not others:
             return set(self)
         first, *rest = others
         return {e for e, member in self._members(first) if member}.intersection(*rest)
 
-    def difference(self, *others: Iterable[Any]) -> set[Any]:
+    def difference(self, *others: Iterable[Any]) -> set[T]:
         return set(self).difference(*others)
 
-    def symmetric_difference(self, other: Iterable[Any]) -> set[Any]:
-        return set(self).symmetric_difference(other)
+    def symmetric_difference(self, other: Iterable[S]) -> set[T | S]:
+        out: set[T | S] = set(self)
+        return out.symmetric_difference(other)
 
-    def __or__(self, other: Any) -> set[Any]:
+    def __or__(self, other: AbstractSet[S]) -> set[T | S]:
         if not isinstance(other, AbstractSet):
             return NotImplemented
         return self.union(other)
 
+    # The reflected operators return what the forward ones do, but are typed loosely: a type
+    # checker answers ``a_set | persistent_set`` from ``set.__or__`` and never asks these.
     def __ror__(self, other: Any) -> set[Any]:
         if not isinstance(other, AbstractSet):
             return NotImplemented
         return set(other).union(self)
 
-    def __and__(self, other: Any) -> set[Any]:
+    def __and__(self, other: AbstractSet[Any]) -> set[T]:
         if not isinstance(other, AbstractSet):
             return NotImplemented
         return self.intersection(other)
 
-    def __rand__(self, other: Any) -> set[Any]:
+    def __rand__(self, other: AbstractSet[Any]) -> set[T]:
         if not isinstance(other, AbstractSet):
             return NotImplemented
         return self.intersection(other)
 
-    def __sub__(self, other: Any) -> set[Any]:
+    def __sub__(self, other: AbstractSet[Any]) -> set[T]:
         if not isinstance(other, AbstractSet):
             return NotImplemented
         return self.difference(other)
@@ -1104,7 +1205,7 @@ class PersistentSet(_Collection, MutableSet[Any]):
             return NotImplemented
         return {e for e, member in self._members(other) if not member}
 
-    def __xor__(self, other: Any) -> set[Any]:
+    def __xor__(self, other: AbstractSet[S]) -> set[T | S]:
         if not isinstance(other, AbstractSet):
             return NotImplemented
         return self.symmetric_difference(other)

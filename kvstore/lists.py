@@ -28,7 +28,9 @@ import operator
 import reprlib
 import sys
 from collections.abc import Callable, Iterable, Iterator, MutableSequence
-from typing import TYPE_CHECKING, Any, Self, SupportsIndex, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Self, SupportsIndex, overload
+
+from typing_extensions import TypeVar
 
 from ._backend import Scope, Statements, open_store, scope_of
 from ._conn import Conn
@@ -41,7 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = ["PersistentList"]
 
-T = TypeVar("T")
+# ``PersistentList[T]``: the item type, ``Any`` unless given (PEP 696), so a bare
+# ``PersistentList`` is ``PersistentList[Any]``.
+T = TypeVar("T", default=Any)
+S = TypeVar("S")
+R = TypeVar("R")
 
 _MAX = sys.maxsize  # positions are BIGINT: every bound we send fits in 64 bits
 _NAME_MAX = 255
@@ -214,7 +220,7 @@ class _Digest:
         return self._h.digest()
 
 
-class PersistentList(MutableSequence[Any]):
+class PersistentList(Generic[T], MutableSequence[T]):
     """A list stored in SQL: ``store.list(name)`` or ``PersistentList(url, name)``.
 
     A live view: every call reads or writes the database (nothing is cached), a write is
@@ -227,6 +233,10 @@ class PersistentList(MutableSequence[Any]):
     (anything :func:`kvstore.connect` takes), in which case the list opens its own store with
     ``namespace`` and ``options`` and closes it in :meth:`close` (or at the end of a ``with``
     block).
+
+    It is generic in its item type for type checkers: ``l: PersistentList[int] =
+    store.list("scores")`` makes ``l[0]`` an ``int`` and ``l[1:3]`` a ``list[int]``. The
+    parameter is a promise the caller makes, not a check made at runtime.
     """
 
     #: items fetched per statement while iterating or searching
@@ -302,10 +312,11 @@ class PersistentList(MutableSequence[Any]):
         data = self._ser.dumps(value)
         return data if type(data) is bytes else bytes(data)
 
-    def _loads(self, data: Any) -> Any:
-        return self._ser.loads(data if type(data) is bytes else bytes(data))
+    def _loads(self, data: Any) -> T:
+        value: T = self._ser.loads(data if type(data) is bytes else bytes(data))
+        return value
 
-    def _write(self, fn: Callable[[Conn], T]) -> T:
+    def _write(self, fn: Callable[[Conn], R]) -> R:
         # write=False: the store's extra PostgreSQL table lock orders *entry* writes against
         # index back-fills; list writes touch neither, and lock their own header row instead.
         return self._scope.atomic(fn, write=False)
@@ -357,7 +368,7 @@ class PersistentList(MutableSequence[Any]):
             params = {**self._p, "after": after, "hi": hi, "n": self.batch_size}
             return [(int(p), v) for p, v in conn.execute(self._sql("batch"), params).fetchall()]
 
-    def _scan(self, start: int = 0, stop: int = _MAX) -> Iterator[tuple[int, Any]]:
+    def _scan(self, start: int = 0, stop: int = _MAX) -> Iterator[tuple[int, T]]:
         """``(position, value)`` for positions ``start <= pos < stop``, a batch per statement.
 
         Each batch is one consistent snapshot and the next one starts after the last position
@@ -382,12 +393,12 @@ class PersistentList(MutableSequence[Any]):
         return 0 if row is None else int(row[0])
 
     @overload
-    def __getitem__(self, index: SupportsIndex) -> Any: ...
+    def __getitem__(self, index: SupportsIndex) -> T: ...
 
     @overload
-    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: slice) -> list[T]: ...
 
-    def __getitem__(self, index: SupportsIndex | slice) -> Any:
+    def __getitem__(self, index: SupportsIndex | slice) -> T | list[T]:
         if isinstance(index, slice):
             return self._get_slice(index)
         i = _item_index(index)
@@ -397,7 +408,7 @@ class PersistentList(MutableSequence[Any]):
             raise IndexError("list index out of range")
         return self._loads(row[1])
 
-    def _get_slice(self, s: slice) -> list[Any]:
+    def _get_slice(self, s: slice) -> list[T]:
         # Optimistic: compute the positions from a length, then read them in one statement
         # that also returns the length it saw; if that differs, the positions were wrong for
         # that snapshot, so recompute and read again. Slices like l[a:b] do not depend on the
@@ -417,17 +428,17 @@ class PersistentList(MutableSequence[Any]):
             length = seen
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         """Stream the items, :attr:`batch_size` per statement; see docs/lists.md for what a
         concurrent write does to a running iteration."""
         for _, value in self._scan():
             yield value
 
-    def __reversed__(self) -> Iterator[Any]:
+    def __reversed__(self) -> Iterator[T]:
         # Like list's reverse iterator, start from the length at the time of the call.
         return self._iter_desc(len(self))
 
-    def _iter_desc(self, before: int) -> Iterator[Any]:
+    def _iter_desc(self, before: int) -> Iterator[T]:
         while True:
             with self._scope.connection() as conn:
                 params = {**self._p, "before": before, "n": self.batch_size}
@@ -459,13 +470,13 @@ class PersistentList(MutableSequence[Any]):
     def count(self, value: Any) -> int:
         return sum(1 for _, item in self._scan() if item is value or item == value)
 
-    def copy(self) -> list[Any]:
+    def copy(self) -> list[T]:
         """A plain ``list`` with the current items (values are copies, not live views)."""
         return list(self)
 
     __copy__ = copy
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[T]:
         return _copy.deepcopy(list(self), memo)
 
     @reprlib.recursive_repr("[...]")
@@ -480,7 +491,9 @@ class PersistentList(MutableSequence[Any]):
             return False
         return all(a is b or a == b for a, b in zip(self, other, strict=False))
 
-    def _compare(self, other: list[Any] | PersistentList, op: Callable[[Any, Any], bool]) -> bool:
+    def _compare(
+        self, other: list[Any] | PersistentList[Any], op: Callable[[Any, Any], bool]
+    ) -> bool:
         missing = object()
         for a, b in itertools.zip_longest(self, other, fillvalue=missing):
             if a is missing or b is missing:  # one ran out first: the shorter one is less
@@ -511,23 +524,25 @@ class PersistentList(MutableSequence[Any]):
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like list
 
-    def __add__(self, other: object) -> list[Any]:
+    def __add__(self, other: list[S] | PersistentList[S]) -> list[T | S]:
+        out: list[T | S] = list(self)
         if isinstance(other, PersistentList):
-            return list(self) + list(other)
+            return out + list(other)
         if isinstance(other, list):
-            return list(self) + other
+            return out + other
         return NotImplemented
 
-    def __radd__(self, other: object) -> list[Any]:
+    def __radd__(self, other: list[S]) -> list[S | T]:
+        out: list[S | T] = list(self)
         if isinstance(other, list):
-            return other + list(self)
+            return other + out
         return NotImplemented
 
     # ``l * x`` and ``x * l`` for an ``x`` without ``__index__`` raise what the built-in raises.
     # A list gets that message from its sequence-repeat slot, which CPython tries only after
     # the number protocol (``x.__rmul__``) declined; a class defined in Python has no such
     # slot, so both steps are spelled out here.
-    def __mul__(self, n: SupportsIndex) -> list[Any]:
+    def __mul__(self, n: SupportsIndex) -> list[T]:
         if not hasattr(type(n), "__index__"):
             reflected = getattr(type(n), "__rmul__", None)
             if reflected is not None and not isinstance(n, _REPEATABLE):
@@ -538,7 +553,7 @@ class PersistentList(MutableSequence[Any]):
         count = operator.index(n)
         return list(self) * count if count > 0 else []
 
-    def __rmul__(self, n: SupportsIndex) -> list[Any]:
+    def __rmul__(self, n: SupportsIndex) -> list[T]:
         if not hasattr(type(n), "__index__"):
             if isinstance(n, _REPEATABLE):
                 # "x" * l: Python goes on to repeat the str by l, and words the error itself
@@ -548,7 +563,7 @@ class PersistentList(MutableSequence[Any]):
         return list(self) * count if count > 0 else []
 
     # -- writing -------------------------------------------------------------------------------
-    def append(self, value: Any) -> None:
+    def append(self, value: T) -> None:
         """Add ``value`` at the end: two statements, O(1)."""
         data = self._dumps(value)
 
@@ -558,7 +573,7 @@ class PersistentList(MutableSequence[Any]):
 
         self._write(run)
 
-    def extend(self, values: Iterable[Any]) -> None:
+    def extend(self, values: Iterable[T]) -> None:
         """Append every item of ``values`` in one transaction: all of them or, when one cannot
         be serialised or the iterable fails, none."""
         items = [self._dumps(v) for v in values]  # read (even from self) before writing
@@ -574,11 +589,11 @@ class PersistentList(MutableSequence[Any]):
         self._write(run)
 
     # In place, these return the list itself, not the plain list that + and * build.
-    def __iadd__(self, values: Iterable[Any]) -> Self:  # type: ignore[misc]
+    def __iadd__(self, values: Iterable[T]) -> Self:  # type: ignore[misc]
         self.extend(values)
         return self
 
-    def insert(self, index: SupportsIndex, value: Any) -> None:
+    def insert(self, index: SupportsIndex, value: T) -> None:
         """Insert before ``index`` (clamped like ``list.insert``); the items after it move up
         one position, in the database: O(n - index) rows updated."""
         i = operator.index(index)
@@ -595,10 +610,10 @@ class PersistentList(MutableSequence[Any]):
         self._write(run)
 
     @overload
-    def __setitem__(self, index: SupportsIndex, value: Any) -> None: ...
+    def __setitem__(self, index: SupportsIndex, value: T) -> None: ...
 
     @overload
-    def __setitem__(self, index: slice, value: Iterable[Any]) -> None: ...
+    def __setitem__(self, index: slice, value: Iterable[T]) -> None: ...
 
     def __setitem__(self, index: SupportsIndex | slice, value: Any) -> None:
         if isinstance(index, slice):
@@ -686,12 +701,12 @@ class PersistentList(MutableSequence[Any]):
 
         self._write(run)
 
-    def pop(self, index: SupportsIndex = -1) -> Any:
+    def pop(self, index: SupportsIndex = -1) -> T:
         """Remove and return the item at ``index`` (the last by default: O(1); elsewhere the
         items after it move down)."""
         i = operator.index(index)
 
-        def run(conn: Conn) -> Any:
+        def run(conn: Conn) -> T:
             head = self._lock(conn, create=False)
             if head is None or head[1] == 0:
                 raise IndexError("pop from empty list")
@@ -708,7 +723,7 @@ class PersistentList(MutableSequence[Any]):
 
         return self._write(run)
 
-    def remove(self, value: Any) -> None:
+    def remove(self, value: T) -> None:
         """Remove the first item equal to ``value``; ``ValueError`` if there is none.
 
         The search and the removal are one transaction. It runs as a store transaction (not a
@@ -717,7 +732,7 @@ class PersistentList(MutableSequence[Any]):
         """
         self._store.run_in_transaction(lambda tx: self._on(tx)._remove_here(value))
 
-    def _on(self, store: Any) -> PersistentList:
+    def _on(self, store: Any) -> PersistentList[T]:
         return PersistentList(store, self._name, serializer=self._ser)
 
     def _remove_here(self, value: Any) -> None:
@@ -792,7 +807,7 @@ class PersistentList(MutableSequence[Any]):
         self._write(run)
         return self
 
-    def sort(self, *, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> None:
+    def sort(self, *, key: Callable[[T], Any] | None = None, reverse: bool = False) -> None:
         """Sort in place, stably, like ``list.sort``.
 
         The items are read in one statement and sorted here, outside any transaction (so a
@@ -806,7 +821,7 @@ class PersistentList(MutableSequence[Any]):
                 v if type(v) is bytes else bytes(v)
                 for (v,) in conn.execute(self._sql("all"), self._p).fetchall()
             ]
-        values = [self._loads(v) for v in stored]
+        values: list[Any] = [self._loads(v) for v in stored]  # compared as list.sort does
         order = sorted(
             range(len(values)),
             key=values.__getitem__ if key is None else (lambda j: key(values[j])),

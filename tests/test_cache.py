@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 import random
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from _sql import DEFAULT_CHUNK_SIZE
 
 import kvstore
 from kvstore.cache import cached
+from kvstore.decorators import PrefixDecorator
 from kvstore.serializers import JSON
 
 SHORT_TTL = 0.2
@@ -999,6 +1002,279 @@ def test_inside_a_transaction_calls_do_not_wait_for_locks(store: kvstore.Store) 
     assert locks.keys() == [f.cache_key(1)]  # the other caller's lock is not ours to remove
 
 
+# -- the store: a factory called at first use, and bind() ------------------------------------------
+class Factory:
+    """A store factory that counts its calls (from any thread) and returns ``result``."""
+
+    def __init__(self, result: Any, delay: float = 0.0) -> None:
+        self.result = result
+        self.delay = delay
+        self.calls = Counter()
+
+    def __call__(self) -> Any:
+        self.calls.add(threading.get_ident())
+        if self.delay:
+            time.sleep(self.delay)
+        return self.result
+
+
+def test_a_store_factory_is_called_at_first_use_once(store: kvstore.Store) -> None:
+    factory = Factory(store)
+    seen = Counter()
+
+    @cached(factory, name="factory.square")
+    def square(x: int) -> int:
+        seen.add(x)
+        return x * x
+
+    # decorating, naming and showing the function call no factory
+    assert len(factory.calls) == 0
+    assert square.__name__ == "square"
+    assert "not resolved yet" in repr(square)
+    assert len(factory.calls) == 0
+    assert square(3) == 9
+    assert len(factory.calls) == 1
+    assert square(3) == 9
+    assert square(4) == 16
+    assert square.refresh(4) == 16
+    square.invalidate(4)
+    assert square.cache_key(3) == cached(store, name="factory.square")(
+        square.__wrapped__
+    ).cache_key(3)
+    assert len(factory.calls) == 1  # once, whatever is used after
+    assert seen.calls == [3, 4, 4]
+    assert square.store.namespace_name == f"{store.namespace_name}/c/factory.square"
+    assert repr(square).endswith(f"in '{store.namespace_name}/c/factory.square'>")
+    # the results are where cached(store) keeps them: one store, one set of entries
+    again = cached(store, name="factory.square")(lambda x: -1)
+    assert again(3) == 9
+
+
+def test_any_helper_is_a_first_use(store: kvstore.Store) -> None:
+    for use in (
+        lambda f: f.store,
+        lambda f: f.cache_key(1),
+        lambda f: f.invalidate(1),
+        lambda f: f.cache_clear(),
+        lambda f: f.refresh(1),
+    ):
+        factory = Factory(store)
+        f = cached(factory, name="factory.helpers")(lambda x: x)
+        use(f)
+        assert len(factory.calls) == 1
+        assert f(1) == 1
+        assert len(factory.calls) == 1
+
+
+def _import_module(path: Any, source: str) -> Any:
+    """Import ``source`` as the module ``app_tasks`` from a file, as an application's import
+    would (decorators run at import time), without leaving it in sys.modules."""
+    path.write_text(textwrap.dedent(source))
+    spec = importlib.util.spec_from_file_location("app_tasks", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_decorated_at_import_time_with_a_factory_then_bound(
+    store: kvstore.Store, tmp_path: Any
+) -> None:
+    tasks = _import_module(
+        tmp_path / "app_tasks.py",
+        """
+        import kvstore
+
+        STORE = None  # the application sets it when it starts
+        calls = []
+
+        @kvstore.cached(lambda: STORE)
+        def double(x):
+            calls.append(x)
+            return 2 * x
+        """,
+    )
+    # called before the application has a store: the factory's None is refused, and the
+    # function is not called
+    with pytest.raises(
+        TypeError, match=r"store factory of cached app_tasks\.double\(\) returned None"
+    ):
+        tasks.double(1)
+    assert tasks.calls == []
+    tasks.STORE = store  # the application starts
+    assert tasks.double(1) == 2
+    assert tasks.double(1) == 2
+    assert tasks.calls == [1]
+    assert tasks.double.store.namespace_name == f"{store.namespace_name}/c/app_tasks.double"
+
+
+def test_decorated_at_import_time_then_bound_by_the_app_factory(
+    store: kvstore.Store, tmp_path: Any
+) -> None:
+    tasks = _import_module(
+        tmp_path / "app_tasks.py",
+        """
+        import kvstore
+
+        calls = []
+
+        def _no_store():
+            raise RuntimeError("init_app() has not run")
+
+        @kvstore.cached(_no_store)
+        def double(x):
+            calls.append(x)
+            return 2 * x
+
+        def init_app(store):
+            double.bind(store)
+        """,
+    )
+    # a factory that raises is not remembered: its error reaches the caller at each use
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="init_app"):
+            tasks.double(1)
+    assert tasks.calls == []
+    tasks.init_app(store)
+    assert tasks.double(1) == 2
+    assert tasks.double(1) == 2
+    assert tasks.calls == [1]
+
+
+def test_bind_swaps_the_store_for_a_test(store: kvstore.Store) -> None:
+    seen = Counter()
+
+    @cached(store, name="swap.f")
+    def f(x: int) -> int:
+        seen.add(x)
+        return x + 1
+
+    assert f(1) == 2
+    test_store = store.namespace(store.namespace_name + "-swap")
+    f.bind(test_store)  # a test swaps in its own store
+    assert f.store.namespace_name == f"{test_store.namespace_name}/c/swap.f"
+    assert f(1) == 2  # a miss there: computed again
+    assert seen.calls == [1, 1]
+    assert len(f.store) == 1
+    f.cache_clear()  # clears the test store's entries only
+    f.bind(store)  # and puts the application's back
+    assert f(1) == 2
+    assert seen.calls == [1, 1]  # the application's entry was never touched
+    # bind takes a factory too: called at the next use, once
+    factory = Factory(test_store)
+    f.bind(factory)
+    assert len(factory.calls) == 0
+    assert f(5) == 6
+    assert f(5) == 6
+    assert len(factory.calls) == 1
+    assert seen.calls == [1, 1, 5]
+    assert test_store.keys() == []  # cache entries never show in the store's own keys
+
+
+def test_bind_on_a_method_rebinds_it_for_every_instance(store: kvstore.Store) -> None:
+    class Client:
+        def __init__(self, region: str) -> None:
+            self.region = region
+
+        @cached(lambda: store, key=lambda self, city: f"{self.region}/{city}")
+        def forecast(self, city: str) -> str:
+            return f"sun in {city}"
+
+    eu, us = Client("eu"), Client("us")
+    assert eu.forecast("Paris") == "sun in Paris"
+    other = store.namespace(store.namespace_name + "-method")
+    us.forecast.bind(other)
+    assert eu.forecast.store.namespace_name == us.forecast.store.namespace_name
+    assert Client.forecast.store.namespace_name.startswith(other.namespace_name + "/c/")
+    assert us.forecast("Rome") == "sun in Rome"
+    assert Client.forecast.store.keys() == ["us/Rome"]
+
+
+def test_async_functions_with_a_factory(store: kvstore.Store) -> None:
+    factory = Factory(store)
+    seen = Counter()
+
+    @cached(factory, name="factory.price")
+    async def price(symbol: str) -> float:
+        seen.add(symbol)
+        await asyncio.sleep(0.01)
+        return 42.0
+
+    assert asyncio.iscoroutinefunction(price)
+    assert len(factory.calls) == 0
+
+    async def main() -> list[float]:
+        return list(await asyncio.gather(*(price("ACME") for _ in range(3))))
+
+    assert asyncio.run(main()) == [42.0] * 3
+    assert asyncio.run(price.refresh("ACME")) == 42.0
+    assert len(factory.calls) == 1
+    assert seen.calls.count("ACME") == 2  # the gathered calls computed once, refresh again
+
+
+def test_a_factory_returning_no_store_raises_type_error_at_each_use(store: kvstore.Store) -> None:
+    factory = Factory("sqlite://")
+    seen = Counter()
+    f = cached(factory, name="factory.bad")(seen.add)
+    with pytest.raises(
+        TypeError,
+        match=r"store factory of cached factory\.bad\(\) returned str 'sqlite://': cached\(\) "
+        r"keeps results in a kvstore\.Store",
+    ):
+        f(1)
+    with pytest.raises(TypeError, match="returned str"):
+        assert f.store is None
+    assert len(factory.calls) == 2  # a wrong answer is not remembered
+    for wrong, shown in (
+        (None, "returned None"),
+        (PrefixDecorator("p-", store), "returned PrefixDecorator"),
+        (store.dict("d"), "returned PersistentDict"),
+    ):
+        factory.result = wrong
+        with pytest.raises(TypeError, match=shown):
+            f(1)
+    assert seen.calls == []
+    factory.result = store
+    f(1)
+    assert seen.calls == [1]
+
+
+def test_a_factory_that_calls_its_own_function_is_an_error(store: kvstore.Store) -> None:
+    def factory() -> kvstore.Store:
+        f(0)  # the store's own set-up must not need the cache it makes
+        return store
+
+    f = cached(factory, name="factory.loop")(lambda x: x)
+    with pytest.raises(RuntimeError, match=r"factory of cached factory\.loop\(\) uses"):
+        f(1)
+    f.bind(store)
+    assert f(1) == 1
+
+
+def test_bad_stores_and_factories_are_refused(store: kvstore.Store) -> None:
+    with pytest.raises(TypeError, match=r"takes arguments.*parentheses"):
+        cached(lambda s: store)  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match=r"kvstore\.Store.*not PrefixDecorator"):
+        cached(PrefixDecorator("p-", store))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"kvstore\.Store.*not str"):
+        cached("sqlite://")  # type: ignore[arg-type]
+    f = cached(store)(len)
+    with pytest.raises(TypeError, match=r"bind\(\) keeps results in a kvstore\.Store.*not int"):
+        f.bind(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"bind\(\).*takes arguments"):
+        f.bind(lambda s: s)  # type: ignore[arg-type]
+    assert f("abc") == 3  # still on its store
+
+    # @kvstore.cached without parentheses above a function of no arguments takes it for a
+    # store factory; calling what is left says what happened
+    @cached  # type: ignore[arg-type]
+    def today() -> str:
+        return "monday"
+
+    with pytest.raises(TypeError, match="without parentheses"):
+        today()  # type: ignore[call-arg]
+
+
 # -- concurrency: threads --------------------------------------------------------------------------
 def _warm_up(store: kvstore.Store) -> None:
     # Work-around (reported to the lead): connect() creates the tables without switching a new
@@ -1033,6 +1309,35 @@ def test_threads_compute_a_missing_key_once(shared_store: kvstore.Store) -> None
     results = _run_threads(8, lambda: slow("hello"))
     assert results == ["HELLO"] * 8
     assert len(seen) == 1
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_first_calls_call_the_factory_once(shared_store: kvstore.Store) -> None:
+    seen = Counter()
+    _warm_up(shared_store)
+    factory = Factory(shared_store, delay=0.2)  # slow: every thread arrives while it runs
+
+    @cached(factory, lock_timeout=30)
+    def slow(word: str) -> str:
+        seen.add(word)
+        time.sleep(0.1)
+        return word.upper()
+
+    results = _run_threads(8, lambda: slow("hello"))
+    assert results == ["HELLO"] * 8
+    assert len(factory.calls) == 1
+    assert len(seen) == 1
+
+
+def test_concurrent_first_uses_resolve_one_store(store: kvstore.Store) -> None:
+    # every backend: the threads only resolve the store (cache_key reads no database)
+    factory = Factory(store, delay=0.1)
+    f = cached(factory, name="factory.threads")(lambda x: x)
+    keys = _run_threads(8, lambda: f.cache_key(1))
+    assert len(set(keys)) == 1
+    assert len(factory.calls) == 1
+    stores = _run_threads(4, lambda: f.store)
+    assert all(s is stores[0] for s in stores)
 
 
 @pytest.mark.timeout(120)
