@@ -23,6 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from ._retry import LOCK_POLL, backoff_sleep
 from .errors import (
     DatabaseError,
     DatabaseUnavailableError,
@@ -418,7 +419,7 @@ def _switch_to_wal(cur: Any, timeout: float) -> None:
     locked". Those retry until they see the winner's WAL mode, within the busy timeout.
     """
     deadline = time.monotonic() + min(timeout, 1.0)
-    delay = 0.005
+    attempt = 0
     while True:
         mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
         if mode in ("wal", "memory"):
@@ -434,8 +435,8 @@ def _switch_to_wal(cur: Any, timeout: float) -> None:
                 # connection holds a transaction (an application's Session on a file it
                 # created), keep the current journal and let a later connection switch.
                 return
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+        backoff_sleep(LOCK_POLL, attempt)
+        attempt += 1
 
 
 def _orig(exc: BaseException) -> BaseException:

@@ -34,7 +34,8 @@ class Policy:
 #: a statement or transaction that met a lock ("database is locked", a deadlock, a
 #: serialization failure) while kvstore owns the transaction
 CONTENTION = Policy(attempts=9, base=0.01)
-#: a cached call waiting for another caller's computation of the same key (polling its lock)
+#: polling for something another party holds: a cached call waiting for another caller's
+#: computation of the same key, a connection waiting to switch a new SQLite file to WAL
 LOCK_POLL = Policy(attempts=0, base=0.005, cap=0.1)
 #: ensure_schema lost a race with another process creating or upgrading the same tables
 SCHEMA_RACE = Policy(attempts=6, base=0.05, cap=2.0)
