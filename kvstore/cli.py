@@ -1220,13 +1220,48 @@ def _engine(*, create: bool) -> Iterator[Any]:
 
 @db.command(name="upgrade")
 @click.argument("revision", default="head")
-def db_upgrade(revision: str) -> None:
+@click.option(
+    "--sql",
+    "offline",
+    is_flag=True,
+    help="Print the SQL instead of running it (needs no connection; REVISION may be FROM:TO).",
+)
+def db_upgrade(revision: str, offline: bool) -> None:
     """Apply kvstore's migrations up to REVISION (default: head)."""
     s = _settings()
+    if offline:
+        with _connecting(s.url):
+            sql = migrations.migration_sql(s.url, revision, table_prefix=s.table_prefix)
+        click.echo(sql, nl=False)
+        return
     with _engine(create=True) as engine:
         migrations.upgrade(engine, revision, table_prefix=s.table_prefix)
         now = migrations.current(engine, table_prefix=s.table_prefix)
     click.echo(f"kvstore: database at revision {now}", err=True)
+
+
+@db.command(name="downgrade")
+@click.argument("revision")
+@click.option(
+    "--sql",
+    "offline",
+    is_flag=True,
+    help="Print the SQL instead of running it (REVISION must then be FROM:TO).",
+)
+def db_downgrade(revision: str, offline: bool) -> None:
+    """Revert kvstore's migrations down to REVISION ("base" removes every kvstore table)."""
+    s = _settings()
+    if offline:
+        with _connecting(s.url):
+            sql = migrations.migration_sql(
+                s.url, revision, downgrade=True, table_prefix=s.table_prefix
+            )
+        click.echo(sql, nl=False)
+        return
+    with _engine(create=False) as engine:
+        migrations.downgrade(engine, revision, table_prefix=s.table_prefix)
+        now = migrations.current(engine, table_prefix=s.table_prefix)
+    click.echo(f"kvstore: database at revision {now or 'base (no kvstore tables)'}", err=True)
 
 
 @db.command(name="current")

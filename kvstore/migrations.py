@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.resources
+import io
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -59,6 +60,7 @@ __all__ = [
     "ensure_schema",
     "exclude_kvstore_tables",
     "heads",
+    "migration_sql",
     "script_location",
     "table_names",
     "upgrade",
@@ -192,6 +194,41 @@ def downgrade(bind: Bind, revision: str, *, table_prefix: str = DEFAULT_TABLE_PR
             # Alembic deliberately never drops its version table; an empty one is still a
             # kvstore table left behind, which "downgrade to base" promises not to leave.
             sa.Table(version_table(prefix), sa.MetaData()).drop(conn)
+
+
+def migration_sql(
+    url: str,
+    revision: str = "head",
+    *,
+    downgrade: bool = False,
+    table_prefix: str = DEFAULT_TABLE_PREFIX,
+) -> str:
+    """The SQL that :func:`upgrade` (or, with ``downgrade``, :func:`downgrade`) would run, for
+    a DBA to review or apply by hand: Alembic's offline mode, which needs only the URL's
+    dialect, never a connection. ``revision`` is a target (``"head"``, ``"0002"``) or a range
+    ``"0001:0002"``; a downgrade needs the range (offline, the current revision is unknown).
+    """
+    from alembic import command
+
+    prefix = _check_args(revision.split(":")[-1], table_prefix)
+    backend = sa.make_url(url).get_backend_name()
+    _dialect.for_name(backend).check_table_prefix(prefix)
+    if downgrade and ":" not in revision:
+        raise ValueError(
+            "an offline downgrade needs the range FROM:TO (for example 0002:0001): without "
+            "a connection the current revision is unknown"
+        )
+    buf = io.StringIO()
+    cfg = _config(None, prefix)
+    cfg.output_buffer = buf
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    fn = command.downgrade if downgrade else command.upgrade
+    with _ALEMBIC_LOCK:
+        try:
+            fn(cfg, revision, sql=True)
+        except Exception as exc:
+            raise ValueError(f"cannot write the SQL for {revision!r}: {exc}") from None
+    return buf.getvalue()
 
 
 def current(bind: Bind, *, table_prefix: str = DEFAULT_TABLE_PREFIX) -> str | None:
