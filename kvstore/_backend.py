@@ -487,11 +487,20 @@ class Scope:
             )
 
     # -- transactions --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def transaction(self, isolation: str | None = None) -> Iterator[Scope]:
+    def transaction(self, isolation: str | None = None) -> contextlib.AbstractContextManager[Scope]:
         """A scope bound to a new transaction (a savepoint when one is open already)."""
+        # an unknown level is a ValueError, always
+        return self._transaction(self.backend.dialect.begin_sql(isolation), isolation)
+
+    def snapshot(self) -> contextlib.AbstractContextManager[Scope]:
+        """A scope bound to a new read-only transaction that sees one snapshot of the
+        database (SQLite: a deferred transaction, which takes no write lock; PostgreSQL:
+        REPEATABLE READ READ ONLY). Inside an open transaction it is a savepoint of it."""
+        return self._transaction(self.backend.dialect.read_snapshot_begin, None)
+
+    @contextlib.contextmanager
+    def _transaction(self, begin_sql: str, isolation: str | None) -> Iterator[Scope]:
         b = self.backend
-        begin_sql = b.dialect.begin_sql(isolation)  # an unknown level is a ValueError, always
         if self.tx is not None:
             self.acquire()  # ended / wrong thread
             if isolation is not None:

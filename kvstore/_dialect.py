@@ -99,6 +99,8 @@ class Dialect:
     driver_begin = "BEGIN"
     #: SQLite's query planner takes a hint that a condition is rarely true
     supports_likelihood = True
+    #: ``key = ANY(:keys)`` with a list bound as one array parameter
+    supports_any_array = False
 
     #: the names of the triggers on table ``:table``
     trigger_catalog = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table"
@@ -305,6 +307,7 @@ class PostgresDialect(Dialect):
         "json": "JSON",
     }
     supports_likelihood = False
+    supports_any_array = True
     trigger_catalog = (
         "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND NOT tgisinternal"
     )

@@ -17,6 +17,9 @@ from ._backend import Scope, Statements
 from ._conn import Conn
 from ._dialect import Rendered
 from ._indexing import TOP, Filter, IndexSpec, JsonField, NamespaceIndexes, decode_value
+from ._retry import RACE
+from ._schema import from_micros
+from .base import EntryInfo
 from .errors import (
     ConflictError,
     IndexNotDeclaredError,
@@ -51,6 +54,11 @@ ON_CONFLICT = """ON CONFLICT (namespace, key) DO UPDATE SET
   updated_at = excluded.updated_at, expires_at = excluded.expires_at,
   content_type = excluded.content_type, metadata = excluded.metadata,
   checksum = excluded.checksum"""
+
+#: what stat() reads of an entry, in EntryInfo's order
+ENTRY_COLUMNS = (
+    "key, size, version, created_at, updated_at, expires_at, content_type, metadata, checksum"
+)
 
 # The key-value statements, written once for both dialects. ``{e}`` and friends are table
 # names, ``{bytea}`` and friends type names (see _dialect); values are always bound parameters.
@@ -99,6 +107,10 @@ _TEMPLATES: dict[str, str] = {
     "index_entry_insert": "INSERT INTO {ie} (index_id, ivalue, uvalue, key) "
     "VALUES (:index_id, :ivalue, :uvalue, :key)",
     "clear": "DELETE FROM {e} WHERE namespace = :ns",
+    "get_many_any": f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {LIVE} "
+    "AND key = ANY(:keys)",
+    "entry_row": f"SELECT {ENTRY_COLUMNS}, value, blob_id FROM {{e}} "
+    f"WHERE namespace = :ns AND key = :key AND {LIVE}",
     "namespace_stats": f"SELECT namespace, COUNT(*), COALESCE(SUM(size), 0) FROM {{e}} WHERE {LIVE} "
     "GROUP BY namespace ORDER BY namespace",
     # -- index management
@@ -157,6 +169,15 @@ for _values, _cols in ((True, "key, value, blob_id"), (False, "key")):
         _TEMPLATES[f"scan_after:{_tag}"] = (
             f"{_base} AND key {_op} :after ORDER BY key {_order} LIMIT :limit"
         )
+
+for _lo, _hi in ((False, False), (True, False), (True, True)):
+    for _values in (False, True):
+        _cond = (" AND key >= :lo" if _lo else "") + (" AND key < :hi" if _hi else "")
+        _cols = ENTRY_COLUMNS + (", value, blob_id" if _values else "")
+        _base = f"SELECT {_cols} FROM {{e}} WHERE namespace = :ns AND {LIVE}{_cond}"
+        _tag = f"{int(_lo)}{int(_hi)}{int(_values)}"
+        _TEMPLATES[f"entries:{_tag}"] = f"{_base} ORDER BY key LIMIT :limit"
+        _TEMPLATES[f"entries_after:{_tag}"] = f"{_base} AND key > :after ORDER BY key LIMIT :limit"
 
 SQL = Statements("entries", _TEMPLATES)
 
@@ -850,8 +871,18 @@ def key_batch(
 
 
 def get_many(scope: Scope, keys: list[str]) -> dict[str, bytes]:
-    """The live values of ``keys`` (distinct, validated), in one query per batch."""
+    """The live values of ``keys`` (distinct, validated): on PostgreSQL one statement with
+    the keys as one array parameter (``= ANY``), elsewhere one query per batch of ``IN``."""
     out: dict[str, bytes] = {}
+    if scope.backend.dialect.supports_any_array and keys:
+        params = {"ns": scope.namespace, "now": now_us(), "keys": keys}
+        with scope.connection() as conn:
+            rows = conn.execute(scope.sql(SQL, "get_many_any"), params).fetchall()
+            for key, value, blob_id, size in rows:
+                out[key] = (
+                    bytes(value) if blob_id is None else read_blob(scope, conn, key, blob_id, size)
+                )
+        return out
     template = (
         f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {LIVE} "
         "AND key IN ({marks})"
@@ -872,3 +903,73 @@ def namespace_stats(scope: Scope) -> list[tuple[str, int, int]]:
     with scope.connection() as conn:
         rows = conn.execute(scope.sql(SQL, "namespace_stats"), {"now": now_us()}).fetchall()
     return [(r[0], int(r[1]), int(r[2])) for r in rows]
+
+
+# -- entries with their details ----------------------------------------------------------------
+def entry_info(scope: Scope, row: Any) -> EntryInfo:
+    """An EntryInfo from the first columns of a row (ENTRY_COLUMNS' order)."""
+    return EntryInfo(
+        key=row[0],
+        size=int(row[1]),
+        version=int(row[2]),
+        created_at=from_micros(row[3]),
+        updated_at=from_micros(row[4]),
+        expires_at=None if row[5] is None else from_micros(row[5]),
+        content_type=row[6],
+        metadata=scope.backend.dialect.load_json(row[7]) or {},
+        checksum=row[8],
+    )
+
+
+def _entry_value(scope: Scope, conn: Conn, row: Any) -> tuple[EntryInfo, bytes] | None:
+    """An entry's details and its value, belonging together. An inline value comes in the
+    same row; a chunked one is read after it, and since blob ids are never reused a short
+    read means the entry was replaced meanwhile: then its row is read again."""
+    for _ in range(RACE.attempts):
+        info = entry_info(scope, row)
+        if row[10] is None:
+            return info, bytes(row[9])
+        rows = conn.execute_bytes(scope.sql(SQL, "chunks"), {"blob": row[10]}).fetchall()
+        data = b"".join(bytes(r[0]) for r in rows)
+        if len(data) == info.size:
+            return info, data
+        params = {"ns": scope.namespace, "key": info.key, "now": now_us()}
+        row = conn.execute(scope.sql(SQL, "entry_row"), params).fetchone()
+        if row is None:
+            return None
+    raise TransactionError(f"the value of {row[0]!r} kept changing while it was read")
+
+
+def scan_entries(
+    scope: Scope, prefix: str, *, values: bool, batch: int = 500
+) -> Iterator[tuple[EntryInfo, bytes | None]]:
+    """Live entries whose keys start with ``prefix``, in key order, with their details (and
+    values), ``batch`` rows per statement by keyset pagination over the primary-key range; no
+    connection is held between batches."""
+    hi = prefix_upper(prefix) if prefix else None
+    tag = f"{int(bool(prefix))}{int(hi is not None)}{int(values)}"
+    first, more = scope.sql(SQL, f"entries:{tag}"), scope.sql(SQL, f"entries_after:{tag}")
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"ns": scope.namespace, "now": now_us(), "limit": batch}
+        if prefix:
+            params["lo"] = prefix
+        if hi is not None:
+            params["hi"] = hi
+        out: list[tuple[EntryInfo, bytes | None]] = []
+        with scope.connection() as conn:
+            if after is None:
+                rows = conn.execute(first, params).fetchall()
+            else:
+                rows = conn.execute(more, dict(params, after=after)).fetchall()
+            for row in rows:
+                if not values:
+                    out.append((entry_info(scope, row), None))
+                    continue
+                got = _entry_value(scope, conn, row)
+                if got is not None:
+                    out.append(got)
+        yield from out
+        if len(rows) < batch:
+            return
+        after = rows[-1][0]

@@ -639,18 +639,16 @@ def ls(prefix: str, long_: bool) -> None:
     store = open_store()
     out = sys.stdout
     # one write per key without click.echo's flush per line: listings can be millions long
-    for key in store.iter_keys(prefix):
-        if not long_:
+    if not long_:
+        for key in store.iter_keys(prefix):
             out.write(key + "\n")
-            continue
-        try:
-            info = store.stat(key)
-        except NotFoundError:
-            continue  # deleted or expired since it was listed
-        out.write(
-            f"{info.size:>10} {info.version:>6} {_short_time(info.updated_at)} "
-            f"{_short_time(info.expires_at):<20} {key}\n"
-        )
+    else:
+        # the details come with the keys, a batch per statement
+        for info in store.iter_stat(prefix):
+            out.write(
+                f"{info.size:>10} {info.version:>6} {_short_time(info.updated_at)} "
+                f"{_short_time(info.expires_at):<20} {info.key}\n"
+            )
     out.flush()
 
 
@@ -901,21 +899,28 @@ def _plural(n: int, one: str, many: str) -> str:
 @click.option(
     "--prefix", default="", callback=_prefix_param, help="Only keys starting with PREFIX."
 )
+@click.option(
+    "--snapshot",
+    is_flag=True,
+    help="Read one consistent snapshot of the database (for backups).",
+)
 @_progress_option
 @reads
-def export(file: str, prefix: str, progress: bool | None) -> None:
+def export(file: str, prefix: str, snapshot: bool, progress: bool | None) -> None:
     """Write entries as JSON Lines to FILE ('-' or omitted: standard output).
 
     One object per line, sorted by key, in the format `import` reads: text values as
     "value", other bytes as "value_b64", plus "content_type", "metadata" and "expires_at"
-    when set. A FILE is replaced only once the export is complete.
+    when set. A FILE is replaced only once the export is complete. --snapshot reads every
+    entry from one snapshot (a read-only transaction: on SQLite it does not block writers).
     """
     store = open_store()
     total = len(store) if not prefix else None
 
     def write(out: IO[bytes]) -> None:
         with _Progress(progress, "exporting", total, "entries") as bar:
-            for line in transfer.export_lines(store, prefix, progress=bar.update):
+            lines = transfer.export_lines(store, prefix, progress=bar.update, snapshot=snapshot)
+            for line in lines:
                 out.write(line.encode("utf-8"))
 
     if file == "-":

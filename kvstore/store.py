@@ -21,6 +21,7 @@ from ._entries import (
     SQL,
     count_keys,
     delete_keys_in,
+    entry_info,
     get_many,
     index_state,
     insert_chunks,
@@ -32,6 +33,7 @@ from ._entries import (
     now_us,
     prefix_upper,
     read_blob,
+    scan_entries,
     unique_violation,
     version,
     write,
@@ -39,7 +41,7 @@ from ._entries import (
 )
 from ._indexing import IndexInfo
 from ._retry import RACE, Policy, retry
-from ._schema import Tables, from_micros
+from ._schema import Tables
 from ._validate import (
     NOT_SET,
     TTL,
@@ -285,17 +287,29 @@ class Store(KeyValueStore):
             row = conn.execute(self._scope.sql(SQL, "stat"), params).fetchone()
         if row is None:
             raise NotFoundError(key)
-        return EntryInfo(
-            key=row[0],
-            size=int(row[1]),
-            version=int(row[2]),
-            created_at=from_micros(row[3]),
-            updated_at=from_micros(row[4]),
-            expires_at=None if row[5] is None else from_micros(row[5]),
-            content_type=row[6],
-            metadata=self._b.dialect.load_json(row[7]) or {},
-            checksum=row[8],
-        )
+        return entry_info(self._scope, row)
+
+    def iter_stat(self, prefix: str = "") -> Iterator[EntryInfo]:
+        """:meth:`stat` of every live key starting with ``prefix``, in key order, streamed in
+        batches (one statement per 500 entries, no connection held in between)."""
+        check_prefix(prefix)
+        for info, _ in scan_entries(self._scope, prefix, values=False):
+            yield info
+
+    def iter_items(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        """``(key, value)`` of every live key starting with ``prefix``, in key order, streamed
+        in batches (large values are read whole, one at a time)."""
+        check_prefix(prefix)
+        for info, data in scan_entries(self._scope, prefix, values=True):
+            yield info.key, data or b""
+
+    def iter_entries(self, prefix: str = "") -> Iterator[tuple[EntryInfo, bytes]]:
+        """``(stat, value)`` of every live key starting with ``prefix``, in key order, each
+        pair read together (a value never comes with another version's details). Inside
+        :meth:`snapshot`, all of them come from one snapshot."""
+        check_prefix(prefix)
+        for info, data in scan_entries(self._scope, prefix, values=True):
+            yield info, data or b""
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         """Values of the given keys that exist, in one query per batch of keys."""
@@ -711,6 +725,18 @@ class Store(KeyValueStore):
         block ends, or not at all if it raises. ``isolation`` names the level of the outermost
         transaction (see docs/transactions.md for what each dialect offers)."""
         with self._scope.transaction(isolation) as scope:
+            tx = Transaction(scope)
+            tx.default_ttl_secs = self.default_ttl_secs
+            yield tx
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Transaction]:
+        """A read-only transaction over one consistent snapshot of the database, for reads
+        that must agree with each other (a backup, a report): on SQLite a deferred
+        transaction (it takes no write lock, so writers carry on), on PostgreSQL REPEATABLE
+        READ READ ONLY. Writing through it fails (PostgreSQL) or waits for the write lock
+        (SQLite): use :meth:`transaction` to write."""
+        with self._scope.snapshot() as scope:
             tx = Transaction(scope)
             tx.default_ttl_secs = self.default_ttl_secs
             yield tx

@@ -13,14 +13,13 @@ import binascii
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._validate import check_key, check_prefix
 from .base import EntryInfo
-from .errors import InvalidKeyError, KVStoreError, NotFoundError
+from .errors import InvalidKeyError, KVStoreError, TransactionError
 from .store import Store
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 1000
 
 #: How often :func:`export_lines` reads an entry that changes under it before giving up.
-_EXPORT_ATTEMPTS = 10
 
 _RECORD_FIELDS = {"key", "value", "value_b64", "metadata", "content_type", "expires_at", "ttl_secs"}
 
@@ -309,48 +307,50 @@ def import_lines(
 
 
 # -- export --------------------------------------------------------------------------------------
-def _consistent_entry(store: Store, key: str) -> tuple[EntryInfo, bytes] | None:
-    """stat() and get() of one key that belong together, or None if the key is gone.
-
-    Two reads are two statements; a write between them would pair new bytes with old
-    metadata. The checksum in the stat proves the pairing, and a mismatch reads again. (One
-    transaction per entry would also work but takes SQLite's write lock, which an export
-    has no business holding.)
-    """
-    for _ in range(_EXPORT_ATTEMPTS):
-        try:
-            info = store.stat(key)
-            data = store.get(key)
-        except NotFoundError:
-            return None
-        if not info.checksum or hashlib.sha256(data).hexdigest() == info.checksum:
-            return info, data
-    raise ExportFailed(key)
-
-
 def export_lines(
-    store: Store, prefix: str = "", *, progress: Callable[[int], None] | None = None
+    store: Store,
+    prefix: str = "",
+    *,
+    progress: Callable[[int], None] | None = None,
+    snapshot: bool = False,
 ) -> Iterator[str]:
     """The entries of ``store`` whose keys start with ``prefix``, sorted by key, as lines of
     JSON Lines text (each ending in a newline) that :func:`import_lines` reads back.
 
-    The lines are produced as they are consumed, with flat memory; keys deleted meanwhile are
-    left out. Each entry's value and details are read consistently without holding a lock
-    (:class:`ExportFailed` if an entry never stops changing). ``progress``, if given, is
-    called with the number of lines handed out so far, after each one.
+    The lines are produced as they are consumed, with flat memory, a batch of entries per
+    statement (``Store.iter_entries``); keys deleted meanwhile are left out, and each entry's
+    value and details are read together. With ``snapshot``, the whole export reads one
+    consistent snapshot of the database (``Store.snapshot()``: a backup of one moment; on
+    SQLite it takes no write lock). ``progress``, if given, is called with the number of lines
+    handed out so far, after each one.
     """
     check_prefix(prefix)  # now, not at the first line
-    return _export(store, prefix, progress)
+    return _export(store, prefix, progress, snapshot)
 
 
-def _export(store: Store, prefix: str, progress: Callable[[int], None] | None) -> Iterator[str]:
+def _export(
+    store: Store, prefix: str, progress: Callable[[int], None] | None, snapshot: bool
+) -> Iterator[str]:
+    if snapshot:
+        with store.snapshot() as tx:
+            yield from _export_entries(tx, prefix, progress)
+    else:
+        yield from _export_entries(store, prefix, progress)
+
+
+def _export_entries(
+    store: Store, prefix: str, progress: Callable[[int], None] | None
+) -> Iterator[str]:
     n = 0
-    for key in store.iter_keys(prefix):
-        entry = _consistent_entry(store, key)
-        if entry is None:
-            continue
-        record = export_record(key, *entry)
-        yield json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        n += 1
-        if progress is not None:
-            progress(n)
+    last = prefix
+    try:
+        for info, data in store.iter_entries(prefix):
+            last = info.key
+            record = export_record(info.key, info, data)
+            yield json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+            n += 1
+            if progress is not None:
+                progress(n)
+    except TransactionError as exc:
+        # an entry was rewritten every time it was read (iter_entries retries each one)
+        raise ExportFailed(last) from exc
