@@ -146,7 +146,7 @@ class RawConn(Conn):
 
     def _attach(self, proxied: Any) -> None:
         self.proxied = proxied  # SQLAlchemy's pool proxy: returning it gives it back to the pool
-        self.dbapi = proxied.driver_connection
+        self.dbapi = self.dialect.dbapi_of(proxied)
         dialect = self.dialect
         self._exec = dialect.executor(self.dbapi)
         info = proxied.info
@@ -259,7 +259,7 @@ class SAConn(Conn):
         self.dialect = dialect
         try:
             fairy = sa_conn.connection
-            self.dbapi = fairy.driver_connection
+            self.dbapi = dialect.dbapi_of(fairy)
             if not fairy.info.get("kvstore_prepared"):
                 dialect.prepare_connection(self.dbapi, options)
                 fairy.info["kvstore_prepared"] = True
@@ -340,7 +340,7 @@ class ExternalConn(Conn):
         # pysqlite (before Python 3.12) only BEGINs implicitly before DML, so a SAVEPOINT sent
         # first would open, and its RELEASE would commit, a transaction of its own. Begin
         # explicitly so everything kvstore writes waits for the caller's commit.
-        dbapi = conn.connection.driver_connection
+        dbapi = self.dialect.dbapi_of(conn.connection)
         if not self.dialect.in_driver_transaction(dbapi):
             conn.exec_driver_sql(self.dialect.driver_begin)
         return conn
