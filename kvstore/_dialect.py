@@ -461,7 +461,14 @@ class AsyncpgDialect(PostgresDialect):
         return bool(dbapi_conn.driver_connection.is_closed())
 
     def is_driver_error(self, exc: BaseException) -> bool:
-        return isinstance(exc, sa_exc.EmulatedDBAPIException) or super().is_driver_error(exc)
+        # SQLAlchemy's emulated DBAPI errors; asyncpg's connect lets OSError through
+        # (connection refused, unknown host, a dropped socket)
+        return isinstance(exc, sa_exc.EmulatedDBAPIException | OSError) or super().is_driver_error(
+            exc
+        )
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        return isinstance(_orig(exc), OSError) or super().is_unavailable(exc)
 
 
 class PsycopgAsyncDialect(PostgresDialect):

@@ -1054,3 +1054,8 @@ def _create_tables(backend: Backend, bind: Engine | Connection | Session) -> Non
         ensure_schema(bind, table_prefix=backend.tables.prefix)
     except sa_exc.DBAPIError as exc:
         raise backend.dialect.error(exc, connecting=True) from exc
+    except Exception as exc:
+        # asyncpg's connect raises OSError (refused, unknown host) past SQLAlchemy's wrapping
+        if isinstance(exc, KVStoreError) or not backend.dialect.is_driver_error(exc):
+            raise
+        raise backend.dialect.error(exc, connecting=True) from exc
