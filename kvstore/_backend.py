@@ -172,8 +172,9 @@ class Backend:
         self.sa_dialect = sa_dialect
         if self.dialect.is_async and not in_async_greenlet():
             raise ValueError(
-                f"{sa_dialect.driver} is an asyncio driver: open the store with "
-                "kvstore.connect_async (await kvstore.connect_async(bind)), not kvstore.connect"
+                f"kvstore.connect cannot use the {sa_dialect.driver!r} driver: it is an asyncio "
+                "driver, open the store with kvstore.connect_async (await "
+                "kvstore.connect_async(bind))"
             )
         _dialect.refuse_schema_translation(bind)
         self.tables: Tables = tables(self.dialect.check_table_prefix(table_prefix))

@@ -663,9 +663,9 @@ def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
     driver = parsed.get_driver_name()
     if is_async_driver(backend, driver):
         raise ValueError(
-            f"{driver} is an asyncio driver: open {parsed.drivername}:// URLs with "
-            "kvstore.connect_async (await kvstore.connect_async(url)); kvstore.connect works "
-            f"with {_INSTALL[backend]}"
+            f"kvstore.connect cannot use the {driver!r} driver for {backend}: it is an asyncio "
+            f"driver, open {parsed.drivername}:// URLs with kvstore.connect_async (await "
+            f"kvstore.connect_async(url)); kvstore.connect works with {_INSTALL[backend]}"
         )
     if (backend, driver) not in _DRIVERS:
         raise ValueError(
