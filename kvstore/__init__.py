@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 
 from ._indexing import IndexInfo, json_field
 from ._validate import FOREVER, MAX_KEY_LENGTH, NOT_SET, VALID_KEY_RE
-from .aio import AsyncStore, AsyncTransaction, connect_async
+from .aio import (
+    AsyncPersistentDict,
+    AsyncPersistentList,
+    AsyncPersistentSet,
+    AsyncStore,
+    AsyncTransaction,
+    connect_async,
+)
 from .base import EntryInfo, KeyValueStore, NamespaceInfo
 from .cache import cached
 from .collections import PersistentDict, PersistentSet
@@ -65,6 +72,9 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "NOT_SET",
     "VALID_KEY_RE",
+    "AsyncPersistentDict",
+    "AsyncPersistentList",
+    "AsyncPersistentSet",
     "AsyncStore",
     "AsyncTransaction",
     "ConflictError",

@@ -22,6 +22,7 @@ from sqlalchemy import DDL, create_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import await_only
 
 from ._retry import LOCK_POLL, backoff_sleep
 from .errors import (
@@ -452,7 +453,18 @@ class AsyncpgDialect(PostgresDialect):
         return fairy.dbapi_connection
 
     def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
-        return dbapi_conn.execute  # type: ignore[no-any-return]
+        execute = dbapi_conn.execute
+        raw = dbapi_conn.driver_connection
+
+        def run(sql: str, params: Any = None) -> Any:
+            if params is None and sql == "COMMIT":
+                # The adapter's cursor keeps no status message, and PostgreSQL answers COMMIT
+                # of an aborted transaction with a silent ROLLBACK: asyncpg's own execute()
+                # returns the status (see Conn._check_commit).
+                return _StatusCursor(await_only(raw.execute(sql)))
+            return execute(sql, params)
+
+        return run
 
     def execute_bytes(self, dbapi_conn: Any, sql: str, params: Any) -> Any:
         return dbapi_conn.execute(sql, params)  # asyncpg moves bytea in binary already
@@ -469,6 +481,27 @@ class AsyncpgDialect(PostgresDialect):
 
     def is_unavailable(self, exc: BaseException) -> bool:
         return isinstance(_orig(exc), OSError) or super().is_unavailable(exc)
+
+
+class _StatusCursor:
+    """The result of a statement that returns no rows, with the server's status message."""
+
+    rowcount = -1
+
+    def __init__(self, statusmessage: str) -> None:
+        self.statusmessage = statusmessage
+
+    def fetchone(self) -> Any:
+        return None
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+    def fetchmany(self, size: int = 1) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        pass
 
 
 class PsycopgAsyncDialect(PostgresDialect):

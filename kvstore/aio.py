@@ -39,6 +39,8 @@ from ._dialect import for_name, is_async_driver
 from ._indexing import IndexInfo
 from ._validate import NOT_SET, TTL
 from .base import EntryInfo
+from .collections import PersistentDict, PersistentSet
+from .lists import PersistentList
 from .store import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_OPEN_READERS,
@@ -48,7 +50,14 @@ from .store import (
     make_options,
 )
 
-__all__ = ["AsyncStore", "AsyncTransaction", "connect_async"]
+__all__ = [
+    "AsyncPersistentDict",
+    "AsyncPersistentList",
+    "AsyncPersistentSet",
+    "AsyncStore",
+    "AsyncTransaction",
+    "connect_async",
+]
 
 T = TypeVar("T")
 
@@ -272,6 +281,209 @@ class AsyncStore:
     async def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
         return await greenlet_spawn(self._sync.count, index, value, **query)
 
+    # -- collections -----------------------------------------------------------------------------
+    def dict(self, name: str, serializer: Any = "json") -> AsyncPersistentDict:
+        """The persistent dict ``name`` of this namespace (``store.dict(name)`` of the sync
+        API), with async methods."""
+        return AsyncPersistentDict(self._sync.dict(name, serializer=serializer))
+
+    def list(self, name: str, serializer: Any = "json") -> AsyncPersistentList:
+        return AsyncPersistentList(self._sync.list(name, serializer=serializer))
+
+    def set(self, name: str, serializer: Any = "json") -> AsyncPersistentSet:
+        return AsyncPersistentSet(self._sync.set(name, serializer=serializer))
+
+
+class AsyncPersistentDict:
+    """A :class:`kvstore.PersistentDict` with async methods (``store.dict(name)``): each runs
+    the sync collection's in the greenlet bridge."""
+
+    def __init__(self, sync: PersistentDict[Any, Any]) -> None:
+        self._sync = sync
+
+    @property
+    def name(self) -> str:
+        return self._sync.name
+
+    @property
+    def sync(self) -> PersistentDict[Any, Any]:
+        return self._sync
+
+    async def set(self, key: Any, value: Any) -> None:
+        await greenlet_spawn(self._sync.__setitem__, key, value)
+
+    async def get(self, key: Any, default: Any = None) -> Any:
+        return await greenlet_spawn(self._sync.get, key, default)
+
+    async def getitem(self, key: Any) -> Any:
+        """The value of ``key``; ``KeyError`` when it is missing."""
+        return await greenlet_spawn(self._sync.__getitem__, key)
+
+    async def delete(self, key: Any) -> None:
+        """Remove ``key``; ``KeyError`` when it is missing."""
+        await greenlet_spawn(self._sync.__delitem__, key)
+
+    async def pop(self, key: Any, *default: Any) -> Any:
+        return await greenlet_spawn(self._sync.pop, key, *default)
+
+    async def setdefault(self, key: Any, default: Any = None) -> Any:
+        return await greenlet_spawn(self._sync.setdefault, key, default)
+
+    async def update(self, *args: Any, **kwargs: Any) -> None:
+        await greenlet_spawn(self._sync.update, *args, **kwargs)
+
+    async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        return await greenlet_spawn(self._sync.get_many, list(keys))
+
+    async def len(self) -> int:
+        return await greenlet_spawn(self._sync.__len__)
+
+    async def contains(self, key: Any) -> bool:
+        return await greenlet_spawn(self._sync.__contains__, key)
+
+    async def keys(self) -> list[Any]:
+        return await greenlet_spawn(_all, self._sync.keys())
+
+    async def values(self) -> list[Any]:
+        return await greenlet_spawn(_all, self._sync.values())
+
+    async def items(self) -> list[tuple[Any, Any]]:
+        return await greenlet_spawn(_all, self._sync.items())
+
+    async def to_dict(self) -> dict[Any, Any]:
+        return await greenlet_spawn(self._sync.copy)
+
+    async def clear(self) -> None:
+        await greenlet_spawn(self._sync.clear)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        it = iter(self._sync)
+        while True:
+            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            for key in batch:
+                yield key
+            if len(batch) < _KEY_BATCH:
+                return
+
+    def __repr__(self) -> str:
+        return f"<kvstore.AsyncPersistentDict {self.name!r}>"
+
+
+class AsyncPersistentList:
+    """A :class:`kvstore.PersistentList` with async methods (``store.list(name)``)."""
+
+    def __init__(self, sync: PersistentList[Any]) -> None:
+        self._sync = sync
+
+    @property
+    def name(self) -> str:
+        return self._sync.name
+
+    @property
+    def sync(self) -> PersistentList[Any]:
+        return self._sync
+
+    async def append(self, value: Any) -> None:
+        await greenlet_spawn(self._sync.append, value)
+
+    async def extend(self, values: Iterable[Any]) -> None:
+        await greenlet_spawn(self._sync.extend, list(values))
+
+    async def insert(self, index: int, value: Any) -> None:
+        await greenlet_spawn(self._sync.insert, index, value)
+
+    async def getitem(self, index: int | slice) -> Any:
+        """``l[index]`` (a list for a slice); ``IndexError`` out of range."""
+        return await greenlet_spawn(self._sync.__getitem__, index)
+
+    async def setitem(self, index: int, value: Any) -> None:
+        await greenlet_spawn(self._sync.__setitem__, index, value)
+
+    async def delitem(self, index: int | slice) -> None:
+        await greenlet_spawn(self._sync.__delitem__, index)
+
+    async def pop(self, index: int = -1) -> Any:
+        return await greenlet_spawn(self._sync.pop, index)
+
+    async def remove(self, value: Any) -> None:
+        await greenlet_spawn(self._sync.remove, value)
+
+    async def clear(self) -> None:
+        await greenlet_spawn(self._sync.clear)
+
+    async def len(self) -> int:
+        return await greenlet_spawn(self._sync.__len__)
+
+    async def contains(self, value: Any) -> bool:
+        return await greenlet_spawn(self._sync.__contains__, value)
+
+    async def to_list(self) -> list[Any]:
+        return await greenlet_spawn(self._sync.copy)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        it = iter(self._sync)
+        while True:
+            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            for value in batch:
+                yield value
+            if len(batch) < _KEY_BATCH:
+                return
+
+    def __repr__(self) -> str:
+        return f"<kvstore.AsyncPersistentList {self.name!r}>"
+
+
+class AsyncPersistentSet:
+    """A :class:`kvstore.PersistentSet` with async methods (``store.set(name)``)."""
+
+    def __init__(self, sync: PersistentSet[Any]) -> None:
+        self._sync = sync
+
+    @property
+    def name(self) -> str:
+        return self._sync.name
+
+    @property
+    def sync(self) -> PersistentSet[Any]:
+        return self._sync
+
+    async def add(self, elem: Any) -> None:
+        await greenlet_spawn(self._sync.add, elem)
+
+    async def discard(self, elem: Any) -> None:
+        await greenlet_spawn(self._sync.discard, elem)
+
+    async def remove(self, elem: Any) -> None:
+        """Remove ``elem``; ``KeyError`` when it is not a member."""
+        await greenlet_spawn(self._sync.remove, elem)
+
+    async def update(self, *others: Iterable[Any]) -> None:
+        await greenlet_spawn(self._sync.update, *[list(o) for o in others])
+
+    async def clear(self) -> None:
+        await greenlet_spawn(self._sync.clear)
+
+    async def contains(self, elem: Any) -> bool:
+        return await greenlet_spawn(self._sync.__contains__, elem)
+
+    async def len(self) -> int:
+        return await greenlet_spawn(self._sync.__len__)
+
+    async def to_set(self) -> set[Any]:
+        return await greenlet_spawn(self._sync.copy)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        it = iter(self._sync)
+        while True:
+            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            for elem in batch:
+                yield elem
+            if len(batch) < _KEY_BATCH:
+                return
+
+    def __repr__(self) -> str:
+        return f"<kvstore.AsyncPersistentSet {self.name!r}>"
+
 
 class AsyncTransaction(AsyncStore):
     """An async store bound to one open transaction: valid only inside its ``async with``
@@ -288,8 +500,12 @@ class AsyncTransaction(AsyncStore):
         return f"<kvstore.AsyncTransaction namespace={self.namespace_name!r}>"
 
 
-def _take(it: Iterator[str], n: int) -> list[str]:
+def _take(it: Iterator[T], n: int) -> list[T]:
     return list(itertools.islice(it, n))
+
+
+def _all(it: Iterable[T]) -> list[T]:
+    return list(it)
 
 
 def _async_engine(url: str, options: dict[str, Any]) -> AsyncEngine:

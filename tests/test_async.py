@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _sql
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 import kvstore
 from conftest import _cleanup_pg, _with_driver
@@ -55,7 +58,9 @@ def abackend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AsyncBa
     namespace = "a" + uuid.uuid4().hex[:12]
     if request.param == "aiosqlite":
         path = tmp_path / "kv.db"
-        yield AsyncBackend(request.param, f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}", namespace)
+        yield AsyncBackend(
+            request.param, f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}", namespace
+        )
         return
     pg_url: str = request.getfixturevalue("pg_url")
     pg_engine: sa.Engine = request.getfixturevalue("pg_engine")
@@ -179,6 +184,25 @@ async def test_transaction_ends_with_its_block(astore: kvstore.AsyncStore) -> No
         await tx.put("b", b"2")
 
 
+async def test_a_caught_database_error_never_loses_a_transaction_silently(
+    astore: kvstore.AsyncStore,
+) -> None:
+    """As for the sync store (tests/test_robustness.py): after a statement fails inside a
+    transaction and the error is caught, the transaction commits everything (SQLite) or
+    raises at commit (PostgreSQL aborted it), on asyncpg too, whose adapter keeps no status."""
+    committed = False
+    try:
+        async with astore.transaction() as tx:
+            await tx.put("a", b"1")
+            with pytest.raises(kvstore.DatabaseError):
+                await greenlet_spawn(_sql.rows, tx.sync, "SELECT * FROM no_such_table_kvstore")
+        committed = True
+    except kvstore.TransactionError:
+        pass
+    assert committed == (astore.dialect_name == "sqlite")
+    assert await astore.keys() == (["a"] if committed else [])
+
+
 async def test_run_in_transaction(astore: kvstore.AsyncStore) -> None:
     async def work(tx: kvstore.AsyncTransaction) -> int:
         await tx.put("a", b"1")
@@ -239,6 +263,55 @@ async def test_indexes(astore: kvstore.AsyncStore) -> None:
         await astore.put("u3", b'{"email": "ada@example.com"}')
     assert isinstance(err.value, kvstore.KVStoreError)
     await astore.drop_index("email")
+
+
+async def test_collections(astore: kvstore.AsyncStore) -> None:
+    d = astore.dict("settings")
+    await d.set("theme", "dark")
+    await d.set("size", 12)
+    assert await d.get("theme") == "dark"
+    assert await d.get("missing", "default") == "default"
+    assert await d.getitem("size") == 12
+    with pytest.raises(KeyError):
+        await d.getitem("missing")
+    assert await d.len() == 2 and await d.contains("theme")
+    assert sorted([k async for k in d]) == ["size", "theme"]
+    assert sorted(await d.items()) == [("size", 12), ("theme", "dark")]
+    assert await d.pop("size") == 12
+    assert await d.pop("size", None) is None
+    await d.delete("theme")
+    assert await d.len() == 0
+
+    log = astore.list("log")
+    for i in range(3):
+        await log.append({"n": i})
+    assert await log.getitem(1) == {"n": 1}
+    assert await log.getitem(-1) == {"n": 2}
+    assert await log.len() == 3
+    assert await log.to_list() == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [v async for v in log] == await log.to_list()
+    assert await log.pop() == {"n": 2}
+
+    seen = astore.set("seen")
+    await seen.add("a")
+    await seen.add("b")
+    await seen.add("a")
+    assert await seen.len() == 2 and await seen.contains("a")
+    await seen.discard("a")
+    await seen.discard("zzz")
+    assert await seen.to_set() == {"b"}
+    # collections live in derived namespaces: the store's own keys are untouched
+    assert await astore.keys() == []
+
+
+async def test_collections_join_a_transaction(astore: kvstore.AsyncStore) -> None:
+    with pytest.raises(RuntimeError):
+        async with astore.transaction() as tx:
+            await tx.dict("d").set("k", 1)
+            await tx.list("l").append(1)
+            raise RuntimeError("roll back")
+    assert await astore.dict("d").len() == 0
+    assert await astore.list("l").len() == 0
 
 
 async def test_files(astore: kvstore.AsyncStore, tmp_path: Path) -> None:
@@ -313,6 +386,32 @@ async def test_an_async_engine_and_session(abackend: AsyncBackend) -> None:
             await session.commit()
         store = await kvstore.connect_async(engine, namespace=abackend.namespace)
         assert await store.keys() == ["committed", "k"]
+        await store.close()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_listened_engine_sees_every_statement(abackend: AsyncBackend) -> None:
+    """A cursor listener on the AsyncEngine (tracing, query counters) sees kvstore's
+    statements, through SQLAlchemy's Connection, as on a sync Engine."""
+    url = abackend.url
+    if abackend.driver == "psycopg-async":
+        url = url.replace("postgresql+psycopg://", "postgresql+psycopg_async://")
+    engine = create_async_engine(url)
+    seen: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    try:
+        store = await kvstore.connect_async(engine, namespace=abackend.namespace)
+        seen.clear()
+        await store.put("a", b"1")
+        assert await store.get("a") == b"1"
+        assert any("INSERT INTO" in sql for sql in seen)
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.put("b", b"2")
+                raise RuntimeError("roll back")
+        assert "ROLLBACK" in seen
+        assert await store.keys() == ["a"]
         await store.close()
     finally:
         await engine.dispose()
@@ -422,5 +521,6 @@ async def test_the_async_docs_examples_run(tmp_path: Path, monkeypatch: pytest.M
         assert await store.get("bob") == b"9"
         assert await store.get("carol") == b"1"
         assert await store.get("audit-last") == b"alice->bob"
+        await namespace["collections"](store)
     finally:
         await store.close()
