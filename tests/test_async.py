@@ -10,6 +10,7 @@ while the database works or waits for a lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 import threading
@@ -247,6 +248,49 @@ async def test_transactions_belong_to_their_task(astore: kvstore.AsyncStore) -> 
 
     await asyncio.gather(in_transaction(), other_task())
     assert await astore.keys() == ["theirs"]
+
+
+@pytest.mark.parametrize("delay", [0.001, 0.01, 0.05])
+async def test_a_cancelled_call_leaves_the_store_usable(
+    astore: kvstore.AsyncStore, delay: float
+) -> None:
+    """A task cancelled while the driver works (a put_many's transaction: BEGIN, executemany,
+    COMMIT) writes all or nothing, and the connection it was using is discarded rather than
+    handed to the next call in an unknown state (inside a transaction, or still busy)."""
+    items = {f"k{i:05d}": b"x" * 100 for i in range(20000)}
+    task = asyncio.create_task(astore.put_many(items))
+    await asyncio.sleep(delay)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await astore.count_keys("k") in (0, len(items))
+    for _ in range(3):  # the next calls (on whatever connection) work
+        await astore.put("after", b"1")
+        assert await astore.get("after") == b"1"
+    async with astore.transaction() as tx:
+        await tx.put("tx", b"1")
+    assert await astore.get("tx") == b"1"
+
+
+async def test_a_cancelled_transaction_rolls_back(astore: kvstore.AsyncStore) -> None:
+    started = asyncio.Event()
+
+    async def work() -> None:
+        async with astore.transaction() as tx:
+            await tx.put("first", b"1")
+            started.set()
+            await tx.put_many({f"k{i:05d}": b"x" for i in range(20000)})
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(work())
+    await started.wait()
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await astore.keys() == []
+    await astore.put("after", b"1")
+    assert await astore.keys() == ["after"]
 
 
 async def test_indexes(astore: kvstore.AsyncStore) -> None:
