@@ -7,6 +7,14 @@ from typing import TYPE_CHECKING
 
 from ._indexing import IndexInfo, json_field
 from ._validate import FOREVER, MAX_KEY_LENGTH, NOT_SET, VALID_KEY_RE
+from .aio import (
+    AsyncPersistentDict,
+    AsyncPersistentList,
+    AsyncPersistentSet,
+    AsyncStore,
+    AsyncTransaction,
+    connect_async,
+)
 from .base import EntryInfo, KeyValueStore, NamespaceInfo
 from .cache import cached
 from .collections import PersistentDict, PersistentSet
@@ -64,6 +72,11 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "NOT_SET",
     "VALID_KEY_RE",
+    "AsyncPersistentDict",
+    "AsyncPersistentList",
+    "AsyncPersistentSet",
+    "AsyncStore",
+    "AsyncTransaction",
     "ConflictError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -100,6 +113,7 @@ __all__ = [
     "__version__",
     "cached",
     "connect",
+    "connect_async",
     "json_field",
     "migrate",
 ]

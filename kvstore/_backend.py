@@ -11,11 +11,13 @@ scope, never a store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from . import _dialect
 from ._conn import Conn, ExternalConn, RawConn, SAConn
 from ._dialect import Rendered
-from ._retry import CONTENTION, backoff_sleep
+from ._retry import CONTENTION, backoff_sleep, in_async_greenlet
 from ._schema import Tables, tables
 from ._validate import (
     check_collection_key,
@@ -62,13 +64,54 @@ class Statements:
 # Databases on which this thread has a transaction open, by any store: a write through
 # another store (another engine) on the same database would wait for that transaction's own
 # locks - until SQLite's busy timeout, or forever on a PostgreSQL row lock.
+# (For async stores, "this thread" is the current asyncio task: see TaskLocal.)
+
+
+class TaskLocal:
+    """What ``threading.local`` is to a sync store, per asyncio task for an async one: every
+    call of kvstore.aio runs in a greenlet on the event loop's thread, so a thread-local
+    transaction would be joined by every other task's calls. Attribute access and
+    ``__dict__`` see the current task's namespace (the thread's outside any task)."""
+
+    __slots__ = ("__weakref__", "_by_task", "_outside")
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_by_task", weakref.WeakKeyDictionary())
+        object.__setattr__(self, "_outside", threading.local())
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running event loop
+            task = None
+        if task is None:
+            outside: dict[str, Any] = self._outside.__dict__
+            return outside
+        space: dict[str, Any] | None = self._by_task.get(task)
+        if space is None:
+            space = self._by_task[task] = {}
+        return space
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__[name] = value
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 _open_transactions = threading.local()
+_open_transactions_async = TaskLocal()
 
 
-def _open_in_thread() -> dict[str, int]:
-    d: dict[str, int] | None = _open_transactions.__dict__.get("dbs")
+def _open_in_thread(backend: Backend) -> dict[str, int]:
+    local = _open_transactions_async if backend.dialect.is_async else _open_transactions
+    d: dict[str, int] | None = local.__dict__.get("dbs")
     if d is None:
-        d = _open_transactions.dbs = {}
+        d = local.dbs = {}
     return d
 
 
@@ -127,6 +170,12 @@ class Backend:
             )
         self.dialect = _dialect.for_sa_dialect(sa_dialect)
         self.sa_dialect = sa_dialect
+        if self.dialect.is_async and not in_async_greenlet():
+            raise ValueError(
+                f"kvstore.connect cannot use the {sa_dialect.driver!r} driver: it is an asyncio "
+                "driver, open the store with kvstore.connect_async (await "
+                "kvstore.connect_async(bind))"
+            )
         _dialect.refuse_schema_translation(bind)
         self.tables: Tables = tables(self.dialect.check_table_prefix(table_prefix))
         if self.engine is None:
@@ -138,7 +187,9 @@ class Backend:
         self._idle: list[Conn] = []
         self._lock = threading.Lock()
         self.pid = os.getpid()
-        self.local = threading.local()
+        self.local: threading.local | TaskLocal = (
+            TaskLocal() if self.dialect.is_async else threading.local()
+        )
         self.closed = False
         self._rendered: dict[tuple[str, str], Rendered] = {}
         t = self.tables
@@ -191,7 +242,9 @@ class Backend:
             return self.external
         if self.closed:
             raise KVStoreError("this store is closed")
-        if self._slots is not None and not self._slots.acquire(timeout=60):
+        # an async store must not block the event loop's thread waiting: it fails at once
+        wait = 0 if self.dialect.is_async else 60
+        if self._slots is not None and not self._slots.acquire(timeout=wait):
             raise TransactionError(
                 "timed out waiting for the in-memory database's only connection; is "
                 "another thread holding a transaction or an open() reader?"
@@ -479,7 +532,7 @@ class Scope:
         b = self.backend
         if b.db_key is None or self.tx is not None or b.active() is not None:
             return
-        if _open_in_thread().get(b.db_key):
+        if _open_in_thread(b).get(b.db_key):
             raise TransactionError(
                 "this thread has a transaction open on this database through another store "
                 "(another engine), holding its write lock; write through that transaction's "
@@ -536,7 +589,7 @@ class Scope:
             db_key = b.db_key
             locks_db = db_key is not None and b.dialect.begin_locks_database(begin_sql)
             if db_key is not None and locks_db:
-                _open_in_thread()[db_key] = _open_in_thread().get(db_key, 0) + 1
+                _open_in_thread(b)[db_key] = _open_in_thread(b).get(db_key, 0) + 1
             try:
                 yield Scope(b, self.namespace, self.key_rule, state)
             except BaseException:
@@ -546,7 +599,7 @@ class Scope:
         finally:
             state.closed = True
             if locks_db and b.db_key is not None:
-                _open_in_thread()[b.db_key] -= 1
+                _open_in_thread(b)[b.db_key] -= 1
             b.local.conn = None
             b.checkin(conn)
 

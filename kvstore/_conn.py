@@ -146,7 +146,7 @@ class RawConn(Conn):
 
     def _attach(self, proxied: Any) -> None:
         self.proxied = proxied  # SQLAlchemy's pool proxy: returning it gives it back to the pool
-        self.dbapi = proxied.driver_connection
+        self.dbapi = self.dialect.dbapi_of(proxied)
         dialect = self.dialect
         self._exec = dialect.executor(self.dbapi)
         info = proxied.info
@@ -155,9 +155,17 @@ class RawConn(Conn):
                 dialect.prepare_connection(self.dbapi, self._options)
                 info["kvstore_prepared"] = True
             self._old_autocommit = dialect.set_autocommit(self.dbapi, True)
-        except Exception as exc:
+        except BaseException as exc:
+            # (an async task cancelled while a fresh connection is set up, too: never leaked)
             proxied.invalidate()
+            if not isinstance(exc, Exception):
+                raise
             raise dialect.error(exc) from exc
+
+    # A statement interrupted by a BaseException that is not an error (an
+    # asyncio task cancelled while an async driver works, KeyboardInterrupt) may or may not
+    # have run, and the driver may still be busy with it: the connection is discarded when it
+    # is given back, never reused in an unknown state (a BEGIN that did run, say).
 
     def execute(self, stmt: Rendered, params: Any = None) -> Cursor:
         try:
@@ -169,6 +177,9 @@ class RawConn(Conn):
                 cur = self._exec(stmt.sql, stmt.bind(params))
             except Exception as again:
                 raise self.dialect.error(again) from again
+        except BaseException:
+            self.broken = True  # interrupted: see above
+            raise
         return cur
 
     def _replace_dead(self, exc: BaseException) -> bool:
@@ -192,6 +203,9 @@ class RawConn(Conn):
             cur: Cursor = self.dialect.execute_bytes(self.dbapi, stmt.sql, stmt.bind(params))
         except Exception as exc:
             raise self.dialect.error(exc) from exc
+        except BaseException:
+            self.broken = True
+            raise
         return cur
 
     def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
@@ -201,6 +215,9 @@ class RawConn(Conn):
             self.dialect.executemany(self.dbapi, stmt.sql, [stmt.bind(p) for p in params])
         except Exception as exc:
             raise self.dialect.error(exc) from exc
+        except BaseException:
+            self.broken = True
+            raise
 
     def lock_wait(self) -> float:
         return self.dialect.lock_wait(self.dbapi)
@@ -215,6 +232,9 @@ class RawConn(Conn):
                 cur = self._exec(sql)
             except Exception as again:
                 raise self.dialect.error(again) from again
+        except BaseException:
+            self.broken = True  # interrupted: see above
+            raise
         return cur
 
     def begin(self, begin_sql: str) -> None:
@@ -259,14 +279,16 @@ class SAConn(Conn):
         self.dialect = dialect
         try:
             fairy = sa_conn.connection
-            self.dbapi = fairy.driver_connection
+            self.dbapi = dialect.dbapi_of(fairy)
             if not fairy.info.get("kvstore_prepared"):
                 dialect.prepare_connection(self.dbapi, options)
                 fairy.info["kvstore_prepared"] = True
             self._old_autocommit = dialect.set_autocommit(self.dbapi, True)
-        except Exception as exc:
+        except BaseException as exc:
             sa_conn.invalidate()
             sa_conn.close()
+            if not isinstance(exc, Exception):
+                raise
             raise dialect.error(exc) from exc
         self.in_tx = False
         self.broken = False
@@ -340,7 +362,7 @@ class ExternalConn(Conn):
         # pysqlite (before Python 3.12) only BEGINs implicitly before DML, so a SAVEPOINT sent
         # first would open, and its RELEASE would commit, a transaction of its own. Begin
         # explicitly so everything kvstore writes waits for the caller's commit.
-        dbapi = conn.connection.driver_connection
+        dbapi = self.dialect.dbapi_of(conn.connection)
         if not self.dialect.in_driver_transaction(dbapi):
             conn.exec_driver_sql(self.dialect.driver_begin)
         return conn

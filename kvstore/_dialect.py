@@ -22,6 +22,7 @@ from sqlalchemy import DDL, create_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import await_only
 
 from ._retry import LOCK_POLL, backoff_sleep
 from .errors import (
@@ -36,7 +37,9 @@ __all__ = ["Dialect", "Rendered", "engine_from_url", "for_name", "render", "trig
 
 
 #: modules whose exceptions are a driver's (DBAPI) errors
-_DRIVER_MODULES = frozenset({"sqlite3", "_sqlite3", "psycopg", "psycopg2", "psycopg_binary"})
+_DRIVER_MODULES = frozenset(
+    {"sqlite3", "_sqlite3", "psycopg", "psycopg2", "psycopg_binary", "aiosqlite", "asyncpg"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,7 @@ class Dialect:
         driver has begun one: pysqlite (before Python 3.12) only BEGINs before DML, so DDL
         would autocommit statement by statement, and a failed migration would leave half a
         schema. The write BEGIN (IMMEDIATE on SQLite) also queues concurrent migrators."""
-        if not self.in_driver_transaction(conn.connection.driver_connection):
+        if not self.in_driver_transaction(self.dbapi_of(conn.connection)):
             conn.exec_driver_sql(self.default_begin)
 
     def selective(self, condition: str) -> str:
@@ -158,7 +161,7 @@ class Dialect:
             if owned:
                 cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 cur.execute("PRAGMA foreign_keys = ON")
-            if not dbapi_conn.in_transaction:
+            if not self.in_driver_transaction(dbapi_conn):
                 # WAL lets readers and one writer work at once across processes, and costs
                 # one fsync per commit where the rollback journal costs four. It is a setting
                 # of the database file: on an application's Engine only when asked for.
@@ -177,6 +180,13 @@ class Dialect:
 
     #: the DBAPI driver (SQLAlchemy's name for it) this dialect object speaks to
     driver = "pysqlite"
+    #: an asyncio driver, used through SQLAlchemy's sync adapter inside a greenlet (kvstore.aio)
+    is_async = False
+
+    def dbapi_of(self, fairy: Any) -> Any:
+        """The DBAPI connection kvstore executes on, from SQLAlchemy's pooled connection: the
+        driver's own connection; for an asyncio driver, SQLAlchemy's DBAPI adapter of it."""
+        return fairy.driver_connection
 
     def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
         """``execute(sql, params=None) -> cursor`` on a DBAPI connection, as cheap as the
@@ -414,6 +424,110 @@ class Psycopg2Dialect(PostgresDialect):
         return True
 
 
+class AiosqliteDialect(Dialect):
+    """SQLite through aiosqlite, via SQLAlchemy's sync adapter (``AsyncAdapt_aiosqlite_
+    connection``), which runs each call on aiosqlite's thread and waits for it in a greenlet
+    (see kvstore.aio): the adapter executes and switches ``isolation_level`` as sqlite3 does."""
+
+    driver = "aiosqlite"
+    is_async = True
+
+    def dbapi_of(self, fairy: Any) -> Any:
+        return fairy.dbapi_connection
+
+    def in_driver_transaction(self, dbapi_conn: Any) -> bool:
+        # the adapter does not expose it; aiosqlite's connection does
+        return bool(dbapi_conn.driver_connection.in_transaction)
+
+    def is_closed(self, dbapi_conn: Any) -> bool:
+        # aiosqlite forgets its sqlite3 connection once closed (SQLAlchemy checks the same)
+        return getattr(dbapi_conn.driver_connection, "_connection", None) is None
+
+
+class AsyncpgDialect(PostgresDialect):
+    """PostgreSQL through asyncpg, via SQLAlchemy's sync adapter: cursors execute (with
+    asyncpg's prepared statements), ``autocommit`` is the adapter's, errors are SQLAlchemy's
+    emulated DBAPI errors carrying the SQLSTATE."""
+
+    driver = "asyncpg"
+    is_async = True
+
+    def dbapi_of(self, fairy: Any) -> Any:
+        return fairy.dbapi_connection
+
+    def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
+        execute = dbapi_conn.execute
+        raw = dbapi_conn.driver_connection
+
+        def run(sql: str, params: Any = None) -> Any:
+            if params is None and sql == "COMMIT":
+                # The adapter's cursor keeps no status message, and PostgreSQL answers COMMIT
+                # of an aborted transaction with a silent ROLLBACK: asyncpg's own execute()
+                # returns the status (see Conn._check_commit).
+                return _StatusCursor(await_only(raw.execute(sql)))
+            return execute(sql, params)
+
+        return run
+
+    def execute_bytes(self, dbapi_conn: Any, sql: str, params: Any) -> Any:
+        return dbapi_conn.execute(sql, params)  # asyncpg moves bytea in binary already
+
+    def is_closed(self, dbapi_conn: Any) -> bool:
+        return bool(dbapi_conn.driver_connection.is_closed())
+
+    def is_driver_error(self, exc: BaseException) -> bool:
+        # SQLAlchemy's emulated DBAPI errors; asyncpg's connect lets OSError through
+        # (connection refused, unknown host, a dropped socket)
+        return isinstance(exc, sa_exc.EmulatedDBAPIException | OSError) or super().is_driver_error(
+            exc
+        )
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        return isinstance(_orig(exc), OSError) or super().is_unavailable(exc)
+
+
+class _StatusCursor:
+    """The result of a statement that returns no rows, with the server's status message."""
+
+    rowcount = -1
+
+    def __init__(self, statusmessage: str) -> None:
+        self.statusmessage = statusmessage
+
+    def fetchone(self) -> Any:
+        return None
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+    def fetchmany(self, size: int = 1) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class PsycopgAsyncDialect(PostgresDialect):
+    """PostgreSQL through psycopg 3's AsyncConnection, via SQLAlchemy's sync adapter."""
+
+    driver = "psycopg_async"
+    is_async = True
+
+    def dbapi_of(self, fairy: Any) -> Any:
+        return fairy.dbapi_connection
+
+    def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
+        return dbapi_conn.execute  # type: ignore[no-any-return]
+
+    def execute_bytes(self, dbapi_conn: Any, sql: str, params: Any) -> Any:
+        return dbapi_conn.execute(sql, params)  # the adapter's cursors take no binary=
+
+    def commit_was_rollback(self, cursor: Any) -> bool:
+        # the adapter's cursor wraps psycopg's AsyncCursor, which has the status message
+        inner = getattr(cursor, "_cursor", cursor)
+        return getattr(inner, "statusmessage", None) == "ROLLBACK"
+
+
 def _switch_to_wal(cur: Any, timeout: float) -> None:
     """Put a SQLite file in WAL mode (it persists in the file, so once is enough).
 
@@ -424,7 +538,8 @@ def _switch_to_wal(cur: Any, timeout: float) -> None:
     deadline = time.monotonic() + min(timeout, 1.0)
     attempt = 0
     while True:
-        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        cur.execute("PRAGMA journal_mode")
+        mode = cur.fetchone()[0]
         if mode in ("wal", "memory"):
             return
         try:
@@ -460,6 +575,19 @@ _DRIVERS: dict[tuple[str, str], Dialect] = {
     ("postgresql", "psycopg"): _DIALECTS["postgresql"],
     ("postgresql", "psycopg2"): Psycopg2Dialect(),
 }
+#: the asyncio drivers kvstore.connect_async speaks to, by (database, SQLAlchemy driver name);
+#: SQLAlchemy names psycopg 3's async dialect "psycopg" too, told apart by ``is_async``
+_ASYNC_DRIVERS: dict[tuple[str, str], Dialect] = {
+    ("sqlite", "aiosqlite"): AiosqliteDialect(),
+    ("postgresql", "asyncpg"): AsyncpgDialect(),
+    ("postgresql", "psycopg"): PsycopgAsyncDialect(),
+    ("postgresql", "psycopg_async"): PsycopgAsyncDialect(),
+}
+_ASYNC_INSTALL = {
+    "sqlite": "aiosqlite (URL sqlite+aiosqlite:///path)",
+    "postgresql": "asyncpg (URL postgresql+asyncpg://...) or psycopg 3 "
+    "(URL postgresql+psycopg://...)",
+}
 _INSTALL = {
     "sqlite": "the standard library's sqlite3 (sqlite:///path or sqlite+pysqlite:///path)",
     "postgresql": "psycopg 3 (pip install 'sqlalchemy-kvstore[postgres]', URL "
@@ -484,14 +612,25 @@ def for_sa_dialect(sa_dialect: sa.engine.Dialect) -> Dialect:
     """The dialect object for a SQLAlchemy dialect and its driver; a driver kvstore cannot use
     is refused with what to use instead."""
     name, driver = sa_dialect.name, sa_dialect.driver
+    drivers = _ASYNC_DRIVERS if getattr(sa_dialect, "is_async", False) else _DRIVERS
     try:
-        return _DRIVERS[(name, driver)]
+        return drivers[(name, driver)]
     except KeyError:
         pass
     for_name(name)  # an unsupported database says so first
+    if drivers is _ASYNC_DRIVERS:
+        raise ValueError(
+            f"kvstore.connect_async cannot use the {driver!r} driver for {name}: it works with "
+            f"{_ASYNC_INSTALL[name]}"
+        )
     raise ValueError(
         f"kvstore cannot use the {driver!r} driver for {name}: it works with {_INSTALL[name]}"
     )
+
+
+def is_async_driver(backend: str, driver: str) -> bool:
+    """Whether a URL's (database, driver) is an asyncio driver kvstore.connect_async takes."""
+    return (backend, driver) in _ASYNC_DRIVERS and (backend, driver) != ("postgresql", "psycopg")
 
 
 def refuse_schema_translation(bind: Any) -> None:
@@ -558,6 +697,12 @@ def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
     backend = parsed.get_backend_name()
     for_name(backend)  # refuse unsupported databases with a clear message
     driver = parsed.get_driver_name()
+    if is_async_driver(backend, driver):
+        raise ValueError(
+            f"kvstore.connect cannot use the {driver!r} driver for {backend}: it is an asyncio "
+            f"driver, open {parsed.drivername}:// URLs with kvstore.connect_async (await "
+            f"kvstore.connect_async(url)); kvstore.connect works with {_INSTALL[backend]}"
+        )
     if (backend, driver) not in _DRIVERS:
         raise ValueError(
             f"kvstore cannot use the {driver!r} driver for {backend}: it works with "

@@ -7,11 +7,15 @@ so attempts and backoff are decided here and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
+
+from sqlalchemy.util import await_only
+from sqlalchemy.util import concurrency as sa_concurrency
 
 T = TypeVar("T")
 
@@ -47,7 +51,20 @@ RACE = Policy(attempts=20, base=0.0, cap=0.0)
 def backoff_sleep(policy: Policy, attempt: int) -> None:
     delay = policy.delay(attempt)
     if delay > 0:
-        time.sleep(delay)
+        if in_async_greenlet():
+            # an async store's call (kvstore.aio): wait on the event loop, never block it
+            await_only(asyncio.sleep(delay))
+        else:
+            time.sleep(delay)
+
+
+def in_async_greenlet() -> bool:
+    """Whether this code runs inside SQLAlchemy's greenlet bridge (``greenlet_spawn``), where
+    an asyncio driver's calls, and ``await_only``, wait on the event loop."""
+    try:
+        return bool(sa_concurrency.in_greenlet())
+    except Exception:  # greenlet is not installed: nothing can be running in one
+        return False
 
 
 def retry(

@@ -975,32 +975,32 @@ def connect(
     transaction and never commits it). See ``docs/getting-started.md``.
     """
     namespace = check_namespace(namespace)
-    options = Options(
-        sqlite_synchronous=check_synchronous(sqlite_synchronous),
-        busy_timeout=check_busy_timeout(busy_timeout),
-        chunk_size=check_chunk_size(chunk_size),
-        max_open_readers=check_max_open_readers(max_open_readers),
-        sqlite_wal=check_optional_bool("sqlite_wal", sqlite_wal),
-        # A pool that checks connections on checkout or retires them by age must see every
-        # checkout: kvstore then keeps none of its own between calls.
-        max_idle=0 if {"pool_pre_ping", "pool_recycle"} & set(engine_options or {}) else MAX_IDLE,
+    options = make_options(
+        sqlite_synchronous=sqlite_synchronous,
+        busy_timeout=busy_timeout,
+        chunk_size=chunk_size,
+        max_open_readers=max_open_readers,
+        sqlite_wal=sqlite_wal,
+        engine_options=engine_options,
     )
     ttl_to_seconds(default_ttl_secs, NOT_SET)  # validate early
     owns = isinstance(bind, str)
     bind_url = bind if isinstance(bind, str) else None
     if isinstance(bind, str):
         bind = engine_from_url(bind, dict(engine_options or {}))
-    backend = Backend(bind, owns_engine=owns, table_prefix=table_prefix, options=options)
-    try:
-        if create:
-            _create_tables(backend, bind)
-    except BaseException:
-        backend.close()
-        raise
+    store = connect_bound(
+        bind,
+        owns_engine=owns,
+        namespace=namespace,
+        table_prefix=table_prefix,
+        create=create,
+        default_ttl_secs=default_ttl_secs,
+        options=options,
+    )
     if owns:
         # What a pickled store reconnects with (the URL was the caller's own, password
         # included); stores on an Engine/Connection/Session cannot be pickled.
-        backend.reopen = dict(
+        store.scope.backend.reopen = dict(
             bind=bind_url,
             table_prefix=table_prefix,
             sqlite_synchronous=options.sqlite_synchronous,
@@ -1010,6 +1010,54 @@ def connect(
             sqlite_wal=sqlite_wal,
             engine_options=dict(engine_options or {}),
         )
+    return store
+
+
+def make_options(
+    *,
+    sqlite_synchronous: str = "FULL",
+    busy_timeout: float = 30.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_open_readers: int = DEFAULT_MAX_OPEN_READERS,
+    sqlite_wal: bool | None = None,
+    engine_options: Mapping[str, Any] | None = None,
+) -> Options:
+    """``connect()``'s backend options, validated (shared with kvstore.aio)."""
+    return Options(
+        sqlite_synchronous=check_synchronous(sqlite_synchronous),
+        busy_timeout=check_busy_timeout(busy_timeout),
+        chunk_size=check_chunk_size(chunk_size),
+        max_open_readers=check_max_open_readers(max_open_readers),
+        sqlite_wal=check_optional_bool("sqlite_wal", sqlite_wal),
+        # A pool that checks connections on checkout or retires them by age must see every
+        # checkout: kvstore then keeps none of its own between calls.
+        max_idle=0 if {"pool_pre_ping", "pool_recycle"} & set(engine_options or {}) else MAX_IDLE,
+    )
+
+
+def connect_bound(
+    bind: Engine | Connection | Session,
+    *,
+    owns_engine: bool,
+    namespace: str,
+    table_prefix: str,
+    create: bool,
+    default_ttl_secs: TTL,
+    options: Options,
+) -> Store:
+    """The store of ``connect()`` on an Engine, Connection or Session, given validated
+    options; ``owns_engine`` when the store made the engine (and disposes of it on close).
+    kvstore.aio calls it, inside SQLAlchemy's greenlet bridge, on an AsyncEngine's
+    ``sync_engine``."""
+    namespace = check_namespace(namespace)
+    ttl_to_seconds(default_ttl_secs, NOT_SET)
+    backend = Backend(bind, owns_engine=owns_engine, table_prefix=table_prefix, options=options)
+    try:
+        if create:
+            _create_tables(backend, bind)
+    except BaseException:
+        backend.close()
+        raise
     store = Store(Scope(backend, namespace), root=True)
     store.default_ttl_secs = default_ttl_secs
     return store
@@ -1031,4 +1079,9 @@ def _create_tables(backend: Backend, bind: Engine | Connection | Session) -> Non
     try:
         ensure_schema(bind, table_prefix=backend.tables.prefix)
     except sa_exc.DBAPIError as exc:
+        raise backend.dialect.error(exc, connecting=True) from exc
+    except Exception as exc:
+        # asyncpg's connect raises OSError (refused, unknown host) past SQLAlchemy's wrapping
+        if isinstance(exc, KVStoreError) or not backend.dialect.is_driver_error(exc):
+            raise
         raise backend.dialect.error(exc, connecting=True) from exc

@@ -1,0 +1,600 @@
+"""The async API: :func:`connect_async` and :class:`AsyncStore`, an adapter over the sync store.
+
+There is one implementation of kvstore's rules, the sync one (``kvstore.store`` and the layers
+below it). An async store runs each call of it through SQLAlchemy's own greenlet bridge
+(``sqlalchemy.util.greenlet_spawn``, the mechanism behind ``AsyncConnection.run_sync``): the
+sync code runs in a greenlet on the event loop's thread, talks to the database through
+SQLAlchemy's sync adapter of the asyncio driver (aiosqlite, asyncpg, psycopg 3's
+AsyncConnection), and every time the driver waits for I/O the greenlet switches back to the
+event loop, which keeps running other tasks. No SQL, retry rule or error mapping is written a
+second time here.
+
+What is "per thread" for a sync store (the transaction a ``with store.transaction()`` block
+has open, which the store's other calls join) is per asyncio task for an async one
+(``kvstore._backend.TaskLocal``), and a retry's backoff sleeps on the event loop
+(``kvstore._retry.backoff_sleep``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import IO, Any, TypeVar
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    create_async_engine,
+)
+
+# greenlet_spawn/await_only are exported by sqlalchemy.util (the same functions
+# sqlalchemy.ext.asyncio runs every sync call through).
+from sqlalchemy.util import await_only, greenlet_spawn
+
+from ._dialect import for_name, is_async_driver
+from ._indexing import IndexInfo
+from ._validate import NOT_SET, TTL
+from .base import EntryInfo
+from .collections import PersistentDict, PersistentSet
+from .lists import PersistentList
+from .store import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_OPEN_READERS,
+    Store,
+    Transaction,
+    connect_bound,
+    make_options,
+)
+
+__all__ = [
+    "AsyncPersistentDict",
+    "AsyncPersistentList",
+    "AsyncPersistentSet",
+    "AsyncStore",
+    "AsyncTransaction",
+    "connect_async",
+]
+
+T = TypeVar("T")
+
+#: keys ``iter_keys`` hands over from the sync generator per greenlet switch
+_KEY_BATCH = 500
+#: the asyncio driver a URL naming only the database means
+_DEFAULT_ASYNC_DRIVER = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "postgres": "asyncpg"}
+
+
+class AsyncStore:
+    """A key-value store with ``async`` methods, over the sync :class:`kvstore.Store` (each
+    call runs it in SQLAlchemy's greenlet bridge). Open it with :func:`connect_async`."""
+
+    def __init__(self, sync: Store, *, root: bool = False) -> None:
+        self._sync = sync
+        self._root = root
+
+    @property
+    def sync(self) -> Store:
+        """The sync store this one runs: usable only inside ``greenlet_spawn`` (or
+        ``AsyncConnection.run_sync``), since its connections are the asyncio driver's."""
+        return self._sync
+
+    @property
+    def namespace_name(self) -> str:
+        return self._sync.namespace_name
+
+    @property
+    def dialect_name(self) -> str:
+        return self._sync.dialect_name
+
+    @property
+    def default_ttl_secs(self) -> Any:
+        return self._sync.default_ttl_secs
+
+    @default_ttl_secs.setter
+    def default_ttl_secs(self, value: Any) -> None:
+        self._sync.default_ttl_secs = value
+
+    def namespace(self, name: str) -> AsyncStore:
+        """A store on the same tables and connections for another namespace."""
+        return AsyncStore(self._sync.namespace(name))
+
+    def __repr__(self) -> str:
+        return f"<kvstore.AsyncStore {self._sync!r}>"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Release the store's connections (and its engine, if it created it)."""
+        if self._root:
+            await greenlet_spawn(self._sync.close)
+
+    async def __aenter__(self) -> AsyncStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- reading -------------------------------------------------------------------------------
+    async def get(self, key: str) -> bytes:
+        """The value of ``key``; ``KeyError`` (``NotFoundError``) when missing or expired."""
+        return await greenlet_spawn(self._sync.get, key)
+
+    async def contains(self, key: str) -> bool:
+        return await greenlet_spawn(self._sync.__contains__, key)
+
+    async def len(self) -> int:
+        return await greenlet_spawn(self._sync.__len__)
+
+    async def stat(self, key: str) -> EntryInfo:
+        return await greenlet_spawn(self._sync.stat, key)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        return await greenlet_spawn(self._sync.get_many, list(keys))
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        return await greenlet_spawn(self._sync.keys, prefix)
+
+    async def count_keys(self, prefix: str = "") -> int:
+        return await greenlet_spawn(self._sync.count_keys, prefix)
+
+    async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Keys starting with ``prefix`` in code-point order, fetched in batches (as the sync
+        ``iter_keys``): no connection is held between batches."""
+        it = self._sync.iter_keys(prefix)
+        while True:
+            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            for key in batch:
+                yield key
+            if len(batch) < _KEY_BATCH:
+                return
+
+    async def get_file(self, key: str, file: str | os.PathLike[str] | IO[bytes]) -> str:
+        """Write the value of ``key`` to a path or a binary file object (the file's writes
+        block the loop, as a sync file's do)."""
+        return await greenlet_spawn(self._sync.get_file, key, file)
+
+    # -- writing -------------------------------------------------------------------------------
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        ttl_secs: TTL = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+        expected_version: int | None = None,
+    ) -> str:
+        return await greenlet_spawn(
+            self._sync.put,
+            key,
+            data,
+            ttl_secs,
+            metadata=metadata,
+            content_type=content_type,
+            expected_version=expected_version,
+        )
+
+    async def put_file(
+        self,
+        key: str,
+        file: str | os.PathLike[str] | IO[bytes],
+        ttl_secs: TTL = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        return await greenlet_spawn(
+            self._sync.put_file, key, file, ttl_secs, metadata=metadata, content_type=content_type
+        )
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> None:
+        await greenlet_spawn(self._sync.delete, key, expected_version=expected_version)
+
+    async def put_many(
+        self,
+        items: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
+        ttl_secs: TTL = None,
+    ) -> list[str]:
+        return await greenlet_spawn(self._sync.put_many, items, ttl_secs)
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        await greenlet_spawn(self._sync.delete_many, list(keys))
+
+    async def copy(self, source: str, dest: str) -> str:
+        return await greenlet_spawn(self._sync.copy, source, dest)
+
+    async def move(self, source: str, dest: str) -> str:
+        return await greenlet_spawn(self._sync.move, source, dest)
+
+    async def incr(self, key: str, delta: int = 1, initial: int = 0) -> int:
+        return await greenlet_spawn(self._sync.incr, key, delta, initial)
+
+    async def purge_expired(self) -> int:
+        return await greenlet_spawn(self._sync.purge_expired)
+
+    # -- transactions ----------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def transaction(self, isolation: str | None = None) -> AsyncIterator[AsyncTransaction]:
+        """``async with store.transaction() as tx``: everything written through ``tx`` commits
+        when the block ends, or not at all if it raises; nested ones are savepoints. The sync
+        transaction's ``with`` block is entered and left in two greenlets on the same thread
+        (and task), the only ones that touch its connection besides ``tx``'s calls."""
+        cm = self._sync.transaction(isolation)
+        tx: Transaction = await greenlet_spawn(cm.__enter__)
+        try:
+            yield AsyncTransaction(tx)
+        except BaseException as exc:
+            if not await greenlet_spawn(cm.__exit__, type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await greenlet_spawn(cm.__exit__, None, None, None)
+
+    async def run_in_transaction(
+        self,
+        fn: Callable[[AsyncTransaction], Awaitable[T]],
+        retries: int = 5,
+        isolation: str | None = None,
+        backoff: float = 0.02,
+    ) -> T:
+        """``await fn(tx)`` in a transaction, retried as the sync ``run_in_transaction`` does
+        (the same code: the coroutine is awaited from inside its greenlet)."""
+
+        def run(tx: Transaction) -> T:
+            return await_only(fn(AsyncTransaction(tx)))
+
+        return await greenlet_spawn(self._sync.run_in_transaction, run, retries, isolation, backoff)
+
+    # -- indexes -------------------------------------------------------------------------------
+    async def create_index(
+        self,
+        name: str,
+        extractor: Any,
+        unique: bool = False,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> IndexInfo:
+        return await greenlet_spawn(
+            self._sync.create_index, name, extractor, unique, progress=progress
+        )
+
+    async def drop_index(self, name: str) -> None:
+        await greenlet_spawn(self._sync.drop_index, name)
+
+    async def rebuild_index(
+        self, name: str, *, progress: Callable[[int, int], None] | None = None
+    ) -> IndexInfo:
+        return await greenlet_spawn(self._sync.rebuild_index, name, progress=progress)
+
+    async def indexes(self) -> list[IndexInfo]:
+        return await greenlet_spawn(self._sync.indexes)
+
+    async def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[str]:
+        return await greenlet_spawn(self._sync.find, index, value, **query)
+
+    async def find_items(
+        self, index: str, value: Any = NOT_SET, **query: Any
+    ) -> list[tuple[str, bytes]]:
+        return await greenlet_spawn(self._sync.find_items, index, value, **query)
+
+    async def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
+        return await greenlet_spawn(self._sync.count, index, value, **query)
+
+    # -- collections -----------------------------------------------------------------------------
+    def dict(self, name: str, serializer: Any = "json") -> AsyncPersistentDict:
+        """The persistent dict ``name`` of this namespace (``store.dict(name)`` of the sync
+        API), with async methods."""
+        return AsyncPersistentDict(self._sync.dict(name, serializer=serializer))
+
+    def list(self, name: str, serializer: Any = "json") -> AsyncPersistentList:
+        return AsyncPersistentList(self._sync.list(name, serializer=serializer))
+
+    def set(self, name: str, serializer: Any = "json") -> AsyncPersistentSet:
+        return AsyncPersistentSet(self._sync.set(name, serializer=serializer))
+
+
+class AsyncPersistentDict:
+    """A :class:`kvstore.PersistentDict` with async methods (``store.dict(name)``): each runs
+    the sync collection's in the greenlet bridge."""
+
+    def __init__(self, sync: PersistentDict[Any, Any]) -> None:
+        self._sync = sync
+
+    @property
+    def name(self) -> str:
+        return self._sync.name
+
+    @property
+    def sync(self) -> PersistentDict[Any, Any]:
+        return self._sync
+
+    async def set(self, key: Any, value: Any) -> None:
+        await greenlet_spawn(self._sync.__setitem__, key, value)
+
+    async def get(self, key: Any, default: Any = None) -> Any:
+        return await greenlet_spawn(self._sync.get, key, default)
+
+    async def getitem(self, key: Any) -> Any:
+        """The value of ``key``; ``KeyError`` when it is missing."""
+        return await greenlet_spawn(self._sync.__getitem__, key)
+
+    async def delete(self, key: Any) -> None:
+        """Remove ``key``; ``KeyError`` when it is missing."""
+        await greenlet_spawn(self._sync.__delitem__, key)
+
+    async def pop(self, key: Any, *default: Any) -> Any:
+        return await greenlet_spawn(self._sync.pop, key, *default)
+
+    async def setdefault(self, key: Any, default: Any = None) -> Any:
+        return await greenlet_spawn(self._sync.setdefault, key, default)
+
+    async def update(self, *args: Any, **kwargs: Any) -> None:
+        await greenlet_spawn(self._sync.update, *args, **kwargs)
+
+    async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        return await greenlet_spawn(self._sync.get_many, list(keys))
+
+    async def len(self) -> int:
+        return await greenlet_spawn(self._sync.__len__)
+
+    async def contains(self, key: Any) -> bool:
+        return await greenlet_spawn(self._sync.__contains__, key)
+
+    async def keys(self) -> list[Any]:
+        return await greenlet_spawn(_all, self._sync.keys())
+
+    async def values(self) -> list[Any]:
+        return await greenlet_spawn(_all, self._sync.values())
+
+    async def items(self) -> list[tuple[Any, Any]]:
+        return await greenlet_spawn(_all, self._sync.items())
+
+    async def to_dict(self) -> dict[Any, Any]:
+        return await greenlet_spawn(self._sync.copy)
+
+    async def clear(self) -> None:
+        await greenlet_spawn(self._sync.clear)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        it = iter(self._sync)
+        while True:
+            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            for key in batch:
+                yield key
+            if len(batch) < _KEY_BATCH:
+                return
+
+    def __repr__(self) -> str:
+        return f"<kvstore.AsyncPersistentDict {self.name!r}>"
+
+
+class AsyncPersistentList:
+    """A :class:`kvstore.PersistentList` with async methods (``store.list(name)``)."""
+
+    def __init__(self, sync: PersistentList[Any]) -> None:
+        self._sync = sync
+
+    @property
+    def name(self) -> str:
+        return self._sync.name
+
+    @property
+    def sync(self) -> PersistentList[Any]:
+        return self._sync
+
+    async def append(self, value: Any) -> None:
+        await greenlet_spawn(self._sync.append, value)
+
+    async def extend(self, values: Iterable[Any]) -> None:
+        await greenlet_spawn(self._sync.extend, list(values))
+
+    async def insert(self, index: int, value: Any) -> None:
+        await greenlet_spawn(self._sync.insert, index, value)
+
+    async def getitem(self, index: int | slice) -> Any:
+        """``l[index]`` (a list for a slice); ``IndexError`` out of range."""
+        return await greenlet_spawn(self._sync.__getitem__, index)
+
+    async def setitem(self, index: int, value: Any) -> None:
+        await greenlet_spawn(self._sync.__setitem__, index, value)
+
+    async def delitem(self, index: int | slice) -> None:
+        await greenlet_spawn(self._sync.__delitem__, index)
+
+    async def pop(self, index: int = -1) -> Any:
+        return await greenlet_spawn(self._sync.pop, index)
+
+    async def remove(self, value: Any) -> None:
+        await greenlet_spawn(self._sync.remove, value)
+
+    async def clear(self) -> None:
+        await greenlet_spawn(self._sync.clear)
+
+    async def len(self) -> int:
+        return await greenlet_spawn(self._sync.__len__)
+
+    async def contains(self, value: Any) -> bool:
+        return await greenlet_spawn(self._sync.__contains__, value)
+
+    async def to_list(self) -> list[Any]:
+        return await greenlet_spawn(self._sync.copy)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        it = iter(self._sync)
+        while True:
+            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            for value in batch:
+                yield value
+            if len(batch) < _KEY_BATCH:
+                return
+
+    def __repr__(self) -> str:
+        return f"<kvstore.AsyncPersistentList {self.name!r}>"
+
+
+class AsyncPersistentSet:
+    """A :class:`kvstore.PersistentSet` with async methods (``store.set(name)``)."""
+
+    def __init__(self, sync: PersistentSet[Any]) -> None:
+        self._sync = sync
+
+    @property
+    def name(self) -> str:
+        return self._sync.name
+
+    @property
+    def sync(self) -> PersistentSet[Any]:
+        return self._sync
+
+    async def add(self, elem: Any) -> None:
+        await greenlet_spawn(self._sync.add, elem)
+
+    async def discard(self, elem: Any) -> None:
+        await greenlet_spawn(self._sync.discard, elem)
+
+    async def remove(self, elem: Any) -> None:
+        """Remove ``elem``; ``KeyError`` when it is not a member."""
+        await greenlet_spawn(self._sync.remove, elem)
+
+    async def update(self, *others: Iterable[Any]) -> None:
+        await greenlet_spawn(self._sync.update, *[list(o) for o in others])
+
+    async def clear(self) -> None:
+        await greenlet_spawn(self._sync.clear)
+
+    async def contains(self, elem: Any) -> bool:
+        return await greenlet_spawn(self._sync.__contains__, elem)
+
+    async def len(self) -> int:
+        return await greenlet_spawn(self._sync.__len__)
+
+    async def to_set(self) -> set[Any]:
+        return await greenlet_spawn(self._sync.copy)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        it = iter(self._sync)
+        while True:
+            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            for elem in batch:
+                yield elem
+            if len(batch) < _KEY_BATCH:
+                return
+
+    def __repr__(self) -> str:
+        return f"<kvstore.AsyncPersistentSet {self.name!r}>"
+
+
+class AsyncTransaction(AsyncStore):
+    """An async store bound to one open transaction: valid only inside its ``async with``
+    block, and only in the task that opened it."""
+
+    def namespace(self, name: str) -> AsyncTransaction:
+        tx = self._sync.namespace(name)
+        return AsyncTransaction(tx)
+
+    async def close(self) -> None:
+        """Nothing to release: the transaction's ``async with`` block owns its connection."""
+
+    def __repr__(self) -> str:
+        return f"<kvstore.AsyncTransaction namespace={self.namespace_name!r}>"
+
+
+def _take(it: Iterator[T], n: int) -> list[T]:
+    return list(itertools.islice(it, n))
+
+
+def _all(it: Iterable[T]) -> list[T]:
+    return list(it)
+
+
+def _async_engine(url: str, options: dict[str, Any]) -> AsyncEngine:
+    """The engine an async store owns for a URL: the database's default asyncio driver when
+    the URL names none (aiosqlite, asyncpg); ``postgresql+psycopg`` is psycopg 3 in async mode."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ValueError(f"not a database URL: {url!r} ({exc})") from None
+    backend = parsed.get_backend_name()
+    for_name("postgresql" if backend == "postgres" else backend)
+    if "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=f"{backend}+{_DEFAULT_ASYNC_DRIVER[backend]}")
+    driver = parsed.get_driver_name()
+    if driver == "psycopg":
+        parsed = parsed.set(drivername="postgresql+psycopg_async")
+    elif not is_async_driver(parsed.get_backend_name(), driver):
+        raise ValueError(
+            f"kvstore.connect_async needs an asyncio driver, not {driver!r}: use "
+            "sqlite+aiosqlite:///path, postgresql+asyncpg://... or postgresql+psycopg://... "
+            "(kvstore.connect opens the sync drivers)"
+        )
+    try:
+        return create_async_engine(parsed, **options)
+    except ImportError as exc:
+        raise ImportError(
+            f"the {driver} driver is not installed ({exc}): pip install {driver}"
+        ) from exc
+
+
+async def connect_async(
+    bind: str | AsyncEngine | AsyncConnection | AsyncSession = "sqlite+aiosqlite:///kvstore.db",
+    *,
+    namespace: str = "default",
+    table_prefix: str = "kv_",
+    create: bool = True,
+    default_ttl_secs: TTL = NOT_SET,
+    sqlite_synchronous: str = "FULL",
+    busy_timeout: float = 30.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    engine_options: Mapping[str, Any] | None = None,
+    max_open_readers: int = DEFAULT_MAX_OPEN_READERS,
+    sqlite_wal: bool | None = None,
+) -> AsyncStore:
+    """Open an async key-value store: ``connect()``'s options, for an asyncio driver.
+
+    ``bind`` is a URL (``sqlite+aiosqlite:///path``, ``postgresql+asyncpg://...``,
+    ``postgresql+psycopg://...``; the store creates and owns its ``AsyncEngine``), an
+    ``AsyncEngine`` (the store uses its pool), or an ``AsyncConnection``/``AsyncSession``
+    (the store joins the caller's transaction and never commits it).
+    """
+    options = make_options(
+        sqlite_synchronous=sqlite_synchronous,
+        busy_timeout=busy_timeout,
+        chunk_size=chunk_size,
+        max_open_readers=max_open_readers,
+        sqlite_wal=sqlite_wal,
+        engine_options=engine_options,
+    )
+    owned: AsyncEngine | None = None
+    if isinstance(bind, str):
+        owned = bind = _async_engine(bind, dict(engine_options or {}))
+    sync_bind: Any
+    if isinstance(bind, AsyncEngine):
+        sync_bind = bind.sync_engine
+    elif isinstance(bind, AsyncConnection):
+        sync_bind = bind.sync_connection
+        if sync_bind is None:
+            raise ValueError("the AsyncConnection is not started: use it inside `async with`")
+    elif isinstance(bind, AsyncSession):
+        sync_bind = bind.sync_session
+    else:
+        raise TypeError(
+            "connect_async() takes a database URL, an AsyncEngine, an AsyncConnection or an "
+            f"AsyncSession, not {type(bind).__name__}"
+        )
+    try:
+        sync = await greenlet_spawn(
+            connect_bound,
+            sync_bind,
+            owns_engine=owned is not None,
+            namespace=namespace,
+            table_prefix=table_prefix,
+            create=create,
+            default_ttl_secs=default_ttl_secs,
+            options=options,
+        )
+    except BaseException:
+        if owned is not None:
+            await owned.dispose()
+        raise
+    return AsyncStore(sync, root=True)

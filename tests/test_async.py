@@ -1,0 +1,570 @@
+"""The async API (issue 13): ``kvstore.connect_async`` and ``AsyncStore``, on aiosqlite,
+asyncpg and psycopg 3 in async mode.
+
+The async store runs the sync store's code through SQLAlchemy's greenlet bridge, so these
+tests check what the bridge must get right: results, errors and transactions are the sync
+store's, a transaction belongs to the task that opened it, and the event loop keeps running
+while the database works or waits for a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import _sql
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.util import greenlet_spawn
+
+import kvstore
+from conftest import _cleanup_pg, _with_driver
+
+pytestmark = pytest.mark.asyncio
+
+DRIVERS = ["aiosqlite", "asyncpg", "psycopg-async"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class AsyncBackend:
+    driver: str
+    url: str  # for connect_async
+    sync_url: str  # the same database for kvstore.connect
+    namespace: str
+
+    async def connect(self, **kw: Any) -> kvstore.AsyncStore:
+        kw.setdefault("namespace", self.namespace)
+        return await kvstore.connect_async(self.url, **kw)
+
+    def connect_sync(self, **kw: Any) -> kvstore.Store:
+        kw.setdefault("namespace", self.namespace)
+        return kvstore.connect(self.sync_url, **kw)
+
+
+@pytest.fixture(params=DRIVERS)
+def abackend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AsyncBackend]:
+    namespace = "a" + uuid.uuid4().hex[:12]
+    if request.param == "aiosqlite":
+        path = tmp_path / "kv.db"
+        yield AsyncBackend(
+            request.param, f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}", namespace
+        )
+        return
+    pg_url: str = request.getfixturevalue("pg_url")
+    pg_engine: sa.Engine = request.getfixturevalue("pg_engine")
+    url = _with_driver(pg_url, "asyncpg") if request.param == "asyncpg" else pg_url
+    try:
+        yield AsyncBackend(request.param, url, pg_url, namespace)
+    finally:
+        _cleanup_pg(pg_engine, namespace)
+
+
+@pytest_asyncio.fixture
+async def astore(abackend: AsyncBackend) -> AsyncIterator[kvstore.AsyncStore]:
+    store = await abackend.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_round_trips(astore: kvstore.AsyncStore) -> None:
+    assert await astore.put("a", b"1") == "a"
+    assert await astore.get("a") == b"1"
+    assert await astore.contains("a")
+    with pytest.raises(KeyError):
+        await astore.get("missing")
+    with pytest.raises(kvstore.NotFoundError):
+        await astore.get("missing")
+    assert await astore.put_many({"k1": b"x", "k2": b"y", "k3": b"z"}) == ["k1", "k2", "k3"]
+    assert await astore.get_many(["k1", "k3", "nope"]) == {"k1": b"x", "k3": b"z"}
+    assert await astore.keys("k") == ["k1", "k2", "k3"]
+    assert [k async for k in astore.iter_keys("k")] == ["k1", "k2", "k3"]
+    assert await astore.count_keys() == 4
+    assert await astore.len() == 4
+    info = await astore.stat("a")
+    assert info.size == 1 and info.version >= 1
+    assert await astore.copy("a", "b") == "b"
+    assert await astore.move("b", "c") == "c"
+    assert await astore.get("c") == b"1" and not await astore.contains("b")
+    assert await astore.incr("n") == 1
+    assert await astore.incr("n", 5) == 6
+    await astore.delete("a")
+    await astore.delete_many(["k1", "k2"])
+    assert await astore.keys() == ["c", "k3", "n"]
+    other = astore.namespace("other")
+    await other.put("a", b"elsewhere")
+    assert await astore.keys() == ["c", "k3", "n"]
+    await other.delete("a")
+
+
+async def test_iter_keys_pages_through_many_keys(astore: kvstore.AsyncStore) -> None:
+    items = {f"key{i:05d}": b"v" for i in range(1300)}  # more than one batch of each layer
+    await astore.put_many(items)
+    assert [k async for k in astore.iter_keys("key")] == sorted(items)
+
+
+async def test_large_values_round_trip(astore: kvstore.AsyncStore) -> None:
+    big = bytes(range(256)) * 5000  # 1.28 MB: several chunks at the default chunk size
+    await astore.put("big", big)
+    assert await astore.get("big") == big
+    assert (await astore.stat("big")).size == len(big)
+
+
+async def test_ttl(astore: kvstore.AsyncStore) -> None:
+    await astore.put("short", b"v", ttl_secs=0.3)
+    await astore.put("long", b"v", ttl_secs=3600)
+    assert (await astore.stat("short")).expires_at is not None
+    assert await astore.get("short") == b"v"
+    await asyncio.sleep(0.4)
+    with pytest.raises(KeyError):
+        await astore.get("short")
+    assert await astore.keys() == ["long"]
+
+
+async def test_versions_and_conflicts(astore: kvstore.AsyncStore) -> None:
+    await astore.put("k", b"1")
+    version = (await astore.stat("k")).version
+    await astore.put("k", b"2", expected_version=version)
+    with pytest.raises(kvstore.ConflictError):
+        await astore.put("k", b"3", expected_version=version)
+    with pytest.raises(kvstore.ConflictError):
+        await astore.delete("k", expected_version=version)
+    assert await astore.get("k") == b"2"
+
+
+async def test_transaction_commits_and_rolls_back(astore: kvstore.AsyncStore) -> None:
+    async with astore.transaction() as tx:
+        await tx.put("a", b"1")
+        await tx.incr("n")
+        assert await tx.get("a") == b"1"
+    assert await astore.get("a") == b"1"
+    with pytest.raises(RuntimeError):
+        async with astore.transaction() as tx:
+            await tx.put("b", b"2")
+            await tx.delete("a")
+            raise RuntimeError("boom")
+    assert await astore.keys() == ["a", "n"]
+    # the task's other calls inside the block join the transaction (as a thread's do)
+    with pytest.raises(RuntimeError):
+        async with astore.transaction():
+            await astore.put("joined", b"1")
+            raise RuntimeError("boom")
+    assert not await astore.contains("joined")
+
+
+async def test_nested_transaction_is_a_savepoint(astore: kvstore.AsyncStore) -> None:
+    async with astore.transaction() as tx:
+        await tx.put("outer", b"1")
+        with pytest.raises(RuntimeError):
+            async with tx.transaction() as inner:
+                await inner.put("inner", b"2")
+                raise RuntimeError("undo the inner block only")
+        async with tx.transaction() as inner:
+            await inner.put("kept", b"3")
+    assert await astore.keys() == ["kept", "outer"]
+
+
+async def test_transaction_ends_with_its_block(astore: kvstore.AsyncStore) -> None:
+    async with astore.transaction() as tx:
+        await tx.put("a", b"1")
+    with pytest.raises(kvstore.TransactionError):
+        await tx.put("b", b"2")
+
+
+async def test_a_caught_database_error_never_loses_a_transaction_silently(
+    astore: kvstore.AsyncStore,
+) -> None:
+    """As for the sync store (tests/test_robustness.py): after a statement fails inside a
+    transaction and the error is caught, the transaction commits everything (SQLite) or
+    raises at commit (PostgreSQL aborted it), on asyncpg too, whose adapter keeps no status."""
+    committed = False
+    try:
+        async with astore.transaction() as tx:
+            await tx.put("a", b"1")
+            with pytest.raises(kvstore.DatabaseError):
+                await greenlet_spawn(_sql.rows, tx.sync, "SELECT * FROM no_such_table_kvstore")
+        committed = True
+    except kvstore.TransactionError:
+        pass
+    assert committed == (astore.dialect_name == "sqlite")
+    assert await astore.keys() == (["a"] if committed else [])
+
+
+async def test_run_in_transaction(astore: kvstore.AsyncStore) -> None:
+    async def work(tx: kvstore.AsyncTransaction) -> int:
+        await tx.put("a", b"1")
+        return await tx.incr("n", 2)
+
+    assert await astore.run_in_transaction(work) == 2
+    assert await astore.get("a") == b"1"
+
+    async def failing(tx: kvstore.AsyncTransaction) -> None:
+        await tx.put("b", b"1")
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        await astore.run_in_transaction(failing)
+    assert not await astore.contains("b")
+
+
+async def test_transactions_belong_to_their_task(astore: kvstore.AsyncStore) -> None:
+    """While one task has a transaction open, another task's calls on the same store run on
+    their own connection and commit on their own: they do not join (or get rolled back with)
+    the first task's transaction."""
+    opened = asyncio.Event()
+    written = asyncio.Event()
+
+    async def in_transaction() -> None:
+        with pytest.raises(RuntimeError):
+            async with astore.transaction() as tx:
+                await tx.put("mine", b"1")
+                opened.set()
+                if astore.dialect_name == "postgresql":
+                    await written.wait()
+                else:
+                    # SQLite: the other task's write waits for this one's write lock, in
+                    # aiosqlite's thread, while the event loop runs this task on
+                    await asyncio.sleep(0.2)
+                raise RuntimeError("roll back mine")
+
+    async def other_task() -> None:
+        await opened.wait()
+        await astore.put("theirs", b"2")
+        written.set()
+
+    await asyncio.gather(in_transaction(), other_task())
+    assert await astore.keys() == ["theirs"]
+
+
+@pytest.mark.parametrize("delay", [0.001, 0.01, 0.05])
+async def test_a_cancelled_call_leaves_the_store_usable(
+    astore: kvstore.AsyncStore, delay: float
+) -> None:
+    """A task cancelled while the driver works (a put_many's transaction: BEGIN, executemany,
+    COMMIT) writes all or nothing, and the connection it was using is discarded rather than
+    handed to the next call in an unknown state (inside a transaction, or still busy)."""
+    items = {f"k{i:05d}": b"x" * 100 for i in range(20000)}
+    task = asyncio.create_task(astore.put_many(items))
+    await asyncio.sleep(delay)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await astore.count_keys("k") in (0, len(items))
+    for _ in range(3):  # the next calls (on whatever connection) work
+        await astore.put("after", b"1")
+        assert await astore.get("after") == b"1"
+    async with astore.transaction() as tx:
+        await tx.put("tx", b"1")
+    assert await astore.get("tx") == b"1"
+
+
+async def test_a_cancelled_transaction_rolls_back(astore: kvstore.AsyncStore) -> None:
+    started = asyncio.Event()
+
+    async def work() -> None:
+        async with astore.transaction() as tx:
+            await tx.put("first", b"1")
+            started.set()
+            await tx.put_many({f"k{i:05d}": b"x" for i in range(20000)})
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(work())
+    await started.wait()
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await astore.keys() == []
+    await astore.put("after", b"1")
+    assert await astore.keys() == ["after"]
+
+
+async def test_indexes(astore: kvstore.AsyncStore) -> None:
+    await astore.create_index("email", kvstore.json_field("email"), unique=True)
+    await astore.put("u1", b'{"email": "ada@example.com"}')
+    await astore.put("u2", b'{"email": "grace@example.com"}')
+    assert await astore.find("email", "ada@example.com") == ["u1"]
+    assert await astore.find_items("email", prefix="grace") == [
+        ("u2", b'{"email": "grace@example.com"}')
+    ]
+    assert await astore.count("email", gt="a") == 2
+    assert [i.name for i in await astore.indexes()] == ["email"]
+    with pytest.raises(kvstore.UniqueViolation) as err:
+        await astore.put("u3", b'{"email": "ada@example.com"}')
+    assert isinstance(err.value, kvstore.KVStoreError)
+    await astore.drop_index("email")
+
+
+async def test_collections(astore: kvstore.AsyncStore) -> None:
+    d = astore.dict("settings")
+    await d.set("theme", "dark")
+    await d.set("size", 12)
+    assert await d.get("theme") == "dark"
+    assert await d.get("missing", "default") == "default"
+    assert await d.getitem("size") == 12
+    with pytest.raises(KeyError):
+        await d.getitem("missing")
+    assert await d.len() == 2 and await d.contains("theme")
+    assert sorted([k async for k in d]) == ["size", "theme"]
+    assert sorted(await d.items()) == [("size", 12), ("theme", "dark")]
+    assert await d.pop("size") == 12
+    assert await d.pop("size", None) is None
+    await d.delete("theme")
+    assert await d.len() == 0
+
+    log = astore.list("log")
+    for i in range(3):
+        await log.append({"n": i})
+    assert await log.getitem(1) == {"n": 1}
+    assert await log.getitem(-1) == {"n": 2}
+    assert await log.len() == 3
+    assert await log.to_list() == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [v async for v in log] == await log.to_list()
+    assert await log.pop() == {"n": 2}
+
+    seen = astore.set("seen")
+    await seen.add("a")
+    await seen.add("b")
+    await seen.add("a")
+    assert await seen.len() == 2 and await seen.contains("a")
+    await seen.discard("a")
+    await seen.discard("zzz")
+    assert await seen.to_set() == {"b"}
+    # collections live in derived namespaces: the store's own keys are untouched
+    assert await astore.keys() == []
+
+
+async def test_collections_join_a_transaction(astore: kvstore.AsyncStore) -> None:
+    with pytest.raises(RuntimeError):
+        async with astore.transaction() as tx:
+            await tx.dict("d").set("k", 1)
+            await tx.list("l").append(1)
+            raise RuntimeError("roll back")
+    assert await astore.dict("d").len() == 0
+    assert await astore.list("l").len() == 0
+
+
+async def test_files(astore: kvstore.AsyncStore, tmp_path: Path) -> None:
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"file contents" * 1000)
+    await astore.put_file("f", src)
+    dest = tmp_path / "out.bin"
+    await astore.get_file("f", dest)
+    assert dest.read_bytes() == src.read_bytes()
+
+
+async def test_sync_and_async_stores_see_each_other(abackend: AsyncBackend) -> None:
+    astore = await abackend.connect()
+    sync = abackend.connect_sync()
+    try:
+        await astore.put("from-async", b"1")
+        assert sync.get("from-async") == b"1"
+        sync.put("from-sync", b"2")
+        assert await astore.get("from-sync") == b"2"
+        assert await astore.keys() == sync.keys() == ["from-async", "from-sync"]
+    finally:
+        sync.close()
+        await astore.close()
+
+
+async def test_database_errors_are_kvstore_errors(abackend: AsyncBackend) -> None:
+    # tables that do not exist (create=False under an unused prefix): the driver's error,
+    # translated where it happens, as for a sync store
+    store = await abackend.connect(table_prefix="nothere_", create=False)
+    try:
+        with pytest.raises(kvstore.DatabaseError) as err:
+            await store.get("k")
+        assert err.value.__cause__ is not None
+        with pytest.raises(kvstore.DatabaseError):
+            async with store.transaction() as tx:
+                await tx.put("k", b"v")
+    finally:
+        await store.close()
+
+
+async def test_unreachable_database_is_database_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(kvstore.DatabaseUnavailableError):
+        await kvstore.connect_async(f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/kv.db")
+    # aiosqlite stops its thread after a failed open by handing the loop one more result:
+    # let it land before the test's event loop closes
+    await asyncio.sleep(0.05)
+
+
+async def test_unreachable_postgres_is_database_unavailable(pg_url: str) -> None:
+    for driver in ("asyncpg", "psycopg"):
+        url = sa.make_url(_with_driver(pg_url, driver)).set(host="127.0.0.1", port=1)
+        with pytest.raises(kvstore.DatabaseUnavailableError):
+            await kvstore.connect_async(url.render_as_string(hide_password=False))
+
+
+async def test_an_async_engine_and_session(abackend: AsyncBackend) -> None:
+    url = abackend.url
+    if abackend.driver == "psycopg-async":
+        url = url.replace("postgresql+psycopg://", "postgresql+psycopg_async://")
+    engine = create_async_engine(url)
+    try:
+        store = await kvstore.connect_async(engine, namespace=abackend.namespace)
+        await store.put("k", b"v")
+        await store.close()  # leaves the caller's engine usable
+        async with AsyncSession(engine) as session:
+            joined = await kvstore.connect_async(session, namespace=abackend.namespace)
+            await joined.put("in-session", b"1")
+            assert await joined.get("in-session") == b"1"
+            await session.rollback()  # the caller's transaction decides
+            assert not await joined.contains("in-session")
+            await joined.put("committed", b"1")
+            await session.commit()
+        store = await kvstore.connect_async(engine, namespace=abackend.namespace)
+        assert await store.keys() == ["committed", "k"]
+        await store.close()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_listened_engine_sees_every_statement(abackend: AsyncBackend) -> None:
+    """A cursor listener on the AsyncEngine (tracing, query counters) sees kvstore's
+    statements, through SQLAlchemy's Connection, as on a sync Engine."""
+    url = abackend.url
+    if abackend.driver == "psycopg-async":
+        url = url.replace("postgresql+psycopg://", "postgresql+psycopg_async://")
+    engine = create_async_engine(url)
+    seen: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    try:
+        store = await kvstore.connect_async(engine, namespace=abackend.namespace)
+        seen.clear()
+        await store.put("a", b"1")
+        assert await store.get("a") == b"1"
+        assert any("INSERT INTO" in sql for sql in seen)
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.put("b", b"2")
+                raise RuntimeError("roll back")
+        assert "ROLLBACK" in seen
+        assert await store.keys() == ["a"]
+        await store.close()
+    finally:
+        await engine.dispose()
+
+
+async def test_sync_connect_refuses_async_drivers(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="connect_async"):
+        kvstore.connect(f"sqlite+aiosqlite:///{tmp_path}/kv.db")
+    with pytest.raises(ValueError, match="connect_async"):
+        kvstore.connect("postgresql+asyncpg://u@127.0.0.1:1/d")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/kv.db")
+    try:
+        with pytest.raises(ValueError, match="connect_async"):
+            kvstore.connect(engine.sync_engine)
+    finally:
+        await engine.dispose()
+    with pytest.raises(ValueError, match="asyncio driver"):
+        await kvstore.connect_async(f"sqlite+pysqlite:///{tmp_path}/kv.db")
+
+
+# -- the event loop keeps running --------------------------------------------------------------
+
+
+class Ticker:
+    """A task that wakes every few milliseconds and records the longest gap between wakes."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self.ticks = 0
+        self._stop = False
+
+    async def run(self) -> None:
+        last = time.perf_counter()
+        while not self._stop:
+            await asyncio.sleep(0.002)
+            now = time.perf_counter()
+            self.max_gap = max(self.max_gap, now - last)
+            self.ticks += 1
+            last = now
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+async def test_event_loop_ticks_during_a_large_put_many(astore: kvstore.AsyncStore) -> None:
+    ticker = Ticker()
+    tick_task = asyncio.create_task(ticker.run())
+    await asyncio.sleep(0.01)
+    start = time.perf_counter()
+    for batch in range(4):
+        await astore.put_many({f"b{batch}-{i:05d}": b"x" * 512 for i in range(2000)})
+    await astore.put("large", b"y" * (3 << 20))  # a chunked value
+    elapsed = time.perf_counter() - start
+    ticker.stop()
+    await tick_task
+    assert await astore.count_keys() == 8001
+    assert ticker.max_gap < 0.1, (ticker.max_gap, elapsed)
+    assert ticker.ticks > 5
+
+
+@pytest.mark.parametrize("abackend", ["aiosqlite"], indirect=True)
+async def test_event_loop_ticks_while_waiting_for_a_sqlite_lock(abackend: AsyncBackend) -> None:
+    store = await abackend.connect()
+    await store.put("warm", b"up")  # the tables exist and the file is in WAL mode
+    path = re.sub(r"^sqlite\+aiosqlite:///", "", abackend.url)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+    release_after = 0.5
+    timer = threading.Timer(release_after, holder.execute, ("COMMIT",))
+    ticker = Ticker()
+    tick_task = asyncio.create_task(ticker.run())
+    try:
+        timer.start()
+        start = time.perf_counter()
+        await store.put("k", b"v")  # waits for the lock in aiosqlite's thread
+        waited = time.perf_counter() - start
+        ticker.stop()
+        await tick_task
+    finally:
+        timer.join()
+        holder.close()
+        await store.close()
+    assert waited >= release_after * 0.8
+    assert ticker.max_gap < 0.1, ticker.max_gap
+    assert ticker.ticks > 50
+
+
+# -- docs/async.md ----------------------------------------------------------------------------
+
+
+async def test_the_async_docs_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/async.md's examples are plain ``python`` blocks (they need an event loop): run
+    them here as written."""
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "async.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        exec(compile(block, "docs/async.md", "exec"), namespace)
+    await namespace["main"]()
+    store = await kvstore.connect_async("sqlite+aiosqlite:///kv.db")
+    try:
+        await store.put("alice", b"100")
+        await store.put("bob", b"0")
+        await namespace["transfer"](store)
+        assert await store.get("alice") == b"90"
+        assert await store.get("bob") == b"9"
+        assert await store.get("carol") == b"1"
+        assert await store.get("audit-last") == b"alice->bob"
+        await namespace["collections"](store)
+    finally:
+        await store.close()
