@@ -88,8 +88,9 @@ class Conn:
         try:
             yield
         except BaseException:
-            self.run(f"ROLLBACK TO SAVEPOINT {name}")
-            self.run(f"RELEASE SAVEPOINT {name}")
+            if not self.broken:  # a broken connection is discarded, its transaction with it
+                self.run(f"ROLLBACK TO SAVEPOINT {name}")
+                self.run(f"RELEASE SAVEPOINT {name}")
             raise
         self.run(f"RELEASE SAVEPOINT {name}")
 
@@ -252,6 +253,11 @@ class RawConn(Conn):
 
     def rollback(self) -> None:
         self.in_tx = False
+        if self.broken:
+            # Discarded when given back, and closing it ends its transaction. An interrupted
+            # connection may still be busy with the statement it was running: sending it
+            # anything now could wait forever (asyncpg, after a cancelled executemany).
+            return
         try:
             self._exec("ROLLBACK")
         except Exception:
@@ -262,7 +268,8 @@ class RawConn(Conn):
         try:
             if self.in_tx:
                 self.rollback()
-            self.dialect.restore_autocommit(self.dbapi, self._old_autocommit)
+            if not self.broken:
+                self.dialect.restore_autocommit(self.dbapi, self._old_autocommit)
         except Exception:
             self.broken = True
         if self.broken and self.proxied.is_valid:
@@ -298,6 +305,9 @@ class SAConn(Conn):
             cur: Cursor = self.sa.exec_driver_sql(stmt.sql, stmt.bind(params))
         except Exception as exc:
             raise self.dialect.error(exc) from exc
+        except BaseException:
+            self.broken = True  # interrupted: see RawConn
+            raise
         return cur
 
     def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
@@ -307,12 +317,18 @@ class SAConn(Conn):
             self.sa.exec_driver_sql(stmt.sql, [stmt.bind(p) for p in params])
         except Exception as exc:
             raise self.dialect.error(exc) from exc
+        except BaseException:
+            self.broken = True
+            raise
 
     def run(self, sql: str) -> Cursor:
         try:
             cur: Cursor = self.sa.exec_driver_sql(sql)
         except Exception as exc:
             raise self.dialect.error(exc) from exc
+        except BaseException:
+            self.broken = True  # interrupted: see RawConn
+            raise
         return cur
 
     def begin(self, begin_sql: str) -> None:
@@ -330,6 +346,8 @@ class SAConn(Conn):
 
     def rollback(self) -> None:
         self.in_tx = False
+        if self.broken:  # as RawConn.rollback
+            return
         try:
             self.sa.exec_driver_sql("ROLLBACK")
         except Exception:
@@ -339,7 +357,8 @@ class SAConn(Conn):
         try:
             if self.in_tx:
                 self.rollback()
-            self.dialect.restore_autocommit(self.dbapi, self._old_autocommit)
+            if not self.broken:
+                self.dialect.restore_autocommit(self.dbapi, self._old_autocommit)
         except Exception:
             self.broken = True
         if self.broken:

@@ -18,10 +18,11 @@ has open, which the store's other calls join) is per asyncio task for an async o
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import IO, Any, TypeVar
+from typing import IO, Any, BinaryIO, TypeVar
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -54,6 +55,7 @@ __all__ = [
     "AsyncPersistentDict",
     "AsyncPersistentList",
     "AsyncPersistentSet",
+    "AsyncReader",
     "AsyncStore",
     "AsyncTransaction",
     "connect_async",
@@ -149,6 +151,12 @@ class AsyncStore:
                 yield key
             if len(batch) < _KEY_BATCH:
                 return
+
+    async def open(self, key: str) -> AsyncReader:
+        """A readable, seekable reader over the value of ``key`` (the sync ``open()``: a
+        large value is streamed chunk by chunk from one snapshot, holding a connection and
+        one of ``max_open_readers`` slots until it is closed; use ``async with``)."""
+        return AsyncReader(await greenlet_spawn(self._sync.open, key))
 
     async def get_file(self, key: str, file: str | os.PathLike[str] | IO[bytes]) -> str:
         """Write the value of ``key`` to a path or a binary file object (the file's writes
@@ -292,6 +300,37 @@ class AsyncStore:
 
     def set(self, name: str, serializer: Any = "json") -> AsyncPersistentSet:
         return AsyncPersistentSet(self._sync.set(name, serializer=serializer))
+
+
+class AsyncReader:
+    """What ``await store.open(key)`` returns: the sync reader's ``read``, ``seek``, ``tell``
+    and ``close``, awaited (a large value's reads fetch chunks from the database)."""
+
+    def __init__(self, sync: BinaryIO) -> None:
+        self._sync = sync
+
+    async def read(self, size: int = -1) -> bytes:
+        return await greenlet_spawn(self._sync.read, size)
+
+    async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return await greenlet_spawn(self._sync.seek, offset, whence)
+
+    async def tell(self) -> int:
+        return self._sync.tell()
+
+    async def close(self) -> None:
+        """Give back the connection (and reader slot) a large value's reader holds."""
+        await greenlet_spawn(self._sync.close)
+
+    @property
+    def closed(self) -> bool:
+        return self._sync.closed
+
+    async def __aenter__(self) -> AsyncReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 class AsyncPersistentDict:
