@@ -412,14 +412,16 @@ class Scope:
         """The same backend (and transaction) for another namespace, store key rule."""
         return Scope(self.backend, check_namespace(name), check_key, self._child_tx())
 
-    def derived(self, kind: str, name: str) -> Scope:
+    def derived(
+        self, kind: str, name: str, key_rule: Callable[[object], str] = check_collection_key
+    ) -> Scope:
         """The scope behind a collection: its own namespace ``<namespace>/<kind>/<name>``
         (unreachable through :meth:`with_namespace`, whose names cannot contain ``/``), the
-        same tables, connections, transaction and indexes, and the collection key rule."""
+        same tables, connections, transaction and indexes, and the collection key rule (or
+        ``key_rule``: a collection that checks its encoded keys itself passes
+        :func:`kvstore._validate.checked_key`, so each key is checked once)."""
         check_collection_name(name)
-        return Scope(
-            self.backend, f"{self.namespace}/{kind}/{name}", check_collection_key, self._child_tx()
-        )
+        return Scope(self.backend, f"{self.namespace}/{kind}/{name}", key_rule, self._child_tx())
 
     def _child_tx(self) -> TxState | None:
         if self.tx is None:

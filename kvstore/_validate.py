@@ -289,3 +289,12 @@ def check_optional_bool(name: str, value: object) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise TypeError(f"{name} must be True, False or None, not {value!r}")
     return value
+
+
+def checked_key(key: object) -> str:
+    """The key rule of a scope whose caller has already checked every key it passes (a
+    collection encodes and checks its keys with :func:`check_collection_key` itself): the
+    key is taken as it is, so it is checked once, not twice."""
+    if not isinstance(key, str):
+        raise TypeError(f"keys are str here, not {type(key).__name__}")
+    return key

@@ -53,7 +53,7 @@ from . import _entries, serializers
 from ._backend import Scope, facade, open_store, scope_of
 from ._conn import Conn
 from ._indexing import JsonField
-from ._validate import NOT_SET, check_collection_key
+from ._validate import NOT_SET, check_collection_key, checked_key
 from .errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
@@ -224,7 +224,8 @@ class _Collection:
         # reopens the collection on it (a derived store cannot pickle itself).
         self._base = base
         try:
-            self._scope: Scope = base.scope.derived(self._kind, name)
+            # keys reach the derived store encoded and checked (_check_stored_key): once
+            self._scope: Scope = base.scope.derived(self._kind, name, checked_key)
             self._s = facade(self._scope)
         except BaseException:
             self.close()

@@ -1258,3 +1258,27 @@ def test_pickling_needs_a_store_opened_from_a_url(store: kvstore.Store) -> None:
         pickle.dumps(d)
     with store.transaction() as tx, pytest.raises(TypeError, match="transaction"):
         pickle.dumps(tx.dict("d"))
+
+
+def test_a_key_is_checked_once_per_write(store: kvstore.Store, monkeypatch: Any) -> None:
+    """The dict encodes and checks its key (once per call); the derived store below it takes
+    the key as checked instead of checking it a second time."""
+    import kvstore.collections as collections_module
+    from kvstore import _validate
+
+    calls: list[object] = []
+    real = collections_module.check_collection_key
+
+    def counting(key: object) -> str:
+        calls.append(key)
+        return real(key)
+
+    monkeypatch.setattr(collections_module, "check_collection_key", counting)
+    d = store.dict("checked-once")
+    d["k"] = 1
+    assert d["k"] == 1
+    assert calls == ["k", "k"]  # one check per call
+    derived = _sql.collection_store(d)
+    assert derived.scope.key_rule is _validate.checked_key  # and none below
+    with pytest.raises(TypeError):
+        derived.scope.key(b"not a str")
