@@ -128,7 +128,55 @@ class Conn:
             )
 
 
-class RawConn(Conn):
+class _OwnedConn(Conn):
+    """What RawConn and SAConn share: a connection kvstore checked out of an engine's pool,
+    in the driver's autocommit mode, with transactions of its own."""
+
+    dbapi: Any
+    _old_autocommit: Any
+
+    def _send(self, sql: str) -> None:
+        """Send a statement as it is, untranslated errors (ROLLBACK)."""
+        raise NotImplementedError
+
+    def _release(self, invalidate: bool) -> None:
+        """Give the connection back to its pool (invalidated: discarded)."""
+        raise NotImplementedError
+
+    def begin(self, begin_sql: str) -> None:
+        self.run(begin_sql)  # on RawConn a dead connection is replaced here, before anything
+        self.in_tx = True
+
+    def commit(self) -> None:
+        cur = self.run("COMMIT")
+        self.in_tx = False
+        self._check_commit(cur)
+
+    def rollback(self) -> None:
+        self.in_tx = False
+        if self.broken:
+            # Discarded when given back, and closing it ends its transaction. An interrupted
+            # connection may still be busy with the statement it was running: sending it
+            # anything now could wait forever (asyncpg, after a cancelled executemany).
+            return
+        try:
+            self._send("ROLLBACK")
+        except Exception:
+            # A connection that cannot even roll back is discarded rather than reused.
+            self.broken = True
+
+    def close(self) -> None:
+        try:
+            if self.in_tx:
+                self.rollback()
+            if not self.broken:
+                self.dialect.restore_autocommit(self.dbapi, self._old_autocommit)
+        except Exception:
+            self.broken = True
+        self._release(self.broken)
+
+
+class RawConn(_OwnedConn):
     """A pooled DBAPI connection in autocommit mode, owned by one store backend."""
 
     def __init__(
@@ -238,46 +286,20 @@ class RawConn(Conn):
             raise
         return cur
 
-    def begin(self, begin_sql: str) -> None:
-        self.run(begin_sql)  # a dead connection is replaced here, before anything is lost
-        self.in_tx = True
-
-    def commit(self) -> None:
-        cur = self.run("COMMIT")
-        self.in_tx = False
-        self._check_commit(cur)
-
     @property
     def closed(self) -> bool:
         return bool(self.dialect.is_closed(self.dbapi))
 
-    def rollback(self) -> None:
-        self.in_tx = False
-        if self.broken:
-            # Discarded when given back, and closing it ends its transaction. An interrupted
-            # connection may still be busy with the statement it was running: sending it
-            # anything now could wait forever (asyncpg, after a cancelled executemany).
-            return
-        try:
-            self._exec("ROLLBACK")
-        except Exception:
-            # A connection that cannot even roll back is discarded rather than reused.
-            self.broken = True
+    def _send(self, sql: str) -> None:
+        self._exec(sql)
 
-    def close(self) -> None:
-        try:
-            if self.in_tx:
-                self.rollback()
-            if not self.broken:
-                self.dialect.restore_autocommit(self.dbapi, self._old_autocommit)
-        except Exception:
-            self.broken = True
-        if self.broken and self.proxied.is_valid:
+    def _release(self, invalidate: bool) -> None:
+        if invalidate and self.proxied.is_valid:
             self.proxied.invalidate()
         self.proxied.close()
 
 
-class SAConn(Conn):
+class SAConn(_OwnedConn):
     """An owned connection run through SQLAlchemy's ``Connection``, so that the engine's
     logging and cursor events see every statement; same autocommit rules as RawConn."""
 
@@ -331,37 +353,15 @@ class SAConn(Conn):
             raise
         return cur
 
-    def begin(self, begin_sql: str) -> None:
-        self.run(begin_sql)
-        self.in_tx = True
-
-    def commit(self) -> None:
-        cur = self.run("COMMIT")
-        self.in_tx = False
-        self._check_commit(cur)
-
     @property
     def closed(self) -> bool:
         return bool(self.sa.closed or self.sa.invalidated or self.dialect.is_closed(self.dbapi))
 
-    def rollback(self) -> None:
-        self.in_tx = False
-        if self.broken:  # as RawConn.rollback
-            return
-        try:
-            self.sa.exec_driver_sql("ROLLBACK")
-        except Exception:
-            self.broken = True
+    def _send(self, sql: str) -> None:
+        self.sa.exec_driver_sql(sql)
 
-    def close(self) -> None:
-        try:
-            if self.in_tx:
-                self.rollback()
-            if not self.broken:
-                self.dialect.restore_autocommit(self.dbapi, self._old_autocommit)
-        except Exception:
-            self.broken = True
-        if self.broken:
+    def _release(self, invalidate: bool) -> None:
+        if invalidate:
             self.sa.invalidate()
         self.sa.close()
 

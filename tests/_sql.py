@@ -348,6 +348,7 @@ class _Active:
 _active: list[_Active] = []
 _patch_lock = threading.Lock()
 _originals: dict[str, Any] = {}
+_inherited: dict[str, bool] = {}
 
 
 def _for(raw: Any) -> list[Recording]:
@@ -405,15 +406,21 @@ def _install() -> None:
     # Connection): its methods are wrapped while a recording is active.
     raw = _conn.RawConn
     for name in ("execute", "execute_bytes", "executemany", "run", "rollback"):
-        _originals[name] = raw.__dict__[name]
+        # the method as RawConn has it, its own or inherited (rollback comes from _OwnedConn)
+        _originals[name] = getattr(raw, name)
+        _inherited[name] = name not in raw.__dict__
     for name, fn in _patched().items():
         setattr(raw, name, fn)
 
 
 def _uninstall() -> None:
     for name, fn in _originals.items():
-        setattr(_conn.RawConn, name, fn)
+        if _inherited[name]:
+            delattr(_conn.RawConn, name)
+        else:
+            setattr(_conn.RawConn, name, fn)
     _originals.clear()
+    _inherited.clear()
 
 
 def _sa_target(store: kvstore.Store) -> sa.Engine:
