@@ -20,8 +20,9 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
@@ -136,6 +137,44 @@ class Options:
         }
 
 
+class AppCheckouts:
+    """Which connections of an application's Engine each thread has checked out, from the
+    pool's own checkout/checkin events: so that a kvstore write through that Engine, in a
+    thread whose ORM Session has already written to the same SQLite file (and so holds its
+    write lock until it commits), is refused at once rather than waiting for itself."""
+
+    _by_engine: ClassVar[weakref.WeakKeyDictionary[Engine, AppCheckouts]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self.held: dict[int, tuple[int, Any]] = {}
+
+    @classmethod
+    def of(cls, engine: Engine) -> AppCheckouts:
+        found = cls._by_engine.get(engine)
+        if found is None:
+            found = cls._by_engine[engine] = cls()
+            sa_event.listen(engine, "checkout", found._checkout)
+            sa_event.listen(engine, "checkin", found._checkin)
+            sa_event.listen(engine, "detach", found._checkin)
+        return found
+
+    def _checkout(self, dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        self.held[id(record)] = (threading.get_ident(), dbapi_conn)
+
+    def _checkin(self, dbapi_conn: Any, record: Any) -> None:
+        self.held.pop(id(record), None)
+
+    def written_in_this_thread(self, dialect: _dialect.Dialect) -> bool:
+        me = threading.get_ident()
+        # list() copies in one step under the GIL, while other threads check in and out
+        return any(
+            thread == me and dialect.holds_write_lock(conn)
+            for thread, conn in list(self.held.values())
+        )
+
+
 class Backend:
     """What every store object on one ``connect()`` shares: connections, SQL, index state."""
 
@@ -181,10 +220,20 @@ class Backend:
         if self.engine is None:
             self.external = ExternalConn(bind, self.dialect)
         memory = self.engine is not None and _dialect.is_memory(self.engine)
+        self.app_checkouts: AppCheckouts | None = None
+        if self.engine is not None and not owns_engine and self.dialect.watches_app_write_locks:
+            self.app_checkouts = AppCheckouts.of(self.engine)
         # An in-memory SQLite database exists once per connection: everything must share one.
         self._slots = threading.BoundedSemaphore(1) if memory else None
         self.single_connection = memory or self.external is not None
         self._idle: list[Conn] = []
+        # The idle connections and the pool's own together never exceed the pool's pool_size:
+        # the server sees no more connections than SQLAlchemy's pool alone would keep open,
+        # and the pool's overflow connections are closed when a call returns.
+        pool = self.engine.pool if self.engine is not None else None
+        size, checkedin = getattr(pool, "size", None), getattr(pool, "checkedin", None)
+        self._pool_size: Callable[[], int] = size if callable(size) else lambda: MAX_IDLE
+        self._pool_idle: Callable[[], int] = checkedin if callable(checkedin) else lambda: 0
         self._lock = threading.Lock()
         self.pid = os.getpid()
         self.local: threading.local | TaskLocal = (
@@ -310,9 +359,19 @@ class Backend:
             and not self.closed
             and self.owns_engine
             and self._slots is None
-            and len(self._idle) < self.options.max_idle
         ):
-            self._idle.append(conn)
+            limit = min(self.options.max_idle, self._pool_size())
+            if len(self._idle) + self._pool_idle() < limit:
+                self._idle.append(conn)
+            else:
+                conn.close()
+                # The pool took it back; if its connections and ours now outnumber its
+                # pool_size, hand it ours too: past pool_size it closes them.
+                while self._idle and len(self._idle) + self._pool_idle() > self._pool_size():
+                    try:
+                        self._idle.pop().close()
+                    except IndexError:
+                        break
         else:
             conn.close()
         if self._slots is not None:
@@ -534,11 +593,22 @@ class Scope:
         b = self.backend
         if b.db_key is None or self.tx is not None or b.active() is not None:
             return
+        self.check_app_not_writing()
         if _open_in_thread(b).get(b.db_key):
             raise TransactionError(
                 "this thread has a transaction open on this database through another store "
                 "(another engine), holding its write lock; write through that transaction's "
                 "store, or commit first - this write would wait for that lock"
+            )
+
+    def check_app_not_writing(self) -> None:
+        app = self.backend.app_checkouts
+        if app is not None and app.written_in_this_thread(self.backend.dialect):
+            raise TransactionError(
+                "this thread's own Session (or Connection) on this Engine has written to the "
+                "SQLite database and holds its write lock until it commits, so a write through "
+                "a store bound to the Engine would wait for it forever: bind the store to that "
+                "Session (kvstore.connect(session)) to write in its transaction, or commit first"
             )
 
     # -- transactions --------------------------------------------------------------------------
@@ -579,6 +649,8 @@ class Scope:
             assert conn is not None
             yield from self._savepoint(conn, None)
             return
+        if b.db_key is not None and b.dialect.begin_locks_database(begin_sql):
+            self.check_app_not_writing()
         conn = b.checkout()
         state = TxState(conn)
         locks_db = False

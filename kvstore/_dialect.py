@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -104,9 +105,25 @@ class Dialect:
     supports_likelihood = True
     #: ``key = ANY(:keys)`` with a list bound as one array parameter
     supports_any_array = False
+    #: a write while the same thread's own application connection holds the database-wide
+    #: write lock would wait for itself: watch the app's checkouts to refuse it at once
+    watches_app_write_locks = True
 
     #: the names of the triggers on table ``:table``
     trigger_catalog = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table"
+
+    def holds_write_lock(self, dbapi_conn: Any) -> bool:
+        """Whether an application's connection certainly holds the database's write lock. In
+        the sqlite3 module's legacy transaction mode (SQLAlchemy's default) a transaction is
+        begun implicitly only before INSERT/UPDATE/DELETE, so an open one has written and holds
+        the lock until it ends. Under an explicit BEGIN nothing tells (it may only have read):
+        False, and an ordinary lock wait applies."""
+        if getattr(dbapi_conn, "isolation_level", None) is None:
+            return False
+        legacy = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", None)
+        if legacy is not None and getattr(dbapi_conn, "autocommit", legacy) != legacy:
+            return False
+        return bool(getattr(dbapi_conn, "in_transaction", False))
 
     def driver_begin_on(self, conn: Any) -> None:
         """Begin a write transaction at the driver on a SQLAlchemy Connection, unless the
@@ -318,6 +335,7 @@ class PostgresDialect(Dialect):
     }
     supports_likelihood = False
     supports_any_array = True
+    watches_app_write_locks = False  # row locks: a write waits only on the same rows
     trigger_catalog = (
         "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND NOT tgisinternal"
     )
@@ -431,6 +449,7 @@ class AiosqliteDialect(Dialect):
 
     driver = "aiosqlite"
     is_async = True
+    watches_app_write_locks = False
 
     def dbapi_of(self, fairy: Any) -> Any:
         return fairy.dbapi_connection

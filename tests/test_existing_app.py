@@ -166,6 +166,41 @@ def test_a_write_that_cannot_get_the_lock_fails_after_about_one_busy_timeout(
     store.close()
 
 
+def test_an_engine_store_write_while_the_threads_own_session_holds_the_lock_fails_at_once(
+    tmp_path: Path,
+) -> None:
+    """A request's Session has flushed (SQLite's write lock is its own until it commits) and
+    code in the same request writes through a store bound to the Engine: refused at once with
+    the fix in the message, not after a lock wait. Reads and a session-bound store work."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    with engine.begin() as c:
+        c.exec_driver_sql("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT)")
+    store = kvstore.connect(engine)
+    store.put("seen", b"1")
+    with Session(engine) as session:
+        session.execute(sa.text("SELECT * FROM item")).all()  # only read: no lock
+        store.put("read-only-session", b"1")
+        session.execute(sa.text("INSERT INTO item (name) VALUES ('a')"))  # now it holds it
+        start = time.monotonic()
+        for write in (
+            lambda: store.put("k", b"v"),
+            lambda: store.delete("seen"),
+            lambda: store.transaction().__enter__(),
+            lambda: store.dict("d").__setitem__("x", 1),
+        ):
+            with pytest.raises(kvstore.TransactionError, match=r"kvstore\.connect\(session\)"):
+                write()
+        assert time.monotonic() - start < 1.0
+        assert store.get("seen") == b"1"  # reads do not wait for the lock
+        kv = kvstore.connect(session)
+        kv.put("in-session", b"1")
+        session.commit()
+    store.put("after-commit", b"1")  # the lock is gone with the commit
+    assert sorted(store.keys()) == ["after-commit", "in-session", "read-only-session", "seen"]
+    store.close()
+    engine.dispose()
+
+
 # -- prefork servers ---------------------------------------------------------------------------
 
 
@@ -218,6 +253,43 @@ def test_a_store_opened_before_fork_works_in_the_children_and_the_parent(
         store.delete_many(store.keys())
         store.close()
         _PREFORK_STORE.clear()
+
+
+def test_a_url_store_holds_no_more_server_connections_than_its_pool_would(pg_url: str) -> None:
+    """20 threads at once on a URL store: afterwards the server sees at most the pool's
+    pool_size connections (what SQLAlchemy's pool alone would keep), not pool_size plus the
+    store's own idle ones."""
+    app = f"kvstore-conn-count-{os.getpid()}"
+    store = kvstore.connect(
+        pg_url,
+        namespace="app-conn-count",
+        engine_options={"pool_size": 3, "connect_args": {"application_name": app}},
+    )
+    admin = sa.create_engine(pg_url)
+    barrier = threading.Barrier(20)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        for n in range(30):
+            store.put(f"k{i}-{n}", b"v")
+            assert store.get(f"k{i}-{n}") == b"v"
+
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with admin.connect() as c:
+            held = c.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %(a)s", {"a": app}
+            ).scalar_one()
+        assert 1 <= held <= 3
+        assert store.count_keys() == 600
+    finally:
+        store.delete_many(store.keys())
+        store.close()
+        admin.dispose()
 
 
 # -- restarts ----------------------------------------------------------------------------------
