@@ -233,7 +233,12 @@ class Backend:
         pool = self.engine.pool if self.engine is not None else None
         size, checkedin = getattr(pool, "size", None), getattr(pool, "checkedin", None)
         self._pool_size: Callable[[], int] = size if callable(size) else lambda: MAX_IDLE
-        self._pool_idle: Callable[[], int] = checkedin if callable(checkedin) else lambda: 0
+        self._checkedin: Callable[[], int] = checkedin if callable(checkedin) else lambda: 0
+        # Asking the pool takes its lock: on the hot path, ask only once a connection has
+        # gone back into it since it was last seen empty (its checkin event says so).
+        self._pool_may_hold = False
+        if owns_engine and self.engine is not None:
+            sa_event.listen(self.engine, "checkin", self._pool_took_one)
         self._lock = threading.Lock()
         self.pid = os.getpid()
         self.local: threading.local | TaskLocal = (
@@ -250,6 +255,7 @@ class Backend:
             "ie": t.index_entries.name,
             "l": t.lists.name,
             "li": t.list_items.name,
+            "cnt": t.counts.name,
             "entries": t.entries.name,
             "for_update": self.dialect.for_update,
             **self.dialect.type_names,
@@ -265,6 +271,19 @@ class Backend:
             if self.engine is None or memory
             else self.engine.url.render_as_string(hide_password=True)
         )
+
+    def _pool_took_one(self, dbapi_conn: Any, record: Any) -> None:
+        self._pool_may_hold = True
+
+    def _pool_idle(self) -> int:
+        if not self._pool_may_hold:
+            return 0
+        # cleared before asking: a checkin racing with us sets it again after
+        self._pool_may_hold = False
+        n = self._checkedin()
+        if n:
+            self._pool_may_hold = True
+        return n
 
     # -- statements --------------------------------------------------------------------------
     def render(self, statements: Statements, name: str, template: str | None = None) -> Rendered:

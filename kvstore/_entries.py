@@ -84,7 +84,11 @@ _TEMPLATES: dict[str, str] = {
     "generation": "SELECT index_generation FROM {n} WHERE namespace = :ns",
     "delete": "DELETE FROM {e} WHERE namespace = :ns AND key = :key",
     "delete_cas": f"DELETE FROM {{e}} WHERE namespace = :ns AND key = :key AND version = :ev AND {LIVE}",
-    "count": f"SELECT COUNT(*) FROM {{e}} WHERE namespace = :ns AND {LIVE}",
+    # len(): every row of the namespace less its expired ones (on the expiry index)
+    "count_counted": "SELECT COALESCE((SELECT n FROM {cnt} WHERE namespace = :ns), 0) - "
+    "(SELECT COUNT(*) FROM {e} WHERE namespace = :ns AND expires_at <= :now)",
+    "count_scanned": "SELECT (SELECT COUNT(*) FROM {e} WHERE namespace = :ns) - "
+    "(SELECT COUNT(*) FROM {e} WHERE namespace = :ns AND expires_at <= :now)",
     "stat": f"""SELECT key, size, version, created_at, updated_at, expires_at, content_type,
   metadata, checksum FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE}""",
     "lock_row": f"""SELECT value, blob_id, version, expires_at, size, metadata, content_type
@@ -530,17 +534,25 @@ def delete_if_checksum(scope: Scope, key: str, checksum: str) -> bool:
         return bool(conn.execute(scope.sql(SQL, "delete_if_checksum"), params).rowcount == 1)
 
 
+def count_live(scope: Scope, conn: Conn) -> int:
+    """The namespace's live entries, exact in the statement's snapshot: the rows triggers
+    have counted (SQLite) or the primary key's index holds (PostgreSQL), less the expired
+    rows not yet purged, which the expiry index finds without reading the others."""
+    name = "count_counted" if scope.backend.dialect.counts_entries else "count_scanned"
+    params = {"ns": scope.namespace, "now": now_us()}
+    return int(conn.execute(scope.sql(SQL, name), params).fetchone()[0])
+
+
 def count_keys(scope: Scope, prefix: str) -> int:
-    """Live keys starting with ``prefix``: one COUNT over a primary-key range."""
-    if not prefix:
-        name, params = "count", {"ns": scope.namespace, "now": now_us()}
-    else:
+    """Live keys starting with ``prefix``: :func:`count_live` for all of them, otherwise one
+    COUNT over a primary-key range."""
+    with scope.connection() as conn:
+        if not prefix:
+            return count_live(scope, conn)
         hi = prefix_upper(prefix)
         name = "count_prefix" if hi is not None else "count_from"
         params = {"ns": scope.namespace, "now": now_us(), "lo": prefix, "hi": hi}
-    with scope.connection() as conn:
-        row = conn.execute(scope.sql(SQL, name), params).fetchone()
-    return int(row[0])
+        return int(conn.execute(scope.sql(SQL, name), params).fetchone()[0])
 
 
 # -- collection primitives (PersistentDict, PersistentSet) -----------------------------------

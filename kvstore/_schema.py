@@ -20,6 +20,12 @@ Schema (see ``docs/schema.md`` for the reasoning):
     Secondary index definitions and their entries. Index values are stored in an
     order-preserving binary encoding (``ivalue``), so one B-tree serves every value type;
     ``uvalue`` repeats it for unique indexes only, under a unique constraint.
+``kv_counts``
+    How many rows each namespace has in ``kv_entries`` (expired ones included), kept by
+    triggers on SQLite, where ``COUNT(*)`` reads every row, so that ``len()`` is one lookup
+    (less the entries expired and not yet purged, counted on the expiry index). PostgreSQL
+    leaves it empty: it counts a namespace on the primary key's index, and a counter row there
+    would serialise the namespace's writers.
 ``kv_lists`` / ``kv_list_items``
     Persistent lists: a header row with the length, and items at contiguous positions so
     ``l[i]`` is one primary-key lookup.
@@ -115,6 +121,7 @@ class Tables:
     index_entries: Table
     lists: Table
     list_items: Table
+    counts: Table
 
 
 def _define(prefix: str, md: MetaData) -> Tables:
@@ -210,11 +217,19 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("value", LargeBinary, nullable=False),
         PrimaryKeyConstraint("list_id", "pos"),
     )
+    counts = Table(
+        f"{p}counts",
+        md,
+        Column("namespace", String(255), primary_key=True),
+        Column("n", BigInteger, nullable=False),
+    )
     for ddl in _dialect.trigger_ddl(prefix):
         event.listen(entries, "after_create", ddl)
     for ddl in _dialect.drop_trigger_ddl(prefix):
         event.listen(entries, "before_drop", ddl)
-    return Tables(p, md, namespaces, entries, chunks, indexes, index_entries, lists, list_items)
+    return Tables(
+        p, md, namespaces, entries, chunks, indexes, index_entries, lists, list_items, counts
+    )
 
 
 def check_table_prefix(prefix: object) -> str:

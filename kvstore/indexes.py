@@ -23,6 +23,7 @@ from ._entries import (
     SQL as ENTRY_SQL,
 )
 from ._entries import (
+    count_live,
     count_statement,
     find_statement,
     forget_index_state,
@@ -163,11 +164,7 @@ def _backfill(
 ) -> None:
     """Index every live entry, in key order, ``_BATCH`` keys per round trip."""
     now = now_us()
-    total = int(
-        conn.execute(scope.sql(ENTRY_SQL, "count"), {"ns": scope.namespace, "now": now}).fetchone()[
-            0
-        ]
-    )
+    total = count_live(scope, conn)
     done = 0
     after = ""
     state = NamespaceIndexes(0, [spec], [], {spec.name: spec})

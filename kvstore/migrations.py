@@ -70,7 +70,7 @@ __all__ = [
 #: The newest revision. Kept as a constant so that ``connect()`` on an up-to-date database
 #: compares one row with it instead of importing Alembic and parsing every script; a test
 #: checks it against the scripts, so it cannot drift.
-HEAD = "0002"
+HEAD = "0003"
 #: The revision that tables created before kvstore shipped migrations (``create=True`` with
 #: no version table) are adopted at, so ``upgrade`` continues from there instead of failing
 #: on "table already exists".
@@ -524,8 +524,13 @@ def _stamp(conn: Connection, prefix: str, revision: str) -> None:
 
 
 def _adopt_unversioned(conn: Connection, prefix: str) -> None:
-    if not _stamped(conn, prefix) and sa.inspect(conn).has_table(tables(prefix).entries.name):
-        _stamp(conn, prefix, BASELINE)
+    if _stamped(conn, prefix):
+        return
+    inspector = sa.inspect(conn)
+    t = tables(prefix)
+    if inspector.has_table(t.entries.name):
+        # tables made by create_all() since 0003 have its counts table (0003 creates it)
+        _stamp(conn, prefix, "0003" if inspector.has_table(t.counts.name) else BASELINE)
 
 
 # Alembic's ``context`` and ``op`` are module-level proxies, installed while a command runs:

@@ -32,6 +32,7 @@ __all__ = [
     "IndexEntry",
     "ListHeader",
     "ListItem",
+    "NamespaceCount",
     "NamespaceRecord",
     "Tables",
     "Timestamp",
@@ -109,3 +110,11 @@ class ListItem(Base):
     list_id: Mapped[int]
     pos: Mapped[int]
     value: Mapped[bytes]
+
+
+class NamespaceCount(Base):
+    """Rows of one namespace in the entries table, expired ones included (SQLite only)."""
+
+    __table__ = default_tables.counts
+    namespace: Mapped[str]
+    n: Mapped[int]

@@ -20,6 +20,7 @@ from ._dialect import engine_from_url
 from ._entries import (
     SQL,
     count_keys,
+    count_live,
     delete_keys_in,
     entry_info,
     get_many,
@@ -212,11 +213,10 @@ class Store(KeyValueStore):
             return conn.execute(self._scope.sql(SQL, "has"), params).fetchone() is not None
 
     def __len__(self) -> int:
+        """Live entries: on SQLite a counter kept by triggers, on PostgreSQL an index-only
+        count, each less the expired entries not yet purged (see kvstore._entries)."""
         with self._connection() as conn:
-            row = conn.execute(
-                self._scope.sql(SQL, "count"), {"ns": self._ns, "now": now_us()}
-            ).fetchone()
-            return int(row[0])
+            return count_live(self._scope, conn)
 
     def iter_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with ``prefix`` in code-point order, fetched in batches by key range
@@ -259,8 +259,11 @@ class Store(KeyValueStore):
             raise ValueError("delimiter must be a non-empty string")
         after: str | None = None
         inclusive = False
+        # One key is all a seek past a common prefix needs, and usually the next one starts
+        # another prefix: fetch one, and more (doubling) only while plain keys come back.
+        limit = 1
         while True:
-            batch = self._key_batch(prefix, after, 100, inclusive)
+            batch = self._key_batch(prefix, after, limit, inclusive)
             skip_to: str | None = None
             for key in batch:
                 pos = key.find(delimiter, len(prefix))
@@ -272,11 +275,11 @@ class Store(KeyValueStore):
                 skip_to = prefix_upper(common)
                 break
             if skip_to is not None:
-                after, inclusive = skip_to, True
-            elif len(batch) < 100:
+                after, inclusive, limit = skip_to, True, 1
+            elif len(batch) < limit:
                 return
             else:
-                after, inclusive = batch[-1], False
+                after, inclusive, limit = batch[-1], False, min(limit * 2, 256)
 
     def stat(self, key: str) -> EntryInfo:
         """Size, version, timestamps, expiry, content type, metadata and checksum of ``key``

@@ -330,6 +330,7 @@ def test_postgresql_full_disk_is_an_oserror_and_loses_nothing(tiny_disk: Path, p
         with admin.connect() as conn:
             for t in [*kvstore.models.tables(prefix).metadata.tables, f"{prefix}alembic_version"]:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {t} CASCADE")
-            conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {prefix}entries_cleanup()")
+            for fn in ("entries_deleted", "entries_reblobbed"):
+                conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {prefix}{fn}()")
             conn.exec_driver_sql(f"DROP TABLESPACE {space}")
         admin.dispose()

@@ -8,6 +8,7 @@ its own PostgreSQL schema instead. Nothing else in the database is touched.
 from __future__ import annotations
 
 import os
+import time
 import subprocess
 import sys
 import textwrap
@@ -87,9 +88,13 @@ class DB:
                         conn.exec_driver_sql(stmt)
                 for t in [*tables(p).metadata.tables, migrations.version_table(p)]:
                     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {t} CASCADE")
-                # PostgreSQL's trigger function outlives a table dropped without its trigger
-                for stmt in _sql.drop_trigger_sql(dialect, p)[1:]:
-                    conn.exec_driver_sql(stmt)
+                # PostgreSQL's trigger functions outlive a table dropped without its triggers
+                # (entries_cleanup: revisions 0001 and 0002)
+                if dialect == "postgresql":
+                    for stmt in _sql.drop_trigger_sql(dialect, p):
+                        if stmt.startswith("DROP FUNCTION"):
+                            conn.exec_driver_sql(stmt)
+                    conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {p}entries_cleanup()")
 
 
 @pytest.fixture(params=["sqlite-file", "postgresql"])
@@ -186,6 +191,61 @@ def test_0002_upgrades_a_populated_0001_database_in_place(db: DB) -> None:
     with kvstore.connect(db.url, table_prefix=db.prefix, create=False) as again:
         assert again.keys() == ["new", "old"]
         assert again.stat("old").metadata == {"n": 1.5, "s": "text"}
+
+
+def _by_len(value: bytes) -> int:
+    return len(value)
+
+
+def test_0003_counts_and_cleans_up_a_populated_database_across_downgrade_and_upgrade(
+    db: DB,
+) -> None:
+    """Data, indexes, lists, blobs and TTLs written at head survive a downgrade to 0001 and
+    the upgrade back; rows changed while at 0001 (no counter, old triggers) are counted by
+    0003's back-fill, and its triggers clean up chunks and index entries afterwards."""
+    migrations.upgrade(db.url, table_prefix=db.prefix)
+    t = tables(db.prefix)
+    with kvstore.connect(db.url, table_prefix=db.prefix, create=False, chunk_size=1024) as s:
+        s.create_index("by_len", _by_len)
+        s.put_many({f"k{i}": b"x" * i for i in range(1, 21)})
+        s.put("big", os.urandom(5000))
+        s.put("gone-soon", b"t", ttl_secs=0.05)
+        s.put("later", b"t", ttl_secs=3600)
+        s.list("l").extend([1, 2, 3])
+        s.dict("d").update(a=1, b=2)
+    migrations.downgrade(db.url, "0001", table_prefix=db.prefix)
+    assert "counts" not in {n.removeprefix(db.prefix) for n in db.objects()}
+    with db.engine.begin() as conn:  # at 0001: the old triggers clean up, nothing counts
+        conn.execute(sa.text(f"DELETE FROM {t.entries.name} WHERE key IN ('k1', 'big')"))
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {t.entries.name} (namespace, key, value, size, version, "
+                "created_at, updated_at, checksum) VALUES ('default', 'raw', :v, 1, 1, 0, 0, '')"
+            ),
+            {"v": b"r"},
+        )
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.chunks)).scalar_one() == 0
+    migrations.upgrade(db.url, table_prefix=db.prefix)
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+    time.sleep(0.1)
+    with kvstore.connect(db.url, table_prefix=db.prefix, create=False) as s:
+        s.create_index("by_len", _by_len)  # declares the callable in this store
+        assert len(s) == 20 + 1  # k2..k20, later, raw; gone-soon has expired
+        assert "gone-soon" not in s.keys() and len(s.keys()) == len(s)
+        assert s.find("by_len", 5) == ["k5"]
+        assert list(s.list("l")) == [1, 2, 3] and dict(s.dict("d")) == {"a": 1, "b": 2}
+        s.put("big2", os.urandom(5000))
+        s.delete_many(["k5", "big2", "raw"])
+        assert s.find("by_len", 5) == [] and len(s) == 19  # k2..k20 but k5, later
+        assert s.purge_expired() == 1 and len(s) == 19
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.chunks)).scalar_one() == 0
+        ie = conn.execute(sa.select(sa.func.count()).select_from(t.index_entries)).scalar_one()
+        assert ie == 19  # k2..k20 but k5, and later (dicts and lists are other namespaces)
+    migrations.downgrade(db.url, "0002", table_prefix=db.prefix)
+    migrations.upgrade(db.url, table_prefix=db.prefix)
+    with kvstore.connect(db.url, table_prefix=db.prefix, create=False) as s:
+        assert len(s) == 19 and len(s.dict("d")) == 2
 
 
 def test_migrated_triggers_delete_chunks_with_their_entry(db: DB) -> None:
@@ -627,28 +687,35 @@ def test_host_alembic_version_is_untouched_and_autogenerate_ignores_kvstore(
         command.check(_host_config(tmp_path, conn, "no-filter"))
 
 
-def test_the_shipped_initial_migration_is_frozen() -> None:
-    """Revision 0001 carries its own trigger SQL: it imports nothing of kvstore, and what it
-    creates is what the live catalogue creates today (a change there needs a new revision)."""
+def test_the_shipped_migrations_are_frozen_and_the_newest_matches_the_live_triggers() -> None:
+    """Revisions carry their own trigger SQL: they import nothing of kvstore, and the newest
+    one that sets triggers (0003) creates what the live catalogue creates today (a change
+    there needs a new revision)."""
     import ast
     import importlib.util
     from pathlib import Path
 
     from kvstore import _dialect
 
-    path = Path(__file__).resolve().parents[1] / "alembic" / "versions" / "0001_initial.py"
-    tree = ast.parse(path.read_text())
-    imported = {
-        (n.module or "") if isinstance(n, ast.ImportFrom) else a.name
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Import | ast.ImportFrom)
-        for a in n.names
-    }
-    assert not any(m == "kvstore" or m.startswith("kvstore.") for m in imported), imported
-    spec = importlib.util.spec_from_file_location("kvstore_rev_0001", path)
-    assert spec is not None and spec.loader is not None
-    rev = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rev)
+    versions = Path(__file__).resolve().parents[1] / "alembic" / "versions"
+    revs = {}
+    for name in ("0001_initial.py", "0003_counts_statement_triggers.py"):
+        path = versions / name
+        tree = ast.parse(path.read_text())
+        imported = {
+            (n.module or "") if isinstance(n, ast.ImportFrom) else a.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for a in n.names
+        }
+        assert not any(m == "kvstore" or m.startswith("kvstore.") for m in imported), imported
+        spec = importlib.util.spec_from_file_location(f"kvstore_rev_{name[:4]}", path)
+        assert spec is not None and spec.loader is not None
+        rev = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(rev)
+        revs[name[:4]] = rev
     for dialect in ("sqlite", "postgresql"):
-        assert rev._triggers(dialect, "kv_") == _dialect.trigger_sql(dialect, "kv_")
-        assert rev._drop_triggers(dialect, "kv_") == _dialect.drop_trigger_sql(dialect, "kv_")
+        assert revs["0003"].triggers(dialect, "kv_") == _dialect.trigger_sql(dialect, "kv_")
+    # 0003 keeps SQLite's two 0001 triggers as they were and puts back PostgreSQL's on downgrade
+    assert revs["0003"].triggers("sqlite", "kv_")[:2] == revs["0001"]._triggers("sqlite", "kv_")
+    assert revs["0003"]._pg_0001_triggers("kv_") == revs["0001"]._triggers("postgresql", "kv_")
