@@ -8,11 +8,11 @@ its own PostgreSQL schema instead. Nothing else in the database is touched.
 from __future__ import annotations
 
 import os
-import time
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -231,7 +231,7 @@ def test_0003_counts_and_cleans_up_a_populated_database_across_downgrade_and_upg
     with kvstore.connect(db.url, table_prefix=db.prefix, create=False) as s:
         s.create_index("by_len", _by_len)  # declares the callable in this store
         assert len(s) == 20 + 1  # k2..k20, later, raw; gone-soon has expired
-        assert "gone-soon" not in s.keys() and len(s.keys()) == len(s)
+        assert "gone-soon" not in s.keys() and len(s.keys()) == len(s)  # noqa: SIM118
         assert s.find("by_len", 5) == ["k5"]
         assert list(s.list("l")) == [1, 2, 3] and dict(s.dict("d")) == {"a": 1, "b": 2}
         s.put("big2", os.urandom(5000))
