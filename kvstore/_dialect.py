@@ -110,6 +110,8 @@ class Dialect:
     #: whether triggers keep each namespace's row count in the counts table (where COUNT(*)
     #: reads every row); otherwise len() counts the primary key's index
     counts_entries = True
+    #: data-modifying statements in WITH (an indexed write as one statement)
+    writes_in_ctes = False
 
     #: the names of the triggers on table ``:table``
     trigger_catalog = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table"
@@ -341,6 +343,7 @@ class PostgresDialect(Dialect):
     watches_app_write_locks = False  # row locks: a write waits only on the same rows
     # an index-only count, and no counter row to serialise a namespace's writers
     counts_entries = False
+    writes_in_ctes = True
     trigger_catalog = (
         "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND NOT tgisinternal"
     )

@@ -1047,3 +1047,41 @@ def test_range_queries_cost_linear_in_the_matches(shared_store: kvstore.Store) -
                 best[matches] = min(best[matches], (time.perf_counter() - t) / runs)
         # linear is 4x, quadratic was 16x; 6 leaves room for noise
         assert best[large] / best[small] < 6, (what, best)
+
+
+# -- an indexed write as one statement (PostgreSQL) ------------------------------------------
+def test_an_indexed_write_keeps_exactly_its_entries(store: kvstore.Store) -> None:
+    """Index entries after rewrites that keep, drop and add values of a multi-valued index
+    and a unique one; on PostgreSQL, outside a transaction, each write is one statement."""
+    import json
+
+    store.create_index("tag", kvstore.json_field("tags"))
+    store.create_index("email", kvstore.json_field("email"), unique=True)
+
+    def put(key: str, tags: list[str], email: str | None) -> None:
+        store.put(key, json.dumps({"tags": tags, "email": email}).encode())
+
+    put("a", ["x", "y"], "a@example.org")
+    with _sql.recorded(store) as rec:
+        put("a", ["y", "z"], "a@example.org")
+    if store.dialect_name == "postgresql":
+        assert len(rec) == 1, rec.sql
+    assert (store.find("tag", "x"), store.find("tag", "y"), store.find("tag", "z")) == (
+        [],
+        ["a"],
+        ["a"],
+    )
+    assert store.find("email", "a@example.org") == ["a"]
+    put("b", ["z"], "b@example.org")
+    with pytest.raises(kvstore.UniqueViolation, match="'a'"):
+        put("b", ["q"], "a@example.org")  # taken: nothing of it is written
+    assert store.find("tag", "q") == [] and store.find("tag", "z") == ["a", "b"]
+    assert store.find("email", "b@example.org") == ["b"]
+    put("a", [], None)
+    assert store.find("tag", "y") == [] and store.find("email", "a@example.org") == []
+    put("b", ["q"], "a@example.org")  # now free
+    assert store.find("email", "a@example.org") == ["b"] and store.find("tag", "q") == ["b"]
+    store.put("c", json.dumps({"email": "c@example.org"}).encode(), ttl_secs=0.1)
+    time.sleep(0.2)  # expired, not purged: its unique value is free for a live entry
+    put("d", [], "c@example.org")
+    assert store.find("email", "c@example.org") == ["d"]
