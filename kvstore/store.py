@@ -316,7 +316,7 @@ class Store(KeyValueStore):
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         """Values of the given keys that exist, in one query per batch of keys."""
-        wanted = list(dict.fromkeys(self._key(k) for k in check_iterable(keys, "keys")))
+        wanted = sorted({self._key(k) for k in check_iterable(keys, "keys")})  # see put_many
         out = get_many(self._scope, wanted)
         return {k: out[k] for k in wanted if k in out}
 
@@ -518,7 +518,8 @@ class Store(KeyValueStore):
             return []
         # A key given twice keeps its last value (as dict.update does), whatever the sizes:
         # large and small values are written in separate passes below.
-        unique = list(dict(checked).items())
+        # In key order: two batches lock their rows in one order, so they never deadlock.
+        unique = sorted(dict(checked).items())
 
         def write_all(conn: Conn) -> None:
             state = index_state(self._scope, conn, check=True)
@@ -567,7 +568,7 @@ class Store(KeyValueStore):
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Delete many keys in one transaction."""
-        wanted = list(dict.fromkeys(self._key(k) for k in check_iterable(keys, "keys")))
+        wanted = sorted({self._key(k) for k in check_iterable(keys, "keys")})  # see put_many
         if not wanted:
             return
         self._scope.atomic(lambda conn: delete_keys_in(self._scope, conn, wanted))

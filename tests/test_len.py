@@ -133,11 +133,20 @@ def test_len_is_exact_under_concurrent_writers(shared_backend: Any) -> None:
             if rng.random() < 0.1:
                 store.put_many({f"k{rng.randrange(40)}": b"b" for _ in range(5)})
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    errors: list[BaseException] = []
+
+    def run(seed: int) -> None:
+        try:
+            work(seed)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == []
     assert _exact(store) == len(set(store.keys()))
     store.close()
 
