@@ -112,6 +112,10 @@ class Dialect:
     counts_entries = True
     #: data-modifying statements in WITH (an indexed write as one statement)
     writes_in_ctes = False
+    #: a key scan leaves out the expired keys found on the expiry index instead of testing
+    #: each row's expiry, so it reads the primary key's index alone (a rowid table's expiry
+    #: column is a second B-tree lookup per row)
+    scans_keys_by_exclusion = True
 
     #: the names of the triggers on table ``:table``
     trigger_catalog = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table"
@@ -344,6 +348,7 @@ class PostgresDialect(Dialect):
     # an index-only count, and no counter row to serialise a namespace's writers
     counts_entries = False
     writes_in_ctes = True
+    scans_keys_by_exclusion = False  # its key scan already runs at the raw driver's speed
     trigger_catalog = (
         "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND NOT tgisinternal"
     )

@@ -935,7 +935,12 @@ def key_batch(
     """Up to ``limit`` live keys starting with ``prefix``, in order, after ``after`` (from it,
     with ``inclusive``): a primary-key range [prefix, prefix_upper(prefix)), no LIKE."""
     hi = prefix_upper(prefix) if prefix else None
-    conds = ["namespace = :ns", LIVE]
+    live = (
+        "key NOT IN (SELECT key FROM {e} WHERE namespace = :ns AND expires_at <= :now)"
+        if scope.backend.dialect.scans_keys_by_exclusion
+        else LIVE
+    )
+    conds = ["namespace = :ns", live]
     params: dict[str, Any] = {"ns": scope.namespace, "now": now_us(), "limit": limit}
     if after is not None:
         conds.append("key >= :after" if inclusive else "key > :after")

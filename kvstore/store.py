@@ -316,7 +316,7 @@ class Store(KeyValueStore):
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         """Values of the given keys that exist, in one query per batch of keys."""
-        wanted = sorted({self._key(k) for k in check_iterable(keys, "keys")})  # see put_many
+        wanted = list(dict.fromkeys(self._key(k) for k in check_iterable(keys, "keys")))
         out = get_many(self._scope, wanted)
         return {k: out[k] for k in wanted if k in out}
 
