@@ -37,7 +37,13 @@ from ._validate import (
     check_key,
     check_namespace,
 )
-from .errors import DatabaseError, KVStoreError, TooManyReadersError, TransactionError
+from .errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    KVStoreError,
+    TooManyReadersError,
+    TransactionError,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -135,6 +141,108 @@ class Options:
             "wal": self.sqlite_wal,
             "owned": owned,
         }
+
+
+class Replica:
+    """One read replica: its own backend (engine, idle connections, statements), where its
+    replay had got to when last asked, and until when it is skipped after a failure."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.replayed = -1
+        self.down_until = 0.0
+
+
+class Replicas:
+    """Read routing with read-your-writes (PostgreSQL streaming replication).
+
+    A read may go to a replica only once the replica has replayed past (1) the primary's WAL
+    position after this store's last use of the primary, so a caller never reads something
+    older than its own last write, and (2) the primary's position of at most ``max_lag``
+    seconds ago, so no replica serves data much older than that. Positions are numbers of
+    WAL bytes (``pg_lsn - '0/0'``). A replica's replay position is cached and asked again
+    only when the cached one is not far enough; when no replica is, the read goes to the
+    primary at once (no waiting). A replica that fails is skipped for ``retry_after``
+    seconds."""
+
+    PRIMARY_LSN = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
+    # a node that is not in recovery (a promoted standby) is as current as it says
+    REPLAY_LSN = "SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) - '0/0'::pg_lsn"
+
+    def __init__(self, primary: Backend, replicas: list[Backend], max_lag: float) -> None:
+        self.primary = primary
+        self.nodes = [Replica(b) for b in replicas]
+        self.max_lag = max_lag
+        self.retry_after = 5.0
+        self._lock = threading.Lock()
+        #: primary uses (checkins) so far, and how many the needed position covers
+        self.uses = 0
+        self._covered = -1
+        self._needed = 0
+        self._floor = 0
+        self._floor_at = -float("inf")
+        self._turn = 0
+
+    def used_primary(self) -> None:
+        self.uses += 1
+
+    def _primary_lsn(self) -> int:
+        conn = self.primary.checkout(counted=False)
+        try:
+            return int(conn.run(self.PRIMARY_LSN).fetchone()[0])
+        finally:
+            self.primary.checkin(conn, counted=False)
+
+    def needed(self) -> int:
+        """The WAL position a replica must have replayed to serve a read now."""
+        uses = self.uses  # read before asking: a use after this is covered next time
+        now = time.monotonic()
+        if uses != self._covered or now - self._floor_at > self.max_lag / 2:
+            lsn = self._primary_lsn()
+            with self._lock:
+                self._needed = max(self._needed, lsn)
+                if uses != self._covered:
+                    self._covered = uses
+                self._floor, self._floor_at = max(self._floor, lsn), now
+        return self._needed
+
+    def pick(self) -> Replica | None:
+        """A replica that can serve a read now, or None for the primary."""
+        try:
+            needed = self.needed()
+        except KVStoreError:
+            return None  # the primary cannot say: the read goes there and reports it
+        now = time.monotonic()
+        stale = []
+        # round robin: each read starts at the next replica, so caught-up ones share the load
+        self._turn = turn = (self._turn + 1) % len(self.nodes)
+        for node in self.nodes[turn:] + self.nodes[:turn]:
+            if node.down_until > now:
+                continue
+            if node.replayed >= needed:
+                return node
+            stale.append(node)
+        for node in stale:
+            try:
+                conn = node.backend.checkout()
+                try:
+                    node.replayed = int(conn.run(self.REPLAY_LSN).fetchone()[0])
+                finally:
+                    node.backend.checkin(conn)
+            except KVStoreError:
+                self.failed(node)
+                continue
+            if node.replayed >= needed:
+                return node
+        return None
+
+    def failed(self, node: Replica) -> None:
+        node.down_until = time.monotonic() + self.retry_after
+        node.replayed = -1
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.backend.close()
 
 
 class AppCheckouts:
@@ -245,6 +353,8 @@ class Backend:
             TaskLocal() if self.dialect.is_async else threading.local()
         )
         self.closed = False
+        #: read replicas (PostgreSQL), set by connect(replicas=...)
+        self.replicas: Replicas | None = None
         self._rendered: dict[tuple[str, str], Rendered] = {}
         t = self.tables
         self._fmt = {
@@ -305,7 +415,7 @@ class Backend:
         return text.format(**self._fmt)
 
     # -- connections ---------------------------------------------------------------------------
-    def checkout(self) -> Conn:
+    def checkout(self, counted: bool = True) -> Conn:
         if self.external is not None:
             return self.external
         if self.closed:
@@ -358,9 +468,12 @@ class Backend:
                 self._slots.release()
             raise
 
-    def checkin(self, conn: Conn) -> None:
+    def checkin(self, conn: Conn, counted: bool = True) -> None:
         if conn is self.external:
             return
+        if counted and self.replicas is not None:
+            # after the call (and its commit): a read that follows must see it
+            self.replicas.used_primary()
         if conn.in_tx:
             conn.rollback()
         try:
@@ -402,6 +515,8 @@ class Backend:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+        if self.replicas is not None:
+            self.replicas.close()
         if self.owns_engine and self.engine is not None:
             self.engine.dispose()
 
@@ -539,6 +654,33 @@ class Scope:
         if active is not None:
             return active, False
         return b.checkout(), True
+
+    def read(self, fn: Callable[[Conn], T]) -> T:
+        """Run a read: on a replica's connection when the store has replicas and one has
+        caught up (see :class:`Replicas`), outside any transaction; otherwise on
+        :meth:`connection`'s. A replica that cannot be reached is skipped for a while and
+        the read runs again on the primary (reads are idempotent)."""
+        b = self.backend
+        router = b.replicas
+        if router is not None and self.tx is None and b.local.__dict__.get("conn") is None:
+            node = router.pick()
+            if node is not None:
+                try:
+                    conn = node.backend.checkout()
+                    try:
+                        return fn(conn)
+                    finally:
+                        node.backend.checkin(conn)
+                except DatabaseUnavailableError:
+                    router.failed(node)
+            # a read on the primary is no write a later read must wait for: not counted
+            conn = b.checkout()
+            try:
+                return fn(conn)
+            finally:
+                b.checkin(conn, counted=False)
+        with self.connection() as conn:
+            return fn(conn)
 
     def release(self, conn: Conn, release: bool) -> None:
         if release:

@@ -610,13 +610,12 @@ def count_live(scope: Scope, conn: Conn) -> int:
 def count_keys(scope: Scope, prefix: str) -> int:
     """Live keys starting with ``prefix``: :func:`count_live` for all of them, otherwise one
     COUNT over a primary-key range."""
-    with scope.connection() as conn:
-        if not prefix:
-            return count_live(scope, conn)
-        hi = prefix_upper(prefix)
-        name = "count_prefix" if hi is not None else "count_from"
-        params = {"ns": scope.namespace, "now": now_us(), "lo": prefix, "hi": hi}
-        return int(conn.execute(scope.sql(SQL, name), params).fetchone()[0])
+    if not prefix:
+        return scope.read(lambda conn: count_live(scope, conn))
+    hi = prefix_upper(prefix)
+    name = "count_prefix" if hi is not None else "count_from"
+    params = {"ns": scope.namespace, "now": now_us(), "lo": prefix, "hi": hi}
+    return scope.read(lambda conn: int(conn.execute(scope.sql(SQL, name), params).fetchone()[0]))
 
 
 # -- collection primitives (PersistentDict, PersistentSet) -----------------------------------
@@ -953,34 +952,36 @@ def key_batch(
         params["hi"] = hi
     name = f"keys:{after is not None}:{inclusive}:{bool(prefix)}:{hi is not None}"
     text = "SELECT key FROM {e} WHERE " + " AND ".join(conds) + " ORDER BY key LIMIT :limit"
-    with scope.connection() as conn:
-        return [r[0] for r in conn.execute(scope.sql(SQL, name, text), params).fetchall()]
+    stmt = scope.sql(SQL, name, text)
+    return scope.read(lambda conn: [r[0] for r in conn.execute(stmt, params).fetchall()])
 
 
 def get_many(scope: Scope, keys: list[str]) -> dict[str, bytes]:
     """The live values of ``keys`` (distinct, validated): on PostgreSQL one statement with
     the keys as one array parameter (``= ANY``), elsewhere one query per batch of ``IN``."""
+    return scope.read(lambda conn: _get_many_on(scope, conn, keys))
+
+
+def _get_many_on(scope: Scope, conn: Conn, keys: list[str]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     if scope.backend.dialect.supports_any_array and keys:
         params = {"ns": scope.namespace, "now": now_us(), "keys": keys}
-        with scope.connection() as conn:
-            rows = conn.execute(scope.sql(SQL, "get_many_any"), params).fetchall()
-            for key, value, blob_id, size in rows:
-                out[key] = (
-                    bytes(value) if blob_id is None else read_blob(scope, conn, key, blob_id, size)
-                )
+        rows = conn.execute(scope.sql(SQL, "get_many_any"), params).fetchall()
+        for key, value, blob_id, size in rows:
+            out[key] = (
+                bytes(value) if blob_id is None else read_blob(scope, conn, key, blob_id, size)
+            )
         return out
     template = (
         f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {LIVE} "
         "AND key IN ({marks})"
     )
-    with scope.connection() as conn:
-        for sql, params in _in_batches(scope, keys, template, "get_many"):
-            for key, value, blob_id, size in conn.execute(sql, params).fetchall():
-                if blob_id is None:
-                    out[key] = bytes(value)
-                else:
-                    out[key] = read_blob(scope, conn, key, blob_id, size)
+    for sql, params in _in_batches(scope, keys, template, "get_many"):
+        for key, value, blob_id, size in conn.execute(sql, params).fetchall():
+            if blob_id is None:
+                out[key] = bytes(value)
+            else:
+                out[key] = read_blob(scope, conn, key, blob_id, size)
     return out
 
 

@@ -298,3 +298,11 @@ def checked_key(key: object) -> str:
     if not isinstance(key, str):
         raise TypeError(f"keys are str here, not {type(key).__name__}")
     return key
+
+
+def check_replica_lag(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+        raise ValueError(
+            f"max_replica_lag must be a number of seconds above 0 and at most 86400, got {value!r}"
+        )
+    return float(value)

@@ -425,8 +425,11 @@ def count_matches(scope: Scope, index: str, value: Any = NOT_SET, **query: Any) 
     """How many live keys ``find`` would return for the same query (each key once)."""
     name = check_name(index)
     sql, params = count_statement(scope, name, parse_filter(value, query))
-    with scope.connection() as conn:
+
+    def run(conn: Conn) -> int:
         n = int(conn.execute(sql, dict(params, now=now_us())).fetchone()[0])
         if n == 0:
             _check_exists(scope, name, conn)
-    return n
+        return n
+
+    return scope.read(run)

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from ._backend import MAX_IDLE, Backend, Options, Scope, install_facade, reader_slot
+from ._backend import MAX_IDLE, Backend, Options, Replicas, Scope, install_facade, reader_slot
 from ._conn import Conn
 from ._dialect import engine_from_url
 from ._entries import (
@@ -57,6 +57,7 @@ from ._validate import (
     check_namespace,
     check_optional_bool,
     check_prefix,
+    check_replica_lag,
     check_retry_args,
     check_synchronous,
     check_value,
@@ -194,6 +195,8 @@ class Store(KeyValueStore):
         scope = self._scope
         b = self._b
         params = {"ns": self._ns, "key": key, "now": now_us()}
+        if b.replicas is not None:
+            return scope.read(lambda conn: self._get_on(conn, key, params))
         conn, release = scope.acquire()
         try:
             row = conn.execute(self._get_sql, params).fetchone()
@@ -206,17 +209,24 @@ class Store(KeyValueStore):
             if release:
                 b.checkin(conn)
 
+    def _get_on(self, conn: Conn, key: str, params: dict[str, Any]) -> bytes:
+        row = conn.execute(self._get_sql, params).fetchone()
+        if row is None:
+            raise NotFoundError(key)
+        if row[1] is None:
+            return bytes(row[0])
+        return read_blob(self._scope, conn, key, row[1], row[2])
+
     def __contains__(self, key: object) -> bool:
         key = self._key(key)
-        with self._connection() as conn:
-            params = {"ns": self._ns, "key": key, "now": now_us()}
-            return conn.execute(self._scope.sql(SQL, "has"), params).fetchone() is not None
+        params = {"ns": self._ns, "key": key, "now": now_us()}
+        has = self._scope.sql(SQL, "has")
+        return self._scope.read(lambda conn: conn.execute(has, params).fetchone() is not None)
 
     def __len__(self) -> int:
         """Live entries: on SQLite a counter kept by triggers, on PostgreSQL an index-only
         count, each less the expired entries not yet purged (see kvstore._entries)."""
-        with self._connection() as conn:
-            return count_live(self._scope, conn)
+        return self._scope.read(lambda conn: count_live(self._scope, conn))
 
     def iter_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with ``prefix`` in code-point order, fetched in batches by key range
@@ -285,9 +295,9 @@ class Store(KeyValueStore):
         """Size, version, timestamps, expiry, content type, metadata and checksum of ``key``
         (``KeyError`` when it is missing or expired), without reading the value."""
         key = self._key(key)
-        with self._connection() as conn:
-            params = {"ns": self._ns, "key": key, "now": now_us()}
-            row = conn.execute(self._scope.sql(SQL, "stat"), params).fetchone()
+        params = {"ns": self._ns, "key": key, "now": now_us()}
+        stmt = self._scope.sql(SQL, "stat")
+        row = self._scope.read(lambda conn: conn.execute(stmt, params).fetchone())
         if row is None:
             raise NotFoundError(key)
         return entry_info(self._scope, row)
@@ -971,14 +981,22 @@ def connect(
     engine_options: Mapping[str, Any] | None = None,
     max_open_readers: int = DEFAULT_MAX_OPEN_READERS,
     sqlite_wal: bool | None = None,
+    replicas: Iterable[str | Engine] = (),
+    max_replica_lag: float = 5.0,
 ) -> Store:
     """Open a key-value store.
 
     ``bind`` is a database URL (the store creates and owns its engine), an ``Engine`` (the
     store uses its pool), or a ``Connection``/``Session`` (the store joins the caller's
     transaction and never commits it). See ``docs/getting-started.md``.
+
+    ``replicas`` (PostgreSQL): URLs or Engines of streaming replicas of ``bind``; reads go to
+    one that has replayed this store's own writes and is at most ``max_replica_lag`` seconds
+    behind, everything else to ``bind`` (docs/scaling.md).
     """
     namespace = check_namespace(namespace)
+    replica_binds = _check_replicas(bind, replicas)
+    max_replica_lag = check_replica_lag(max_replica_lag)
     options = make_options(
         sqlite_synchronous=sqlite_synchronous,
         busy_timeout=busy_timeout,
@@ -1001,6 +1019,8 @@ def connect(
         default_ttl_secs=default_ttl_secs,
         options=options,
     )
+    if replica_binds:
+        _attach_replicas(store, replica_binds, table_prefix, options, max_replica_lag)
     if owns:
         # What a pickled store reconnects with (the URL was the caller's own, password
         # included); stores on an Engine/Connection/Session cannot be pickled.
@@ -1013,8 +1033,66 @@ def connect(
             max_open_readers=max_open_readers,
             sqlite_wal=sqlite_wal,
             engine_options=dict(engine_options or {}),
+            **(
+                dict(replicas=list(replica_binds), max_replica_lag=max_replica_lag)
+                if replica_binds and all(isinstance(r, str) for r in replica_binds)
+                else {}
+            ),
         )
+        if replica_binds and not all(isinstance(r, str) for r in replica_binds):
+            store.scope.backend.reopen = None  # an Engine cannot be pickled
     return store
+
+
+def _check_replicas(bind: object, replicas: object) -> list[str | Engine]:
+    if isinstance(replicas, str | bytes) or not isinstance(replicas, Iterable):
+        raise TypeError(f"replicas must be a list of URLs or Engines, not {replicas!r}")
+    out = list(replicas)
+    for r in out:
+        if not isinstance(r, str | Engine):
+            raise TypeError(f"a replica is a URL or an Engine, not {type(r).__name__}")
+    if out and not isinstance(bind, str | Engine):
+        raise ValueError(
+            "replicas need the primary as a URL or an Engine: a store bound to a Connection "
+            "or Session runs every call in the caller's transaction, on the primary"
+        )
+    return out
+
+
+def _attach_replicas(
+    store: Store,
+    binds: list[str | Engine],
+    table_prefix: str,
+    options: Options,
+    max_lag: float,
+) -> None:
+    primary = store.scope.backend
+    nodes: list[Backend] = []
+    try:
+        if primary.dialect.name != "postgresql":
+            raise ValueError(
+                "read replicas need PostgreSQL streaming replication; this store is on "
+                f"{primary.dialect.name}"
+            )
+        for r in binds:
+            # a replica that does not answer must not hold up reads: they go to the primary
+            engine = (
+                engine_from_url(r, {"connect_args": {"connect_timeout": 2}})
+                if isinstance(r, str)
+                else r
+            )
+            node = Backend(
+                engine, owns_engine=isinstance(r, str), table_prefix=table_prefix, options=options
+            )
+            nodes.append(node)
+            if node.dialect.name != "postgresql":
+                raise ValueError(f"a replica must be PostgreSQL too, not {node.dialect.name}")
+    except BaseException:
+        for node in nodes:
+            node.close()
+        store.close()
+        raise
+    primary.replicas = Replicas(primary, nodes, max_lag)
 
 
 def make_options(
