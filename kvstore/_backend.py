@@ -203,6 +203,7 @@ class Backend:
             "li": t.list_items.name,
             "entries": t.entries.name,
             "for_update": self.dialect.for_update,
+            "intdiv": self.dialect.intdiv,
             **self.dialect.type_names,
         }
         #: index state per namespace (see kvstore._indexing.NamespaceIndexes)
@@ -227,14 +228,16 @@ class Backend:
             return self._rendered[cache_key]
         except KeyError:
             text = template if template is not None else statements.templates[name]
+            d = self.dialect
+            text = d.statement_overrides.get(cache_key, text)
             out = self._rendered[cache_key] = _dialect.render(
-                self.sa_dialect, text.format(**self._fmt)
+                self.sa_dialect, d.adapt_sql(text.format(**self._fmt))
             )
             return out
 
     def format(self, text: str) -> str:
         """Table and type names filled into a statement run as it is (no parameters)."""
-        return text.format(**self._fmt)
+        return self.dialect.adapt_sql(text.format(**self._fmt))
 
     # -- connections ---------------------------------------------------------------------------
     def checkout(self) -> Conn:

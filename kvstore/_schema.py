@@ -41,7 +41,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -117,6 +116,19 @@ class Tables:
     list_items: Table
 
 
+#: MySQL/MariaDB table options: InnoDB (transactions, row locks), utf8mb4 and a binary
+#: collation without padding, so keys and namespaces compare as code points everywhere
+_MYSQL_TABLE = {
+    f"{d}_{opt}": value
+    for d in ("mysql", "mariadb")
+    for opt, value in (
+        ("engine", "InnoDB"),
+        ("charset", "utf8mb4"),
+        ("collate", _dialect.MYSQL_COLLATION),
+    )
+}
+
+
 def _define(prefix: str, md: MetaData) -> Tables:
     p = prefix
     namespaces = Table(
@@ -124,13 +136,14 @@ def _define(prefix: str, md: MetaData) -> Tables:
         md,
         Column("namespace", String(255), primary_key=True),
         Column("index_generation", BigInteger, nullable=False, default=0),
+        **_MYSQL_TABLE,
     )
     entries = Table(
         f"{p}entries",
         md,
         Column("namespace", String(255), nullable=False),
         Column("key", _dialect.key_type(), nullable=False),
-        Column("value", LargeBinary, nullable=True),
+        Column("value", _dialect.blob_type(), nullable=True),
         Column("blob_id", BigInteger, nullable=True),
         Column("size", BigInteger, nullable=False),
         Column("version", BigInteger, nullable=False),
@@ -142,6 +155,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("metadata", JSON(), nullable=True),
         Column("checksum", String(64), nullable=False),
         PrimaryKeyConstraint("namespace", "key"),
+        **_MYSQL_TABLE,
     )
     # Only entries with a TTL are in the expiry index: a write without one touches no index
     # page besides the primary key's (each extra page is WAL written and fsynced on SQLite).
@@ -157,8 +171,9 @@ def _define(prefix: str, md: MetaData) -> Tables:
         md,
         Column("blob_id", BigInteger, nullable=False),
         Column("n", Integer, nullable=False),
-        Column("data", LargeBinary, nullable=False),
+        Column("data", _dialect.blob_type(), nullable=False),
         PrimaryKeyConstraint("blob_id", "n"),
+        **_MYSQL_TABLE,
     )
     indexes = Table(
         f"{p}indexes",
@@ -171,6 +186,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("is_unique", Boolean, nullable=False),
         Column("created_at", Timestamp, nullable=False),
         UniqueConstraint("namespace", "name"),
+        **_MYSQL_TABLE,
     )
     index_entries = Table(
         f"{p}index_entries",
@@ -181,12 +197,13 @@ def _define(prefix: str, md: MetaData) -> Tables:
             ForeignKey(indexes.c.id, ondelete="CASCADE"),
             nullable=False,
         ),
-        Column("ivalue", LargeBinary, nullable=False),
-        Column("uvalue", LargeBinary, nullable=True),
+        Column("ivalue", _dialect.ivalue_type(), nullable=False),
+        Column("uvalue", _dialect.ivalue_type(), nullable=True),
         Column("key", _dialect.key_type(), nullable=False),
         PrimaryKeyConstraint("index_id", "ivalue", "key"),
         UniqueConstraint("index_id", "uvalue"),
         Index(None, "index_id", "key"),
+        **_MYSQL_TABLE,
     )
     lists = Table(
         f"{p}lists",
@@ -196,6 +213,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("name", String(255), nullable=False),
         Column("length", BigInteger, nullable=False),
         UniqueConstraint("namespace", "name"),
+        **_MYSQL_TABLE,
     )
     list_items = Table(
         f"{p}list_items",
@@ -207,8 +225,9 @@ def _define(prefix: str, md: MetaData) -> Tables:
             nullable=False,
         ),
         Column("pos", BigInteger, nullable=False),
-        Column("value", LargeBinary, nullable=False),
+        Column("value", _dialect.blob_type(), nullable=False),
         PrimaryKeyConstraint("list_id", "pos"),
+        **_MYSQL_TABLE,
     )
     for ddl in _dialect.trigger_ddl(prefix):
         event.listen(entries, "after_create", ddl)
