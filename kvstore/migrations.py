@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from . import _dialect
 from ._retry import SCHEMA_RACE, backoff_sleep
 from ._schema import DEFAULT_TABLE_PREFIX, check_table_prefix, tables
-from .errors import KVStoreError
+from .errors import KVStoreError, TransactionError
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -379,6 +379,7 @@ def _ensure_with_engine(engine: Engine, prefix: str) -> None:
 def _ensure_in_transaction(conn: Connection, prefix: str) -> None:
     if _stamped(conn, prefix) == {HEAD}:
         return  # before any BEGIN: an up-to-date schema must not make the caller's a write
+    refuse_ddl_in_transaction(conn, "create or upgrade kvstore's tables")
     _driver_begin(conn)
     try:
         # A savepoint, so the loser of a race can roll back its failed DDL without aborting
@@ -404,6 +405,18 @@ def _create_or_upgrade(conn: Connection, prefix: str) -> None:
 
     _adopt_unversioned(conn, prefix)
     _alembic(command.upgrade, conn, prefix, "heads")
+
+
+def refuse_ddl_in_transaction(conn: Connection, what: str) -> None:
+    """MySQL and MariaDB commit the open transaction before any DDL: on the caller's
+    Connection or Session that would commit the caller's work half-way, silently. Refused."""
+    if _dialect.for_sa_dialect(conn.dialect).transactional_ddl:
+        return
+    raise TransactionError(
+        f"kvstore will not {what} on your Connection/Session: {conn.dialect.name} commits the "
+        "open transaction before any schema change (DDL). Create them first with "
+        "kvstore.ensure_schema(engine), kvstore.connect(engine) or `kvstore db upgrade`"
+    )
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -448,6 +461,7 @@ def begin(bind: Bind) -> Iterator[Connection]:
             _driver_begin(conn)
             yield conn
     elif (given := _caller_connection(bind)) is not None:
+        refuse_ddl_in_transaction(given, "change kvstore's tables")
         _driver_begin(given)
         yield given
     else:

@@ -149,7 +149,9 @@ def _bind(
     for name, default in defaults.items():
         if name not in params and re.search(_PARAM.format(name), text):
             params = {**params, name: default()}
-    return _dialect.render(_backend(store).sa_dialect, text), params
+    b = _backend(store)
+    # as kvstore sends its own statements (MySQL quotes the reserved word key, say)
+    return _dialect.render(b.sa_dialect, b.dialect.adapt_sql(text)), params
 
 
 def render(store: kvstore.KeyValueStore, sql: str) -> str:

@@ -42,6 +42,7 @@ OFFERED = {
     "postgresql": {"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"},
 }
 OFFERED["postgresql-psycopg2"] = OFFERED["postgresql"]
+OFFERED["mariadb"] = OFFERED["postgresql"]
 # A level under which "read a key, then write it" fails when another transaction wrote the
 # key after we read it (instead of silently losing that write).
 CONFLICT_LEVEL = {"sqlite-file": "DEFERRED", "postgresql": "SERIALIZABLE"}
@@ -49,6 +50,10 @@ CONFLICT_LEVEL["postgresql-psycopg2"] = CONFLICT_LEVEL["postgresql"]
 # A level for a read-only transaction: a stable snapshot that does not block writers.
 SNAPSHOT_LEVEL = {"sqlite-file": "DEFERRED", "postgresql": "REPEATABLE READ"}
 SNAPSHOT_LEVEL["postgresql-psycopg2"] = SNAPSHOT_LEVEL["postgresql"]
+# InnoDB: SERIALIZABLE reads take shared locks, so two read-then-write transactions deadlock
+# (1213, retried); REPEATABLE READ reads one snapshot without locking
+CONFLICT_LEVEL["mariadb"] = "SERIALIZABLE"
+SNAPSHOT_LEVEL["mariadb"] = "REPEATABLE READ"
 
 
 class Boom(Exception):
