@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -416,7 +417,7 @@ class Scope:
         return Scope(self.backend, check_namespace(name), check_key, self._child_tx())
 
     def derived(
-        self, kind: str, name: str, key_rule: Callable[[object], str] = check_collection_key
+        self, kind: str, name: str, key_rule: Callable[[object], str] | None = None
     ) -> Scope:
         """The scope behind a collection: its own namespace ``<namespace>/<kind>/<name>``
         (unreachable through :meth:`with_namespace`, whose names cannot contain ``/``), the
@@ -424,6 +425,10 @@ class Scope:
         ``key_rule``: a collection that checks its encoded keys itself passes
         :func:`kvstore._validate.checked_key`, so each key is checked once)."""
         check_collection_name(name)
+        if key_rule is None:
+            key_rule = functools.partial(
+                check_collection_key, max_chars=self.backend.dialect.max_collection_key_chars
+            )
         return Scope(self.backend, f"{self.namespace}/{kind}/{name}", key_rule, self._child_tx())
 
     def _child_tx(self) -> TxState | None:

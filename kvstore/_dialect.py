@@ -587,7 +587,7 @@ def _mysql_errno(exc: BaseException) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
-def _mysql_if_expired(assignments: str) -> str:
+def _mysql_if_expired(assignments: list[tuple[str, str]]) -> str:
     """An ``ON DUPLICATE KEY UPDATE`` that replaces the row only while it has expired: every
     assignment wrapped in ``IF(expired, new, old)``, with ``expires_at`` assigned last so the
     condition still reads the old one."""
@@ -664,6 +664,13 @@ class MySQLDialect(Dialect):
         "CAST(:exp AS SIGNED), CAST(:ct AS CHAR), CAST(:meta AS CHAR), :sum "
         + _MYSQL_REPLACE_IF_EXPIRED,
         # error 1093 and no LIMIT in an IN subquery: a DELETE may ORDER BY and LIMIT itself
+        # MariaDB reads an IN subquery of a single-table UPDATE/DELETE once per row of the
+        # whole table (no semi-join there before 11.1): the key's index entries are reached
+        # by a join instead, through the namespace's few indexes and (index_id, key)
+        ("entries", "index_entries_delete"): "DELETE ie FROM {ie} ie JOIN {ix} ix "
+        "ON ix.id = ie.index_id WHERE ix.namespace = :ns AND ie.`key` = :key",
+        ("entries", "index_entries_rename"): "UPDATE {ie} ie JOIN {ix} ix ON ix.id = ie.index_id "
+        "SET ie.`key` = :dest WHERE ix.namespace = :ns AND ie.`key` = :key",
         ("entries", "purge_batch"): "DELETE FROM {e} WHERE namespace = :ns AND expires_at <= :now "
         "ORDER BY `key` LIMIT :limit",
         # error 1093: the subquery on the same table is read as a derived table, first
@@ -870,9 +877,7 @@ def for_name(name: str) -> Dialect:
     try:
         return _DIALECTS[name]
     except KeyError:
-        raise ValueError(
-            f"kvstore supports SQLite, PostgreSQL and MariaDB, not {name!r}"
-        ) from None
+        raise ValueError(f"kvstore supports SQLite, PostgreSQL and MariaDB, not {name!r}") from None
 
 
 def for_engine(engine: Engine) -> Dialect:
@@ -1084,8 +1089,8 @@ BEGIN
   IF OLD.blob_id IS NOT NULL THEN
     DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
   END IF;
-  DELETE FROM {p}index_entries WHERE `key` = OLD.`key`
-    AND index_id IN (SELECT id FROM {p}indexes WHERE namespace = OLD.namespace);
+  DELETE ie FROM {p}index_entries ie JOIN {p}indexes ix ON ix.id = ie.index_id
+    WHERE ix.namespace = OLD.namespace AND ie.`key` = OLD.`key`;
 END""",
         f"""CREATE TRIGGER {p}entries_au AFTER UPDATE ON {p}entries FOR EACH ROW
 BEGIN

@@ -118,7 +118,7 @@ class Tables:
 
 #: MySQL/MariaDB table options: InnoDB (transactions, row locks), utf8mb4 and a binary
 #: collation without padding, so keys and namespaces compare as code points everywhere
-_MYSQL_TABLE = {
+_MYSQL_TABLE: dict[str, Any] = {
     f"{d}_{opt}": value
     for d in ("mysql", "mariadb")
     for opt, value in (

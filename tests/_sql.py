@@ -194,6 +194,10 @@ class Connection:
             rendered, p = _bind(self._store, _explain_prefix(self._store) + sql, params)
             text = rendered
         plan = self._conn.execute(text, p).fetchall()
+        if self._store.dialect_name in ("mysql", "mariadb"):
+            # a table of (id, select_type, table, type, possible_keys, key, key_len, ref, rows,
+            # Extra): one line per table read, with how (type) and through which index
+            return "\n".join(f"{r[2]} type={r[3]} key={r[5]} ref={r[7]} {r[9]}" for r in plan)
         return "\n".join(str(r[-1]) for r in plan)
 
 
