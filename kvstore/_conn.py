@@ -87,8 +87,11 @@ class Conn:
         self.run(f"SAVEPOINT {name}")
         try:
             yield
-        except BaseException:
-            if not self.broken:  # a broken connection is discarded, its transaction with it
+        except BaseException as exc:
+            # a broken connection is discarded, its transaction with it; after a deadlock
+            # InnoDB has rolled back the whole transaction, savepoints and all, and the
+            # deadlock (retryable) is the error to report
+            if not self.broken and not self.dialect.aborts_transaction(exc):
                 self.run(f"ROLLBACK TO SAVEPOINT {name}")
                 self.run(f"RELEASE SAVEPOINT {name}")
             raise

@@ -282,6 +282,11 @@ class Dialect:
     def is_bad_integer(self, exc: BaseException) -> bool:
         return False
 
+    def aborts_transaction(self, exc: BaseException) -> bool:
+        """Whether the error has already rolled back the whole transaction, its savepoints
+        gone with it (MySQL's deadlock); elsewhere an error leaves them to roll back to."""
+        return False
+
     def is_driver_error(self, exc: BaseException) -> bool:
         """An error of SQLAlchemy's DBAPI family or of a driver module itself."""
         if isinstance(exc, sa_exc.DBAPIError):
@@ -769,6 +774,10 @@ class MySQLDialect(Dialect):
 
     def is_lock_timeout(self, exc: BaseException) -> bool:
         return _mysql_errno(exc) == _ER_LOCK_WAIT_TIMEOUT
+
+    def aborts_transaction(self, exc: BaseException) -> bool:
+        # InnoDB rolls back the deadlock's victim whole (a lock-wait timeout only the statement)
+        return _mysql_errno(exc) == _ER_LOCK_DEADLOCK
 
     def is_bad_integer(self, exc: BaseException) -> bool:
         return _mysql_errno(exc) in _ER_OUT_OF_RANGE

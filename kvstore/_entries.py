@@ -398,21 +398,24 @@ def insert_new(scope: Scope, conn: Conn, params: dict[str, Any]) -> int:
     """Write ``key`` unless it is live (``expected_version=0``); how many rows it wrote.
 
     One guarded statement where an upsert's row count says whether it wrote. On MySQL it
-    cannot (a row left as it was counts as found), so an expired row is replaced by an UPDATE
-    that re-checks expiry under its row lock, and otherwise a plain INSERT either creates the
-    key or fails on the primary key: MySQL undoes only that statement, not the transaction.
+    cannot (a row left as it was counts as found), so a plain INSERT creates the key or fails
+    on the primary key (MySQL undoes only that statement, not the transaction), and then an
+    UPDATE replaces the row only if it has expired, re-checked under its row lock. INSERT goes
+    first: an UPDATE that finds no row locks the gap where the key would go, and two racers
+    holding that gap would deadlock on their INSERTs. A live row is seen by a plain read
+    first: every racer that lost the INSERT holds a shared lock on the row, and two of them
+    asking to upgrade it for the UPDATE would deadlock as well.
     """
     if scope.backend.dialect.upsert_rowcount_exact:
         return int(conn.execute(scope.sql(SQL, "insert_new"), params).rowcount)
-    n = int(conn.execute(scope.sql(SQL, "replace_expired"), params).rowcount)
-    if n:
-        return n
     try:
         return int(conn.execute(scope.sql(SQL, "insert_plain"), params).rowcount)
     except Exception as exc:
         if not scope.backend.dialect.is_unique_violation(exc):
             raise
+    if version(scope, conn, params["key"]):
         return 0
+    return int(conn.execute(scope.sql(SQL, "replace_expired"), params).rowcount)
 
 
 def insert_index_rows(

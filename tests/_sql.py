@@ -44,6 +44,7 @@ __all__ = [
     "cache_locks",
     "cache_name",
     "check_valid_key",
+    "collection_key_chars",
     "collection_store",
     "connection",
     "drop_trigger_sql",
@@ -86,6 +87,13 @@ def engine(store: kvstore.KeyValueStore) -> sa.Engine | None:
 def is_retryable(store: kvstore.KeyValueStore, exc: BaseException) -> bool:
     """Whether the store's dialect counts ``exc`` as "try the transaction again"."""
     return bool(_backend(store).dialect.is_retryable(exc))
+
+
+def collection_key_chars(store: kvstore.KeyValueStore) -> int | None:
+    """The longest collection key in characters the store's database takes (MariaDB's key
+    B-trees count 4 bytes a character), or None where only the UTF-8 byte limit applies."""
+    n: int | None = _backend(store).dialect.max_collection_key_chars
+    return n
 
 
 def check_valid_key(store: kvstore.KeyValueStore, key: object) -> None:
