@@ -952,12 +952,14 @@ def key_type() -> sa.String:
 
 def _mysql_key() -> sa.String:
     """MySQL keys need a length; 500 characters hold the longest collection key (1000 UTF-8
-    bytes of up to 500 characters, see MySQLDialect.max_collection_key_chars). utf8mb4_nopad_bin
-    compares code points and, unlike utf8mb4_bin, does not ignore trailing spaces."""
-    return sa.String(500, collation=MYSQL_COLLATION)
+    bytes of up to 500 characters, see MySQLDialect.max_collection_key_chars). Their collation
+    is their table's, MYSQL_COLLATION (kvstore._schema), as for every text column: named on
+    the column too, reflection would not show it and `kvstore db check` would see a change."""
+    return sa.String(500)
 
 
-#: the collation of kvstore's text columns on MariaDB (and so of keys and namespaces)
+#: the collation of kvstore's tables on MariaDB, so of keys and namespaces: code points,
+#: case-sensitive, and unlike utf8mb4_bin it does not ignore trailing spaces
 MYSQL_COLLATION = "utf8mb4_nopad_bin"
 
 

@@ -423,7 +423,21 @@ def refuse_ddl_in_transaction(conn: Connection, what: str) -> None:
 def _check_args(revision: object, table_prefix: str) -> str:
     if not isinstance(revision, str) or not revision:
         raise TypeError(f"revision must be a non-empty str, got {revision!r}")
-    return check_table_prefix(table_prefix)
+    prefix = check_table_prefix(table_prefix)
+    if _PLAIN_REVISION.fullmatch(revision) and revision not in ("head", "heads", "base"):
+        # Looked up before any connection: Alembic creates its version table before it finds
+        # out, and where DDL is not transactional (MariaDB) that table would stay behind.
+        from alembic.util import CommandError
+
+        try:
+            _script().get_revision(revision)
+        except CommandError as exc:
+            raise ValueError(f"cannot migrate kvstore's tables to {revision!r}: {exc}") from None
+    return prefix
+
+
+#: a revision named outright (not relative, like "-1", "+2" or "head-1")
+_PLAIN_REVISION = re.compile(r"\w[\w-]*(?<![+-]\d)(?<![+-]\d\d)")
 
 
 def _caller_connection(bind: object) -> Connection | None:
