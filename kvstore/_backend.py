@@ -205,6 +205,7 @@ class Backend:
             "entries": t.entries.name,
             "for_update": self.dialect.for_update,
             "intdiv": self.dialect.intdiv,
+            "for_share": self.dialect.for_share,
             **self.dialect.type_names,
         }
         #: index state per namespace (see kvstore._indexing.NamespaceIndexes)

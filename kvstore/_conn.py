@@ -150,13 +150,34 @@ class _OwnedConn(Conn):
         self.run(begin_sql)  # on RawConn a dead connection is replaced here, before anything
         self.in_tx = True
 
+    #: the database rolled the transaction back by itself (see :meth:`_failed`)
+    aborted = False
+
+    def _failed(self, exc: BaseException) -> KVStoreError:
+        """The kvstore error for a failed statement. After a deadlock InnoDB has rolled the
+        whole transaction back and the connection is in autocommit mode again: what the caller
+        runs next (if it caught the error) must not be committed statement by statement, so a
+        new transaction is begun for it, and COMMIT refuses it."""
+        if self.in_tx and not self.aborted and self.dialect.aborts_transaction(exc):
+            self.aborted = True
+            with contextlib.suppress(Exception):
+                self._send(self.dialect.default_begin)
+        return self.dialect.error(exc)
+
     def commit(self) -> None:
+        if self.aborted:
+            self.rollback()
+            raise TransactionError(
+                "the transaction was rolled back by the database (a deadlock: an error caught "
+                "inside the block), so it cannot be committed; run it again"
+            )
         cur = self.run("COMMIT")
         self.in_tx = False
         self._check_commit(cur)
 
     def rollback(self) -> None:
         self.in_tx = False
+        self.aborted = False
         if self.broken:
             # Discarded when given back, and closing it ends its transaction. An interrupted
             # connection may still be busy with the statement it was running: sending it
@@ -224,11 +245,11 @@ class RawConn(_OwnedConn):
             cur: Cursor = self._exec(stmt.sql, stmt.bind(params))
         except Exception as exc:
             if not self._replace_dead(exc):
-                raise self.dialect.error(exc) from exc
+                raise self._failed(exc) from exc
             try:  # once, on the fresh connection
                 cur = self._exec(stmt.sql, stmt.bind(params))
             except Exception as again:
-                raise self.dialect.error(again) from again
+                raise self._failed(again) from again
         except BaseException:
             self.broken = True  # interrupted: see above
             raise
@@ -254,7 +275,7 @@ class RawConn(_OwnedConn):
         try:
             cur: Cursor = self.dialect.execute_bytes(self.dbapi, stmt.sql, stmt.bind(params))
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True
             raise
@@ -266,7 +287,7 @@ class RawConn(_OwnedConn):
         try:
             self.dialect.executemany(self.dbapi, stmt.sql, [stmt.bind(p) for p in params])
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True
             raise
@@ -279,11 +300,11 @@ class RawConn(_OwnedConn):
             cur: Cursor = self._exec(sql)
         except Exception as exc:
             if not self._replace_dead(exc):
-                raise self.dialect.error(exc) from exc
+                raise self._failed(exc) from exc
             try:
                 cur = self._exec(sql)
             except Exception as again:
-                raise self.dialect.error(again) from again
+                raise self._failed(again) from again
         except BaseException:
             self.broken = True  # interrupted: see above
             raise
@@ -329,7 +350,7 @@ class SAConn(_OwnedConn):
         try:
             cur: Cursor = self.sa.exec_driver_sql(stmt.sql, stmt.bind(params))
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True  # interrupted: see RawConn
             raise
@@ -341,7 +362,7 @@ class SAConn(_OwnedConn):
         try:
             self.sa.exec_driver_sql(stmt.sql, [stmt.bind(p) for p in params])
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True
             raise
@@ -350,7 +371,7 @@ class SAConn(_OwnedConn):
         try:
             cur: Cursor = self.sa.exec_driver_sql(sql)
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True  # interrupted: see RawConn
             raise

@@ -128,6 +128,8 @@ class Dialect:
     supports_update_returning = True
     #: integer division of two integers
     intdiv = "/"
+    #: appended to an index build's reads of the entries (see MySQLDialect)
+    for_share = ""
     #: the longest collection key, in characters, the key columns' B-trees take (None: the
     #: UTF-8 byte limit alone)
     max_collection_key_chars: int | None = None
@@ -656,6 +658,11 @@ class MySQLDialect(Dialect):
     upsert_rowcount_exact = False
     supports_update_returning = False
     intdiv = "DIV"
+    # An index build reads the entries with shared locks: a locking read sees the newest
+    # committed rows, not the snapshot its transaction took at its first read (before it
+    # bumped the generation, which writers' guards then wait for), and holds them against
+    # writers until the build commits; PostgreSQL's SHARE table lock does both there.
+    for_share = " LOCK IN SHARE MODE"
     # 500 characters of utf8mb4 (4 bytes each, as InnoDB counts them) keep the primary keys of
     # the entries (namespace, key) and index entries (index_id, ivalue, key) within its
     # 3072-byte limit

@@ -133,7 +133,7 @@ _TEMPLATES: dict[str, str] = {
     "index_drop": "DELETE FROM {ix} WHERE id = :iid",
     "backfill_batch": "SELECT key, value, blob_id, size FROM {e} WHERE namespace = :ns "
     "AND key > :after AND (expires_at IS NULL OR expires_at > :now) ORDER BY key "
-    "LIMIT :limit",
+    "LIMIT :limit{for_share}",
     # -- collections
     # ORDER BY key keeps PostgreSQL on the primary key even with a generic plan (psycopg
     # prepares repeated statements): a bare "SELECT 1 ... LIMIT 1" gets a sequential scan
