@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import DDL, create_engine
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql as sa_mysql
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import await_only
@@ -972,9 +973,13 @@ MYSQL_COLLATION = "utf8mb4_nopad_bin"
 
 def blob_type() -> sa.LargeBinary:
     """A value's or chunk's column type: MySQL's BLOB holds 64 KiB, LONGBLOB 4 GiB."""
-    from sqlalchemy.dialects import mysql
+    return sa.LargeBinary().with_variant(sa_mysql.LONGBLOB(), "mysql", "mariadb")
 
-    return sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+def json_type() -> sa.JSON:
+    """The metadata column's type: JSON, as text on MySQL/MariaDB (kvstore writes and checks
+    the JSON itself)."""
+    return sa.JSON().with_variant(sa_mysql.LONGTEXT(), "mysql", "mariadb")
 
 
 def ivalue_type() -> sa.LargeBinary:

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -152,7 +151,9 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("expires_at", Timestamp, nullable=True),
         Column("content_type", String(255), nullable=True),
         # json, not jsonb, on PostgreSQL: jsonb re-encodes numbers (1e16 became an int)
-        Column("metadata", JSON(), nullable=True),
+        # LONGTEXT on MySQL/MariaDB: MySQL's JSON re-encodes like jsonb, and MariaDB's checks
+        # a nesting limit (32) below kvstore's own (_validate.MAX_METADATA_DEPTH)
+        Column("metadata", _dialect.json_type(), nullable=True),
         Column("checksum", String(64), nullable=False),
         PrimaryKeyConstraint("namespace", "key"),
         **_MYSQL_TABLE,

@@ -68,7 +68,13 @@ def _id() -> sa.types.TypeEngine[int]:
 
 
 def _json() -> sa.types.TypeEngine[Any]:
-    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+    # text on MariaDB (kvstore writes and checks the JSON itself; MariaDB's JSON type checks a
+    # nesting limit of 32, below kvstore's)
+    return (
+        sa.JSON()
+        .with_variant(postgresql.JSONB(), "postgresql")
+        .with_variant(mysql.LONGTEXT(), *_MYSQL)
+    )
 
 
 def upgrade(table_prefix: str) -> None:
