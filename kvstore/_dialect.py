@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import DDL, create_engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import mysql as sa_mysql
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import await_only
@@ -973,13 +972,18 @@ MYSQL_COLLATION = "utf8mb4_nopad_bin"
 
 def blob_type() -> sa.LargeBinary:
     """A value's or chunk's column type: MySQL's BLOB holds 64 KiB, LONGBLOB 4 GiB."""
-    return sa.LargeBinary().with_variant(sa_mysql.LONGBLOB(), "mysql", "mariadb")
+    return sa.LargeBinary().with_variant(sa.LargeBinary(_MYSQL_LONG), "mysql", "mariadb")
+
+
+#: a length that makes MySQL's TEXT/BLOB its LONG kind (4 GiB), without importing SQLAlchemy's
+#: MySQL dialect into every process that imports kvstore (the streaming memory bound counts it)
+_MYSQL_LONG = (1 << 32) - 1
 
 
 def json_type() -> sa.JSON:
     """The metadata column's type: JSON, as text on MySQL/MariaDB (kvstore writes and checks
     the JSON itself)."""
-    return sa.JSON().with_variant(sa_mysql.LONGTEXT(), "mysql", "mariadb")
+    return sa.JSON().with_variant(sa.Text(_MYSQL_LONG), "mysql", "mariadb")
 
 
 def ivalue_type() -> sa.LargeBinary:
@@ -1144,6 +1148,15 @@ def drop_trigger_sql(dialect_name: str, prefix: str) -> list[str]:
             f"DROP FUNCTION IF EXISTS {p}entries_cleanup()",
         ]
     return [f"DROP TRIGGER IF EXISTS {p}entries_ad", f"DROP TRIGGER IF EXISTS {p}entries_au"]
+
+
+def table_options_ddl(table: str) -> list[DDL]:
+    """MySQL/MariaDB's options for each of kvstore's tables, given right after it is created
+    (still empty): InnoDB (transactions, row locks), utf8mb4, and MYSQL_COLLATION as every
+    text column's collation. An ALTER rather than the tables' ``mysql_*`` options, which would
+    import SQLAlchemy's MySQL dialect into every process that imports kvstore."""
+    sql = f"ALTER TABLE {table} ENGINE=InnoDB, CONVERT TO CHARACTER SET utf8mb4 COLLATE {MYSQL_COLLATION}"
+    return [DDL(sql).execute_if(dialect=name) for name in _MYSQL_NAMES]  # type: ignore[no-untyped-call]
 
 
 def trigger_ddl(prefix: str) -> list[DDL]:

@@ -115,19 +115,6 @@ class Tables:
     list_items: Table
 
 
-#: MySQL/MariaDB table options: InnoDB (transactions, row locks), utf8mb4 and a binary
-#: collation without padding, so keys and namespaces compare as code points everywhere
-_MYSQL_TABLE: dict[str, Any] = {
-    f"{d}_{opt}": value
-    for d in ("mysql", "mariadb")
-    for opt, value in (
-        ("engine", "InnoDB"),
-        ("charset", "utf8mb4"),
-        ("collate", _dialect.MYSQL_COLLATION),
-    )
-}
-
-
 def _define(prefix: str, md: MetaData) -> Tables:
     p = prefix
     namespaces = Table(
@@ -135,7 +122,6 @@ def _define(prefix: str, md: MetaData) -> Tables:
         md,
         Column("namespace", String(255), primary_key=True),
         Column("index_generation", BigInteger, nullable=False, default=0),
-        **_MYSQL_TABLE,
     )
     entries = Table(
         f"{p}entries",
@@ -156,7 +142,6 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("metadata", _dialect.json_type(), nullable=True),
         Column("checksum", String(64), nullable=False),
         PrimaryKeyConstraint("namespace", "key"),
-        **_MYSQL_TABLE,
     )
     # Only entries with a TTL are in the expiry index: a write without one touches no index
     # page besides the primary key's (each extra page is WAL written and fsynced on SQLite).
@@ -174,7 +159,6 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("n", Integer, nullable=False),
         Column("data", _dialect.blob_type(), nullable=False),
         PrimaryKeyConstraint("blob_id", "n"),
-        **_MYSQL_TABLE,
     )
     indexes = Table(
         f"{p}indexes",
@@ -187,7 +171,6 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("is_unique", Boolean, nullable=False),
         Column("created_at", Timestamp, nullable=False),
         UniqueConstraint("namespace", "name"),
-        **_MYSQL_TABLE,
     )
     index_entries = Table(
         f"{p}index_entries",
@@ -204,7 +187,6 @@ def _define(prefix: str, md: MetaData) -> Tables:
         PrimaryKeyConstraint("index_id", "ivalue", "key"),
         UniqueConstraint("index_id", "uvalue"),
         Index(None, "index_id", "key"),
-        **_MYSQL_TABLE,
     )
     lists = Table(
         f"{p}lists",
@@ -214,7 +196,6 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("name", String(255), nullable=False),
         Column("length", BigInteger, nullable=False),
         UniqueConstraint("namespace", "name"),
-        **_MYSQL_TABLE,
     )
     list_items = Table(
         f"{p}list_items",
@@ -228,8 +209,10 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("pos", BigInteger, nullable=False),
         Column("value", _dialect.blob_type(), nullable=False),
         PrimaryKeyConstraint("list_id", "pos"),
-        **_MYSQL_TABLE,
     )
+    for table in (namespaces, entries, chunks, indexes, index_entries, lists, list_items):
+        for ddl in _dialect.table_options_ddl(table.name):
+            event.listen(table, "after_create", ddl)
     for ddl in _dialect.trigger_ddl(prefix):
         event.listen(entries, "after_create", ddl)
     for ddl in _dialect.drop_trigger_ddl(prefix):

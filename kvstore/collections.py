@@ -540,16 +540,24 @@ class PersistentDict(_Collection, Generic[K, V], MutableMapping[K, V]):
         except NotFoundError:
             pass
         data = self._dumps(default)
-        while True:
-            with self._s.transaction() as tx:
+        missing = object()
+
+        def attempt(tx: Any) -> Any:
+            try:
+                tx.put(k, data, expected_version=0)
+                return default
+            except ConflictError:
                 try:
-                    tx.put(k, data, expected_version=0)
-                    return default
-                except ConflictError:
-                    try:
-                        return self._ser.loads(tx.get(k))
-                    except NotFoundError:
-                        continue  # deleted again in between: try once more
+                    return self._ser.loads(tx.get(k))
+                except NotFoundError:
+                    return missing  # deleted again in between: try once more
+
+        while True:
+            # run_in_transaction: racing inserts of one key can deadlock on InnoDB (each
+            # loser holds a shared lock on the winner's row); the victim runs again
+            got = self._s.run_in_transaction(attempt)
+            if got is not missing:
+                return got
 
     @overload
     def update(self, other: SupportsKeysAndGetItem[K, V], /) -> None: ...

@@ -158,9 +158,15 @@ def _compare_type(
 ) -> bool | None:
     # Alembic compares types but not collations, and the key columns' "C" collation on
     # PostgreSQL is what makes keys sort in code-point order: a column that lost it must show.
-    want = getattr(metadata_type.dialect_impl(context.dialect), "collation", None)
+    impl = metadata_type.dialect_impl(context.dialect)
+    want = getattr(impl, "collation", None)
     if want is not None and getattr(inspected_type, "collation", None) != want:
         return True
+    # MySQL's LONGBLOB/LONGTEXT are what a BLOB/TEXT of 4 GiB becomes (kvstore._dialect
+    # names them so, without importing SQLAlchemy's MySQL types)
+    same_kind = {"LONGBLOB": sa.LargeBinary, "LONGTEXT": sa.Text}.get(type(inspected_type).__name__)
+    if same_kind is not None and getattr(impl, "length", None) == (1 << 32) - 1:
+        return not isinstance(impl, same_kind)
     return None  # Alembic's own comparison decides
 
 
