@@ -1,7 +1,8 @@
 """The shared conformance fixtures: every test that takes ``store`` runs on each backend.
 
-Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3)
-and ``postgresql-psycopg2``.
+Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3),
+``postgresql-psycopg2`` and ``mariadb`` (PyMySQL, from ``KVSTORE_TEST_MARIADB_URL``: unset is a
+visible skip, an error under ``CI=true``).
 PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
 PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
 visible reason (except under ``CI=true``, where that is an error). A URL that is set but
@@ -31,14 +32,11 @@ BACKENDS = ["sqlite-file", "sqlite-memory", "postgresql", "postgresql-psycopg2"]
 # Backends where several connections (threads, processes) see one database.
 SHARED_BACKENDS = ["sqlite-file", "postgresql", "postgresql-psycopg2"]
 # "mariadb" runs on PyMySQL against KVSTORE_TEST_MARIADB_URL (a MariaDB >= 10.6 database that
-# the tests may create kvstore's tables in). Until the whole suite passes there, it is
-# collected only when that variable is set (MARIADB_OPT_IN); then an unset URL will be a
-# visible skip, an error under CI=true.
-MARIADB_OPT_IN = True
+# the tests may create kvstore's tables in): unset, its tests are skipped with the reason (an
+# error under CI=true); set but unreachable, an error.
 MARIADB_URL = os.environ.get("KVSTORE_TEST_MARIADB_URL")
-if MARIADB_URL or not MARIADB_OPT_IN:
-    BACKENDS.append("mariadb")
-    SHARED_BACKENDS.append("mariadb")
+BACKENDS.append("mariadb")
+SHARED_BACKENDS.append("mariadb")
 
 # The KeyValueStore implementations the key-value contract runs on (the ``kv`` fixture), each
 # over every backend: the store itself, a transaction of it, and the key- or value-mapping

@@ -103,8 +103,7 @@ class DB:
                     conn.exec_driver_sql(stmt)
 
 
-# MariaDB as the shared suite has it (collected only when KVSTORE_TEST_MARIADB_URL is set, for
-# now: see tests/conftest.py)
+# MariaDB as the shared suite has it (tests/conftest.py)
 DB_BACKENDS = ["sqlite-file", "postgresql", *(["mariadb"] if "mariadb" in BACKENDS else [])]
 
 
