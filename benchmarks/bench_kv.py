@@ -2,9 +2,10 @@
 
     python benchmarks/bench_kv.py                       # SQLite only
     python benchmarks/bench_kv.py --postgres postgresql+psycopg://postgres@127.0.0.1/test
+    python benchmarks/bench_kv.py --mariadb mariadb+pymysql://root@127.0.0.1/test
 
 For each backend it times put, get, put_many, get_many and key iteration through kvstore, and
-the same work through the raw DBAPI driver (sqlite3 / psycopg) on a connection set up the same
+the same work through the raw DBAPI driver (sqlite3 / psycopg / PyMySQL) on a connection set up the same
 way (autocommit, WAL + synchronous as configured), running:
 
 * ``raw(same SQL)``: kvstore's own statements, so the ratio is kvstore's Python overhead;
@@ -265,11 +266,62 @@ def pg_run(url: str, n: int, value: Values) -> None:
     res.show()
 
 
+class _Cursors:
+    """A PyMySQL connection that executes like sqlite3's and psycopg's (a cursor per call)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        cur = self.conn.cursor()
+        cur.execute(sql, params)
+        return cur
+
+
+def maria_run(url: str, n: int, values: Values) -> None:
+    import pymysql
+
+    res = Results(f"MariaDB (PyMySQL), {n} keys, {values.size}-byte values")
+    store = kvstore.connect(url, namespace="bench")
+    store.delete_many(store.keys())
+    bench_store(store, res, n, values)
+    bench_listened(url, res, n, values)
+    u = store.scope.backend.engine.url  # type: ignore[union-attr]
+    raw = pymysql.connect(
+        host=u.host or "127.0.0.1", port=u.port or 3306, user=u.username or "root",
+        password=u.password or "", database=u.database, charset="utf8mb4", autocommit=True,
+        client_flag=pymysql.constants.CLIENT.FOUND_ROWS,
+    )
+    db = _Cursors(raw)
+    bench_raw_same_sql(store, db, res, n, values, "pymysql (same SQL)")
+    db.execute("CREATE TABLE IF NOT EXISTS bench_min (k VARCHAR(255) PRIMARY KEY, v LONGBLOB)")
+    keys = [f"min{i:07d}" for i in range(n)]
+    put_sql = "INSERT INTO bench_min (k, v) VALUES (%s, %s) ON DUPLICATE KEY UPDATE v = VALUES(v)"
+
+    def put() -> None:
+        value = values()
+        for k in keys:
+            db.execute(put_sql, (k, value))
+
+    def get() -> None:
+        for k in keys:
+            db.execute("SELECT v FROM bench_min WHERE k = %s", (k,)).fetchone()
+
+    res.add("put", "pymysql (minimal)", timed(put, n))
+    res.add("get", "pymysql (minimal)", timed(get, n))
+    db.execute("DROP TABLE bench_min")
+    raw.close()
+    kvstore._entries.clear_namespace(store.scope)
+    store.close()
+    res.show()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=2000, help="keys per operation (default 2000)")
     ap.add_argument("--size", type=int, default=100, help="value size in bytes (default 100)")
     ap.add_argument("--postgres", default=os.environ.get("KVSTORE_TEST_POSTGRES_URL"), help="PostgreSQL URL")
+    ap.add_argument("--mariadb", default=os.environ.get("KVSTORE_TEST_MARIADB_URL"), help="MariaDB URL (mariadb+pymysql://...)")
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"], help="SQLite durability")
     args = ap.parse_args()
     value = Values(args.size)
@@ -278,6 +330,10 @@ def main() -> None:
         pg_run(args.postgres, args.n, value)
     else:
         print("\n(no PostgreSQL: pass --postgres URL or set KVSTORE_TEST_POSTGRES_URL)")
+    if args.mariadb:
+        maria_run(args.mariadb, args.n, value)
+    else:
+        print("\n(no MariaDB: pass --mariadb URL or set KVSTORE_TEST_MARIADB_URL)")
     print(f"\nbest of 3 runs per figure; Python {sys.version.split()[0]}")
 
 

@@ -1,5 +1,5 @@
 """kvstore: key-value storage, transactions, secondary indexes and persistent collections
-inside the SQL database (SQLite or PostgreSQL) your application already has."""
+inside the SQL database (SQLite, PostgreSQL or MariaDB) your application already has."""
 
 from __future__ import annotations
 

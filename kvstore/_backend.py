@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -368,6 +369,8 @@ class Backend:
             "cnt": t.counts.name,
             "entries": t.entries.name,
             "for_update": self.dialect.for_update,
+            "intdiv": self.dialect.intdiv,
+            "for_share": self.dialect.for_share,
             **self.dialect.type_names,
         }
         #: index state per namespace (see kvstore._indexing.NamespaceIndexes)
@@ -405,14 +408,16 @@ class Backend:
             return self._rendered[cache_key]
         except KeyError:
             text = template if template is not None else statements.templates[name]
+            d = self.dialect
+            text = d.statement_overrides.get(cache_key, text)
             out = self._rendered[cache_key] = _dialect.render(
-                self.sa_dialect, text.format(**self._fmt)
+                self.sa_dialect, d.adapt_sql(text.format(**self._fmt))
             )
             return out
 
     def format(self, text: str) -> str:
         """Table and type names filled into a statement run as it is (no parameters)."""
-        return text.format(**self._fmt)
+        return self.dialect.adapt_sql(text.format(**self._fmt))
 
     # -- connections ---------------------------------------------------------------------------
     def checkout(self, counted: bool = True) -> Conn:
@@ -606,7 +611,7 @@ class Scope:
         return Scope(self.backend, check_namespace(name), check_key, self._child_tx())
 
     def derived(
-        self, kind: str, name: str, key_rule: Callable[[object], str] = check_collection_key
+        self, kind: str, name: str, key_rule: Callable[[object], str] | None = None
     ) -> Scope:
         """The scope behind a collection: its own namespace ``<namespace>/<kind>/<name>``
         (unreachable through :meth:`with_namespace`, whose names cannot contain ``/``), the
@@ -614,6 +619,10 @@ class Scope:
         ``key_rule``: a collection that checks its encoded keys itself passes
         :func:`kvstore._validate.checked_key`, so each key is checked once)."""
         check_collection_name(name)
+        if key_rule is None:
+            key_rule = functools.partial(
+                check_collection_key, max_chars=self.backend.dialect.max_collection_key_chars
+            )
         return Scope(self.backend, f"{self.namespace}/{kind}/{name}", key_rule, self._child_tx())
 
     def _child_tx(self) -> TxState | None:

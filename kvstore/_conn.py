@@ -87,8 +87,11 @@ class Conn:
         self.run(f"SAVEPOINT {name}")
         try:
             yield
-        except BaseException:
-            if not self.broken:  # a broken connection is discarded, its transaction with it
+        except BaseException as exc:
+            # a broken connection is discarded, its transaction with it; after a deadlock
+            # InnoDB has rolled back the whole transaction, savepoints and all, and the
+            # deadlock (retryable) is the error to report
+            if not self.broken and not self.dialect.aborts_transaction(exc):
                 self.run(f"ROLLBACK TO SAVEPOINT {name}")
                 self.run(f"RELEASE SAVEPOINT {name}")
             raise
@@ -147,13 +150,34 @@ class _OwnedConn(Conn):
         self.run(begin_sql)  # on RawConn a dead connection is replaced here, before anything
         self.in_tx = True
 
+    #: the database rolled the transaction back by itself (see :meth:`_failed`)
+    aborted = False
+
+    def _failed(self, exc: BaseException) -> KVStoreError:
+        """The kvstore error for a failed statement. After a deadlock InnoDB has rolled the
+        whole transaction back and the connection is in autocommit mode again: what the caller
+        runs next (if it caught the error) must not be committed statement by statement, so a
+        new transaction is begun for it, and COMMIT refuses it."""
+        if self.in_tx and not self.aborted and self.dialect.aborts_transaction(exc):
+            self.aborted = True
+            with contextlib.suppress(Exception):
+                self._send(self.dialect.default_begin)
+        return self.dialect.error(exc)
+
     def commit(self) -> None:
+        if self.aborted:
+            self.rollback()
+            raise TransactionError(
+                "the transaction was rolled back by the database (a deadlock: an error caught "
+                "inside the block), so it cannot be committed; run it again"
+            )
         cur = self.run("COMMIT")
         self.in_tx = False
         self._check_commit(cur)
 
     def rollback(self) -> None:
         self.in_tx = False
+        self.aborted = False
         if self.broken:
             # Discarded when given back, and closing it ends its transaction. An interrupted
             # connection may still be busy with the statement it was running: sending it
@@ -221,11 +245,11 @@ class RawConn(_OwnedConn):
             cur: Cursor = self._exec(stmt.sql, stmt.bind(params))
         except Exception as exc:
             if not self._replace_dead(exc):
-                raise self.dialect.error(exc) from exc
+                raise self._failed(exc) from exc
             try:  # once, on the fresh connection
                 cur = self._exec(stmt.sql, stmt.bind(params))
             except Exception as again:
-                raise self.dialect.error(again) from again
+                raise self._failed(again) from again
         except BaseException:
             self.broken = True  # interrupted: see above
             raise
@@ -251,7 +275,7 @@ class RawConn(_OwnedConn):
         try:
             cur: Cursor = self.dialect.execute_bytes(self.dbapi, stmt.sql, stmt.bind(params))
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True
             raise
@@ -263,7 +287,7 @@ class RawConn(_OwnedConn):
         try:
             self.dialect.executemany(self.dbapi, stmt.sql, [stmt.bind(p) for p in params])
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True
             raise
@@ -276,11 +300,11 @@ class RawConn(_OwnedConn):
             cur: Cursor = self._exec(sql)
         except Exception as exc:
             if not self._replace_dead(exc):
-                raise self.dialect.error(exc) from exc
+                raise self._failed(exc) from exc
             try:
                 cur = self._exec(sql)
             except Exception as again:
-                raise self.dialect.error(again) from again
+                raise self._failed(again) from again
         except BaseException:
             self.broken = True  # interrupted: see above
             raise
@@ -326,7 +350,7 @@ class SAConn(_OwnedConn):
         try:
             cur: Cursor = self.sa.exec_driver_sql(stmt.sql, stmt.bind(params))
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True  # interrupted: see RawConn
             raise
@@ -338,7 +362,7 @@ class SAConn(_OwnedConn):
         try:
             self.sa.exec_driver_sql(stmt.sql, [stmt.bind(p) for p in params])
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True
             raise
@@ -347,7 +371,7 @@ class SAConn(_OwnedConn):
         try:
             cur: Cursor = self.sa.exec_driver_sql(sql)
         except Exception as exc:
-            raise self.dialect.error(exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.broken = True  # interrupted: see RawConn
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,16 @@ __all__ = ["Dialect", "Rendered", "engine_from_url", "for_name", "render", "trig
 
 #: modules whose exceptions are a driver's (DBAPI) errors
 _DRIVER_MODULES = frozenset(
-    {"sqlite3", "_sqlite3", "psycopg", "psycopg2", "psycopg_binary", "aiosqlite", "asyncpg"}
+    {
+        "sqlite3",
+        "_sqlite3",
+        "psycopg",
+        "psycopg2",
+        "psycopg_binary",
+        "aiosqlite",
+        "asyncpg",
+        "pymysql",
+    }
 )
 
 
@@ -119,6 +129,29 @@ class Dialect:
 
     #: the names of the triggers on table ``:table``
     trigger_catalog = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table"
+
+    #: DDL runs inside a transaction and rolls back with it (MySQL/MariaDB commit instead)
+    transactional_ddl = True
+    #: an upsert's row count is 1 exactly when it wrote (MySQL counts an update as 2, and
+    #: with CLIENT_FOUND_ROWS a row left as it was as 1, so "insert unless live" cannot be
+    #: told from its row count there: see kvstore._entries.write_in)
+    upsert_rowcount_exact = True
+    #: ``UPDATE ... RETURNING`` (MariaDB has it for DELETE and INSERT only)
+    supports_update_returning = True
+    #: integer division of two integers
+    intdiv = "/"
+    #: appended to an index build's reads of the entries (see MySQLDialect)
+    for_share = ""
+    #: the longest collection key, in characters, the key columns' B-trees take (None: the
+    #: UTF-8 byte limit alone)
+    max_collection_key_chars: int | None = None
+    #: statements this dialect says differently, by (Statements owner, name): the few that
+    #: no common text can express (see MySQLDialect)
+    statement_overrides: ClassVar[dict[tuple[str, str], str]] = {}
+
+    def adapt_sql(self, text: str) -> str:
+        """A statement written for every dialect, as this one must be sent (see MySQLDialect)."""
+        return text
 
     def holds_write_lock(self, dbapi_conn: Any) -> bool:
         """Whether an application's connection certainly holds the database's write lock. In
@@ -275,6 +308,11 @@ class Dialect:
         )
 
     def is_bad_integer(self, exc: BaseException) -> bool:
+        return False
+
+    def aborts_transaction(self, exc: BaseException) -> bool:
+        """Whether the error has already rolled back the whole transaction, its savepoints
+        gone with it (MySQL's deadlock); elsewhere an error leaves them to roll back to."""
         return False
 
     def is_driver_error(self, exc: BaseException) -> bool:
@@ -560,6 +598,254 @@ class PsycopgAsyncDialect(PostgresDialect):
         return getattr(inner, "statusmessage", None) == "ROLLBACK"
 
 
+# -- MySQL and MariaDB ------------------------------------------------------------------------
+# ``key`` is a reserved word there; kvstore's statements name the column bare, so it is quoted
+# on the way out (a lower-case identifier only: SQL keywords are written in capitals, and
+# ``:key`` parameters are left alone).
+_MYSQL_KEY = re.compile(r"(?<![\w:`])key(?![\w`])")
+# ``INSERT ... ON CONFLICT (cols) DO UPDATE SET a = excluded.a`` is MySQL's ``ON DUPLICATE KEY
+# UPDATE a = VALUES(a)``. MySQL applies the assignments left to right, each seeing the ones
+# before: kvstore's upserts assign ``expires_at`` after ``created_at``, which reads the old one.
+_MYSQL_ON_CONFLICT = re.compile(r"ON CONFLICT \(([^)]*)\) DO UPDATE SET")
+_MYSQL_DO_NOTHING = re.compile(r"ON CONFLICT \((\w+)[^)]*\) DO NOTHING")
+_MYSQL_EXCLUDED = re.compile(r"\bexcluded\.(\w+)")
+# what the statements' CASTs say for each type: MySQL's CAST knows none of the column types
+_MYSQL_CASTS = {"bytea": "BINARY", "bigint": "SIGNED", "text": "CHAR", "json": "CHAR"}
+# pymysql error numbers (the first of an error's args)
+_ER_DUP_ENTRY = 1062
+_ER_LOCK_WAIT_TIMEOUT = 1205
+_ER_LOCK_DEADLOCK = 1213
+_ER_OUT_OF_RANGE = (1264, 1366, 1292)
+_ER_DISK_FULL = (1021, 1114, 3)
+# can't connect, server gone away, lost connection, shutting down, too many connections
+_ER_UNAVAILABLE = (2002, 2003, 2005, 2006, 2013, 2055, 1053, 1040, 1927, 4031)
+
+
+def _mysql_errno(exc: BaseException) -> int | None:
+    args = getattr(_orig(exc), "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _mysql_if_expired(assignments: list[tuple[str, str]]) -> str:
+    """An ``ON DUPLICATE KEY UPDATE`` that replaces the row only while it has expired: every
+    assignment wrapped in ``IF(expired, new, old)``, with ``expires_at`` assigned last so the
+    condition still reads the old one."""
+    cond = "{e}.expires_at IS NOT NULL AND {e}.expires_at <= VALUES(updated_at)"
+    parts = []
+    for col, new in assignments:
+        parts.append(f"{col} = IF({cond}, {new}, {{e}}.{col})")
+    return "ON DUPLICATE KEY UPDATE " + ", ".join(parts)
+
+
+_MYSQL_REPLACE_IF_EXPIRED = _mysql_if_expired(
+    [
+        ("value", "VALUES(value)"),
+        ("blob_id", "VALUES(blob_id)"),
+        ("size", "VALUES(size)"),
+        ("version", "{e}.version + 1"),
+        ("created_at", "VALUES(created_at)"),
+        ("updated_at", "VALUES(updated_at)"),
+        ("content_type", "VALUES(content_type)"),
+        ("metadata", "VALUES(metadata)"),
+        ("checksum", "VALUES(checksum)"),
+        ("expires_at", "VALUES(expires_at)"),
+    ]
+)
+_MYSQL_LIVE = "(expires_at IS NULL OR expires_at > :now)"
+
+
+class MySQLDialect(Dialect):
+    """MySQL 8 and MariaDB >= 10.6 through PyMySQL (see docs/mariadb.md).
+
+    The differences from PostgreSQL: no ``ON CONFLICT`` (``ON DUPLICATE KEY UPDATE``, whose
+    row count is 2 for an update), no ``UPDATE ... RETURNING``, ``key`` reserved, a
+    statement cannot read the table it deletes from (error 1093) nor ``LIMIT`` an ``IN``
+    subquery, DDL commits the transaction it runs in, and strings compare by their column's
+    collation (kvstore's are ``utf8mb4_nopad_bin``: code points, case and trailing spaces
+    significant)."""
+
+    name = "mysql"
+    driver = "pymysql"
+    for_update = " FOR UPDATE"
+    isolation_levels: ClassVar[dict[str, str]] = {
+        "READ COMMITTED": "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION",
+        "REPEATABLE READ": "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION",
+        "SERIALIZABLE": "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; START TRANSACTION",
+    }
+    default_begin = "START TRANSACTION"
+    read_snapshot_begin = (
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; "
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
+    )
+    max_params = 5000
+    reserved_prefix = "mysql_"
+    type_names: ClassVar[dict[str, str]] = dict(_MYSQL_CASTS)
+    driver_begin = "START TRANSACTION"
+    supports_likelihood = False
+    trigger_catalog = (
+        "SELECT trigger_name FROM information_schema.triggers "
+        "WHERE event_object_schema = DATABASE() AND event_object_table = :table"
+    )
+    transactional_ddl = False
+    upsert_rowcount_exact = False
+    supports_update_returning = False
+    intdiv = "DIV"
+    # len() counts the primary key's index (no counter triggers here yet); scans test each
+    # row's expiry (InnoDB's clustered primary key holds it: no second lookup to save)
+    counts_entries = False
+    scans_keys_by_exclusion = False
+    watches_app_write_locks = False  # row locks, as on PostgreSQL
+    # An index build reads the entries with shared locks: a locking read sees the newest
+    # committed rows, not the snapshot its transaction took at its first read (before it
+    # bumped the generation, which writers' guards then wait for), and holds them against
+    # writers until the build commits; PostgreSQL's SHARE table lock does both there.
+    for_share = " LOCK IN SHARE MODE"
+    # 500 characters of utf8mb4 (4 bytes each, as InnoDB counts them) keep the primary keys of
+    # the entries (namespace, key) and index entries (index_id, ivalue, key) within its
+    # 3072-byte limit
+    max_collection_key_chars = 500
+    statement_overrides: ClassVar[dict[tuple[str, str], str]] = {
+        # "insert unless live": its row count cannot say whether it wrote (see Dialect)
+        ("entries", "insert_absent"): "INSERT INTO {e} ("
+        "namespace, `key`, value, blob_id, size, version, created_at, updated_at, expires_at, "
+        "content_type, metadata, checksum) SELECT CAST(:ns AS CHAR), CAST(:key AS CHAR), "
+        "CAST(:value AS BINARY), CAST(:blob_id AS SIGNED), :size, 1, :now, :now, "
+        "CAST(:exp AS SIGNED), CAST(:ct AS CHAR), CAST(:meta AS CHAR), :sum "
+        + _MYSQL_REPLACE_IF_EXPIRED,
+        # error 1093 and no LIMIT in an IN subquery: a DELETE may ORDER BY and LIMIT itself
+        # MariaDB reads an IN subquery of a single-table UPDATE/DELETE once per row of the
+        # whole table (no semi-join there before 11.1): the key's index entries are reached
+        # by a join instead, through the namespace's few indexes and (index_id, key)
+        ("entries", "index_entries_delete"): "DELETE ie FROM {ie} ie JOIN {ix} ix "
+        "ON ix.id = ie.index_id WHERE ix.namespace = :ns AND ie.`key` = :key",
+        ("entries", "index_entries_rename"): "UPDATE {ie} ie JOIN {ix} ix ON ix.id = ie.index_id "
+        "SET ie.`key` = :dest WHERE ix.namespace = :ns AND ie.`key` = :key",
+        ("entries", "purge_batch"): "DELETE FROM {e} WHERE namespace = :ns AND expires_at <= :now "
+        "ORDER BY `key` LIMIT :limit",
+        # error 1093: the subquery on the same table is read as a derived table, first
+        ("entries", "pop_last_inline"): "DELETE FROM {e} WHERE namespace = :ns AND blob_id IS NULL "
+        "AND `key` = (SELECT k FROM (SELECT `key` AS k FROM {e} WHERE namespace = :ns AND "
+        + _MYSQL_LIVE
+        + " ORDER BY `key` DESC LIMIT 1) AS last_key) RETURNING `key`, value",
+        ("entries", "pop_first"): "DELETE FROM {e} WHERE namespace = :ns AND `key` = ("
+        "SELECT k FROM (SELECT `key` AS k FROM {e} WHERE namespace = :ns AND "
+        + _MYSQL_LIVE
+        + " ORDER BY `key` LIMIT 1) AS first_key) RETURNING `key`, value",
+    }
+
+    def adapt_sql(self, text: str) -> str:
+        text = _MYSQL_ON_CONFLICT.sub("ON DUPLICATE KEY UPDATE", text)
+        text = _MYSQL_DO_NOTHING.sub(r"ON DUPLICATE KEY UPDATE \1 = \1", text)
+        text = _MYSQL_EXCLUDED.sub(r"VALUES(\1)", text)
+        return _MYSQL_KEY.sub("`key`", text)
+
+    def begin_locks_database(self, begin_sql: str) -> bool:
+        return False  # row locks only
+
+    def prepare_connection(self, dbapi_conn: Any, options: dict[str, Any]) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("SELECT VERSION()")
+            version = str(cur.fetchone()[0])
+            if "mariadb" not in version.lower():
+                # MySQL has no DELETE ... RETURNING, which kvstore's pops rely on
+                raise DatabaseError(
+                    f"kvstore works with MariaDB >= 10.6; this server is MySQL {version}, "
+                    "which has no DELETE ... RETURNING (see docs/mariadb.md)"
+                )
+            if not options.get("owned", True):
+                return  # an application's engine keeps its session settings
+            # No silent truncation or conversion: a value that does not fit is an error.
+            cur.execute(
+                "SET SESSION sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,"
+                "NO_ZERO_DATE,NO_ZERO_IN_DATE,NO_ENGINE_SUBSTITUTION'"
+            )
+            wait = max(1, round(options.get("busy_timeout", 30.0)))
+            cur.execute(f"SET SESSION innodb_lock_wait_timeout = {wait}")
+        finally:
+            cur.close()
+
+    def lock_wait(self, dbapi_conn: Any) -> float:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("SELECT @@innodb_lock_wait_timeout")
+            return float(cur.fetchone()[0])
+        finally:
+            cur.close()
+
+    def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
+        cursor = dbapi_conn.cursor
+
+        def execute(sql: str, params: Any = None) -> Any:
+            cur = cursor()
+            if params is None and "; " in sql:
+                # SET TRANSACTION ...; START TRANSACTION: one BEGIN string, two statements
+                for part in sql.split("; "):
+                    cur.execute(part)
+                return cur
+            cur.execute(sql, params)
+            return cur
+
+        return execute
+
+    def execute_bytes(self, dbapi_conn: Any, sql: str, params: Any) -> Any:
+        return self.executor(dbapi_conn)(sql, params)
+
+    def set_autocommit(self, dbapi_conn: Any, on: bool) -> Any:
+        old = dbapi_conn.get_autocommit()
+        dbapi_conn.autocommit(on)
+        return old
+
+    def restore_autocommit(self, dbapi_conn: Any, old: Any) -> None:
+        dbapi_conn.autocommit(old)
+
+    def in_driver_transaction(self, dbapi_conn: Any) -> bool:
+        # SERVER_STATUS_IN_TRANS, as the server reported it after the last statement
+        return bool(dbapi_conn.server_status & 1)
+
+    def driver_begin_on(self, conn: Any) -> None:
+        # DDL commits implicitly here: there is no transaction to begin around it
+        return
+
+    def is_closed(self, dbapi_conn: Any) -> bool:
+        return not dbapi_conn.open
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return _mysql_errno(exc) == _ER_DUP_ENTRY
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return _mysql_errno(exc) in (_ER_LOCK_DEADLOCK, _ER_LOCK_WAIT_TIMEOUT)
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        return _mysql_errno(exc) == _ER_LOCK_WAIT_TIMEOUT
+
+    def aborts_transaction(self, exc: BaseException) -> bool:
+        # InnoDB rolls back the deadlock's victim whole (a lock-wait timeout only the statement)
+        return _mysql_errno(exc) == _ER_LOCK_DEADLOCK
+
+    def is_bad_integer(self, exc: BaseException) -> bool:
+        return _mysql_errno(exc) in _ER_OUT_OF_RANGE
+
+    def is_disk_full(self, exc: BaseException) -> bool:
+        return _mysql_errno(exc) in _ER_DISK_FULL
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        return _mysql_errno(exc) in _ER_UNAVAILABLE or isinstance(_orig(exc), ConnectionError)
+
+    def lock_message(self, detail: str) -> str:
+        return (
+            f"gave up waiting for a row lock held by another transaction ({detail}); "
+            "connect(busy_timeout=...) sets how long kvstore's connections wait "
+            "(innodb_lock_wait_timeout)"
+        )
+
+
+class MariaDBDialect(MySQLDialect):
+    """MariaDB, named so by a ``mariadb+pymysql://`` URL (SQLAlchemy's "mariadb" dialect)."""
+
+    name = "mariadb"
+
+
 def _switch_to_wal(cur: Any, timeout: float) -> None:
     """Put a SQLite file in WAL mode (it persists in the file, so once is enough).
 
@@ -600,12 +886,19 @@ def _orig(exc: BaseException) -> BaseException:
     return seen
 
 
-_DIALECTS: dict[str, Dialect] = {"sqlite": Dialect(), "postgresql": PostgresDialect()}
+_DIALECTS: dict[str, Dialect] = {
+    "sqlite": Dialect(),
+    "postgresql": PostgresDialect(),
+    "mysql": MySQLDialect(),
+    "mariadb": MariaDBDialect(),
+}
 #: the drivers kvstore speaks to, by (database, SQLAlchemy driver name)
 _DRIVERS: dict[tuple[str, str], Dialect] = {
     ("sqlite", "pysqlite"): _DIALECTS["sqlite"],
     ("postgresql", "psycopg"): _DIALECTS["postgresql"],
     ("postgresql", "psycopg2"): Psycopg2Dialect(),
+    ("mysql", "pymysql"): _DIALECTS["mysql"],
+    ("mariadb", "pymysql"): _DIALECTS["mariadb"],
 }
 #: the asyncio drivers kvstore.connect_async speaks to, by (database, SQLAlchemy driver name);
 #: SQLAlchemy names psycopg 3's async dialect "psycopg" too, told apart by ``is_async``
@@ -625,6 +918,10 @@ _INSTALL = {
     "postgresql": "psycopg 3 (pip install 'sqlalchemy-kvstore[postgres]', URL "
     "postgresql+psycopg://...) or psycopg2 (pip install psycopg2-binary, URL "
     "postgresql+psycopg2://...)",
+    "mysql": "PyMySQL (pip install 'sqlalchemy-kvstore[mysql]', URL mysql+pymysql://... or "
+    "mariadb+pymysql://...)",
+    "mariadb": "PyMySQL (pip install 'sqlalchemy-kvstore[mysql]', URL mariadb+pymysql://... or "
+    "mysql+pymysql://...)",
 }
 
 
@@ -633,7 +930,7 @@ def for_name(name: str) -> Dialect:
     try:
         return _DIALECTS[name]
     except KeyError:
-        raise ValueError(f"kvstore supports SQLite and PostgreSQL, not {name!r}") from None
+        raise ValueError(f"kvstore supports SQLite, PostgreSQL and MariaDB, not {name!r}") from None
 
 
 def for_engine(engine: Engine) -> Dialect:
@@ -650,6 +947,11 @@ def for_sa_dialect(sa_dialect: sa.engine.Dialect) -> Dialect:
     except KeyError:
         pass
     for_name(name)  # an unsupported database says so first
+    if drivers is _ASYNC_DRIVERS and name not in _ASYNC_INSTALL:
+        raise ValueError(
+            f"kvstore.connect_async does not work with {name} yet: use kvstore.connect with "
+            f"{_INSTALL[name]}"
+        )
     if drivers is _ASYNC_DRIVERS:
         raise ValueError(
             f"kvstore.connect_async cannot use the {driver!r} driver for {name}: it works with "
@@ -685,7 +987,46 @@ def key_type() -> sa.String:
     """The key column's type. Code-point order on every dialect: SQLite's default BINARY
     collation already is; on PostgreSQL the "C" collation makes ORDER BY and range scans
     byte-wise, whatever the database's default collation, so a prefix scan is a B-tree range."""
-    return sa.String().with_variant(sa.String(collation="C"), "postgresql")
+    return (
+        sa.String()
+        .with_variant(sa.String(collation="C"), "postgresql")
+        .with_variant(_mysql_key(), "mysql", "mariadb")
+    )
+
+
+def _mysql_key() -> sa.String:
+    """MySQL keys need a length; 500 characters hold the longest collection key (1000 UTF-8
+    bytes of up to 500 characters, see MySQLDialect.max_collection_key_chars). Their collation
+    is their table's, MYSQL_COLLATION (kvstore._schema), as for every text column: named on
+    the column too, reflection would not show it and `kvstore db check` would see a change."""
+    return sa.String(500)
+
+
+#: the collation of kvstore's tables on MariaDB, so of keys and namespaces: code points,
+#: case-sensitive, and unlike utf8mb4_bin it does not ignore trailing spaces
+MYSQL_COLLATION = "utf8mb4_nopad_bin"
+
+
+def blob_type() -> sa.LargeBinary:
+    """A value's or chunk's column type: MySQL's BLOB holds 64 KiB, LONGBLOB 4 GiB."""
+    return sa.LargeBinary().with_variant(sa.LargeBinary(_MYSQL_LONG), "mysql", "mariadb")
+
+
+#: a length that makes MySQL's TEXT/BLOB its LONG kind (4 GiB), without importing SQLAlchemy's
+#: MySQL dialect into every process that imports kvstore (the streaming memory bound counts it)
+_MYSQL_LONG = (1 << 32) - 1
+
+
+def json_type() -> sa.JSON:
+    """The metadata column's type: JSON, as text on MySQL/MariaDB (kvstore writes and checks
+    the JSON itself)."""
+    return sa.JSON().with_variant(sa.Text(_MYSQL_LONG), "mysql", "mariadb")
+
+
+def ivalue_type() -> sa.LargeBinary:
+    """An encoded index value's column type: MySQL indexes no BLOB, a VARBINARY of the
+    longest encoding (kvstore._indexing.MAX_ENCODED) it does."""
+    return sa.LargeBinary().with_variant(sa.VARBINARY(1024), "mysql", "mariadb")
 
 
 def id_type() -> sa.BigInteger:
@@ -723,6 +1064,8 @@ def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
         parsed = make_url(url)
     except Exception as exc:
         raise ValueError(f"not a database URL: {url!r} ({exc})") from None
+    if parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername=f"{parsed.drivername}+pymysql")
     if parsed.drivername in ("postgresql", "postgres"):
         # psycopg 3 when it is installed, else psycopg2 (SQLAlchemy's own default)
         parsed = parsed.set(drivername=f"postgresql+{_default_pg_driver()}")
@@ -748,6 +1091,9 @@ def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
         options.setdefault("paramstyle", "named")
         if parsed.database in (None, "", ":memory:"):
             options.setdefault("poolclass", StaticPool)
+    if backend in ("mysql", "mariadb") and "charset" not in parsed.query:
+        # utf8mb4: every code point (MySQL's "utf8" is three bytes at most)
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     try:
         return create_engine(parsed, **options)
     except ImportError as exc:
@@ -816,8 +1162,33 @@ EXECUTE FUNCTION {p}entries_reblobbed()""",
     ]
 
 
+def _mysql_triggers(p: str) -> list[str]:
+    # one trigger per event; a trigger may change other tables (not its own)
+    return [
+        f"""CREATE TRIGGER {p}entries_ad AFTER DELETE ON {p}entries FOR EACH ROW
+BEGIN
+  IF OLD.blob_id IS NOT NULL THEN
+    DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+  END IF;
+  DELETE ie FROM {p}index_entries ie JOIN {p}indexes ix ON ix.id = ie.index_id
+    WHERE ix.namespace = OLD.namespace AND ie.`key` = OLD.`key`;
+END""",
+        f"""CREATE TRIGGER {p}entries_au AFTER UPDATE ON {p}entries FOR EACH ROW
+BEGIN
+  IF OLD.blob_id IS NOT NULL AND NOT (OLD.blob_id <=> NEW.blob_id) THEN
+    DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+  END IF;
+END""",
+    ]
+
+
+_MYSQL_NAMES = ("mysql", "mariadb")
+
+
 def trigger_sql(dialect_name: str, prefix: str) -> list[str]:
     """The CREATE statements of kvstore's triggers (used by models and migrations)."""
+    if dialect_name in _MYSQL_NAMES:
+        return _mysql_triggers(prefix)
     return _pg_triggers(prefix) if dialect_name == "postgresql" else _sqlite_triggers(prefix)
 
 
@@ -825,6 +1196,8 @@ def drop_trigger_sql(dialect_name: str, prefix: str) -> list[str]:
     """The DROP statements for :func:`trigger_sql`'s triggers: the triggers first, then
     (PostgreSQL) their functions, which a dropped table leaves behind."""
     p = prefix
+    if dialect_name in _MYSQL_NAMES:
+        return [f"DROP TRIGGER IF EXISTS {p}entries_ad", f"DROP TRIGGER IF EXISTS {p}entries_au"]
     if dialect_name == "postgresql":
         return [
             f"DROP TRIGGER IF EXISTS {p}entries_deleted ON {p}entries",
@@ -838,9 +1211,18 @@ def drop_trigger_sql(dialect_name: str, prefix: str) -> list[str]:
     ]
 
 
+def table_options_ddl(table: str) -> list[DDL]:
+    """MySQL/MariaDB's options for each of kvstore's tables, given right after it is created
+    (still empty): InnoDB (transactions, row locks), utf8mb4, and MYSQL_COLLATION as every
+    text column's collation. An ALTER rather than the tables' ``mysql_*`` options, which would
+    import SQLAlchemy's MySQL dialect into every process that imports kvstore."""
+    sql = f"ALTER TABLE {table} ENGINE=InnoDB, CONVERT TO CHARACTER SET utf8mb4 COLLATE {MYSQL_COLLATION}"
+    return [DDL(sql).execute_if(dialect=name) for name in _MYSQL_NAMES]  # type: ignore[no-untyped-call]
+
+
 def trigger_ddl(prefix: str) -> list[DDL]:
     out = []
-    for name in ("sqlite", "postgresql"):
+    for name in ("sqlite", "postgresql", *_MYSQL_NAMES):
         for stmt in trigger_sql(name, prefix):
             # "%" would be taken for a DBAPI placeholder by SQLAlchemy's DDL compiler
             out.append(DDL(stmt.replace("%", "%%")).execute_if(dialect=name))  # type: ignore[no-untyped-call]
@@ -849,7 +1231,7 @@ def trigger_ddl(prefix: str) -> list[DDL]:
 
 def drop_trigger_ddl(prefix: str) -> list[DDL]:
     out = []
-    for name in ("sqlite", "postgresql"):
+    for name in ("sqlite", "postgresql", *_MYSQL_NAMES):
         for stmt in drop_trigger_sql(name, prefix):
             out.append(DDL(stmt).execute_if(dialect=name))  # type: ignore[no-untyped-call]
     return out

@@ -81,6 +81,14 @@ _TEMPLATES: dict[str, str] = {
     + LIVE
     + " AND "
     + GUARD,
+    # insert_new in two statements, where the upsert's row count is not exact (see insert_new)
+    "replace_expired": """UPDATE {e} SET value = CAST(:value AS {bytea}),
+  blob_id = CAST(:blob_id AS {bigint}), size = :size, version = version + 1, created_at = :now,
+  updated_at = :now, expires_at = CAST(:exp AS {bigint}), content_type = CAST(:ct AS {text}),
+  metadata = CAST(:meta AS {json}), checksum = :sum
+  WHERE namespace = :ns AND key = :key AND expires_at IS NOT NULL AND expires_at <= :now AND """
+    + GUARD,
+    "insert_plain": f"INSERT INTO {{e}} ({COLUMNS}) SELECT {NEW_ROW} WHERE {GUARD}",
     "version": f"SELECT version FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE}",
     "generation": "SELECT index_generation FROM {n} WHERE namespace = :ns",
     "delete": "DELETE FROM {e} WHERE namespace = :ns AND key = :key",
@@ -96,10 +104,11 @@ _TEMPLATES: dict[str, str] = {
   FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE}{{for_update}}""",
     "purge_batch": """DELETE FROM {e} WHERE namespace = :ns AND key IN (
   SELECT key FROM {e} WHERE namespace = :ns AND expires_at <= :now ORDER BY key LIMIT :limit)""",
+    # (the source is aliased: MySQL's ON DUPLICATE KEY UPDATE would find {e} ambiguous)
     "copy_entry": f"""INSERT INTO {{e}} ({COLUMNS})
   SELECT namespace, :dest, value, CAST(:new_blob AS {{bigint}}), size, 1, :now, :now, expires_at,
          content_type, metadata, checksum
-  FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE} {ON_CONFLICT}""",
+  FROM {{e}} src WHERE namespace = :ns AND key = :key AND {LIVE} {ON_CONFLICT}""",
     "rename": "UPDATE {e} SET key = :dest, version = :version, updated_at = :now "
     "WHERE namespace = :ns AND key = :key",
     "index_entries_delete": "DELETE FROM {ie} WHERE key = :key AND index_id IN "
@@ -130,7 +139,7 @@ _TEMPLATES: dict[str, str] = {
     "index_drop": "DELETE FROM {ix} WHERE id = :iid",
     "backfill_batch": "SELECT key, value, blob_id, size FROM {e} WHERE namespace = :ns "
     "AND key > :after AND (expires_at IS NULL OR expires_at > :now) ORDER BY key "
-    "LIMIT :limit",
+    "LIMIT :limit{for_share}",
     # -- collections
     # ORDER BY key keeps PostgreSQL on the primary key even with a generic plan (psycopg
     # prepares repeated statements): a bare "SELECT 1 ... LIMIT 1" gets a sequential scan
@@ -338,7 +347,8 @@ def write(
 
             def fast(c: Conn) -> bool:
                 params["gen"] = state.generation
-                return bool(c.execute(upsert, params).rowcount == 1)
+                # MySQL counts an upsert that updated as 2 rows
+                return bool(c.execute(upsert, params).rowcount > 0)
 
             if scope.single(fast):
                 return
@@ -434,12 +444,12 @@ def write_in(
         if expected_version is None:
             n = conn.execute(scope.sql(SQL, "upsert"), params).rowcount
         elif expected_version == 0:
-            n = conn.execute(scope.sql(SQL, "insert_new"), params).rowcount
+            n = insert_new(scope, conn, params)
         else:
             n = conn.execute(
                 scope.sql(SQL, "update_cas"), dict(params, ev=expected_version)
             ).rowcount
-        if n == 1:
+        if n > 0:  # (2 for MySQL's upsert that updated)
             break
         fresh = refresh_index_state(scope, conn)
         if fresh.generation == state.generation and expected_version is not None:
@@ -450,6 +460,30 @@ def write_in(
     if state.specs:
         conn.execute(scope.sql(SQL, "index_entries_delete"), {"ns": scope.namespace, "key": key})
         insert_index_rows(scope, conn, state, key, rows)
+
+
+def insert_new(scope: Scope, conn: Conn, params: dict[str, Any]) -> int:
+    """Write ``key`` unless it is live (``expected_version=0``); how many rows it wrote.
+
+    One guarded statement where an upsert's row count says whether it wrote. On MySQL it
+    cannot (a row left as it was counts as found), so a plain INSERT creates the key or fails
+    on the primary key (MySQL undoes only that statement, not the transaction), and then an
+    UPDATE replaces the row only if it has expired, re-checked under its row lock. INSERT goes
+    first: an UPDATE that finds no row locks the gap where the key would go, and two racers
+    holding that gap would deadlock on their INSERTs. A live row is seen by a plain read
+    first: every racer that lost the INSERT holds a shared lock on the row, and two of them
+    asking to upgrade it for the UPDATE would deadlock as well.
+    """
+    if scope.backend.dialect.upsert_rowcount_exact:
+        return int(conn.execute(scope.sql(SQL, "insert_new"), params).rowcount)
+    try:
+        return int(conn.execute(scope.sql(SQL, "insert_plain"), params).rowcount)
+    except Exception as exc:
+        if not scope.backend.dialect.is_unique_violation(exc):
+            raise
+    if version(scope, conn, params["key"]):
+        return 0
+    return int(conn.execute(scope.sql(SQL, "replace_expired"), params).rowcount)
 
 
 def insert_index_rows(

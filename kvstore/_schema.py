@@ -40,14 +40,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Column,
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -137,7 +135,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
         md,
         Column("namespace", String(255), nullable=False),
         Column("key", _dialect.key_type(), nullable=False),
-        Column("value", LargeBinary, nullable=True),
+        Column("value", _dialect.blob_type(), nullable=True),
         Column("blob_id", BigInteger, nullable=True),
         Column("size", BigInteger, nullable=False),
         Column("version", BigInteger, nullable=False),
@@ -146,7 +144,9 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("expires_at", Timestamp, nullable=True),
         Column("content_type", String(255), nullable=True),
         # json, not jsonb, on PostgreSQL: jsonb re-encodes numbers (1e16 became an int)
-        Column("metadata", JSON(), nullable=True),
+        # LONGTEXT on MySQL/MariaDB: MySQL's JSON re-encodes like jsonb, and MariaDB's checks
+        # a nesting limit (32) below kvstore's own (_validate.MAX_METADATA_DEPTH)
+        Column("metadata", _dialect.json_type(), nullable=True),
         Column("checksum", String(64), nullable=False),
         PrimaryKeyConstraint("namespace", "key"),
     )
@@ -164,7 +164,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
         md,
         Column("blob_id", BigInteger, nullable=False),
         Column("n", Integer, nullable=False),
-        Column("data", LargeBinary, nullable=False),
+        Column("data", _dialect.blob_type(), nullable=False),
         PrimaryKeyConstraint("blob_id", "n"),
     )
     indexes = Table(
@@ -188,8 +188,8 @@ def _define(prefix: str, md: MetaData) -> Tables:
             ForeignKey(indexes.c.id, ondelete="CASCADE"),
             nullable=False,
         ),
-        Column("ivalue", LargeBinary, nullable=False),
-        Column("uvalue", LargeBinary, nullable=True),
+        Column("ivalue", _dialect.ivalue_type(), nullable=False),
+        Column("uvalue", _dialect.ivalue_type(), nullable=True),
         Column("key", _dialect.key_type(), nullable=False),
         PrimaryKeyConstraint("index_id", "ivalue", "key"),
         UniqueConstraint("index_id", "uvalue"),
@@ -214,7 +214,7 @@ def _define(prefix: str, md: MetaData) -> Tables:
             nullable=False,
         ),
         Column("pos", BigInteger, nullable=False),
-        Column("value", LargeBinary, nullable=False),
+        Column("value", _dialect.blob_type(), nullable=False),
         PrimaryKeyConstraint("list_id", "pos"),
     )
     counts = Table(
@@ -223,6 +223,18 @@ def _define(prefix: str, md: MetaData) -> Tables:
         Column("namespace", String(255), primary_key=True),
         Column("n", BigInteger, nullable=False),
     )
+    for table in (
+        namespaces,
+        entries,
+        chunks,
+        indexes,
+        index_entries,
+        lists,
+        list_items,
+        counts,
+    ):
+        for ddl in _dialect.table_options_ddl(table.name):
+            event.listen(table, "after_create", ddl)
     for ddl in _dialect.trigger_ddl(prefix):
         event.listen(entries, "after_create", ddl)
     for ddl in _dialect.drop_trigger_ddl(prefix):

@@ -205,9 +205,10 @@ def check_collection_name(name: object) -> str:
     return name
 
 
-def check_collection_key(key: object) -> str:
+def check_collection_key(key: object, max_chars: int | None = None) -> str:
     """Collection keys are any str that SQL text can hold (no NUL, valid UTF-8), up to
-    :data:`MAX_COLLECTION_KEY_BYTES` UTF-8 bytes."""
+    :data:`MAX_COLLECTION_KEY_BYTES` UTF-8 bytes, and on a database whose key columns count
+    characters (MariaDB: ``MySQLDialect.max_collection_key_chars``) up to ``max_chars``."""
     if not isinstance(key, str):
         raise TypeError(f"collection keys are str here, not {type(key).__name__}")
     try:
@@ -218,6 +219,10 @@ def check_collection_key(key: object) -> str:
         raise ValueError(f"key {key!r} contains NUL, which SQL text columns cannot store")
     if size > MAX_COLLECTION_KEY_BYTES:
         raise ValueError(f"key is too long: {size} UTF-8 bytes, at most {MAX_COLLECTION_KEY_BYTES}")
+    if max_chars is not None and len(key) > max_chars:
+        raise ValueError(
+            f"key is too long: {len(key)} characters, at most {max_chars} on this database"
+        )
     return key
 
 

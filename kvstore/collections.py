@@ -121,10 +121,11 @@ def _marshal_key(obj: Any) -> bytes:
         raise TypeError(f"cannot marshal {type(obj).__name__}: {exc}") from None
 
 
-def _check_stored_key(text: str) -> str:
-    """The entry key limits, as a ValueError naming the problem (shared by dict and set)."""
+def _check_stored_key(text: str, scope: Scope) -> str:
+    """The entry key limits (the database's own among them), as a ValueError naming the
+    problem (shared by dict and set)."""
     try:
-        return check_collection_key(text)
+        return check_collection_key(text, scope.backend.dialect.max_collection_key_chars)
     except ValueError as exc:
         raise ValueError(f"cannot store this key: {exc}") from None
 
@@ -412,9 +413,9 @@ class PersistentDict(_Collection, Generic[K, V], MutableMapping[K, V]):
                     f"keys of this PersistentDict are str (key_serializer='str'), not "
                     f"{type(key).__name__}; use key_serializer='pickle' or 'marshal' for other keys"
                 )
-            return _check_stored_key(str(key))
+            return _check_stored_key(str(key), self._scope)
         data = self._key_bytes(_canonical(key))
-        return _check_stored_key(base64.urlsafe_b64encode(data).decode("ascii"))
+        return _check_stored_key(base64.urlsafe_b64encode(data).decode("ascii"), self._scope)
 
     def _lookup(self, key: Any) -> str | None:
         """The entry key for ``key``, for a read: ``None`` when no stored key can equal it
@@ -539,16 +540,24 @@ class PersistentDict(_Collection, Generic[K, V], MutableMapping[K, V]):
         except NotFoundError:
             pass
         data = self._dumps(default)
-        while True:
-            with self._s.transaction() as tx:
+        missing = object()
+
+        def attempt(tx: Any) -> Any:
+            try:
+                tx.put(k, data, expected_version=0)
+                return default
+            except ConflictError:
                 try:
-                    tx.put(k, data, expected_version=0)
-                    return default
-                except ConflictError:
-                    try:
-                        return self._ser.loads(tx.get(k))
-                    except NotFoundError:
-                        continue  # deleted again in between: try once more
+                    return self._ser.loads(tx.get(k))
+                except NotFoundError:
+                    return missing  # deleted again in between: try once more
+
+        while True:
+            # run_in_transaction: racing inserts of one key can deadlock on InnoDB (each
+            # loser holds a shared lock on the winner's row); the victim runs again
+            got = self._s.run_in_transaction(attempt)
+            if got is not missing:
+                return got
 
     @overload
     def update(self, other: SupportsKeysAndGetItem[K, V], /) -> None: ...
@@ -981,7 +990,7 @@ class PersistentSet(_Collection, Generic[T], MutableSet[T]):
             text = base64.urlsafe_b64encode(self._elem_bytes(canon)).decode("ascii")
             restore = type(canon) is not type(elem)
         stash = bytes(self._ser.dumps(elem)) if restore else b""
-        return _check_stored_key(text), stash
+        return _check_stored_key(text, self._scope), stash
 
     def _lookup(self, elem: Any) -> str | None:
         hash(elem)

@@ -87,6 +87,7 @@ _SQL: dict[str, str] = {
     # UPDATE ... RETURNING takes the row lock and reserves the new positions in one statement
     "bump": "UPDATE {l} SET length = length + :n WHERE namespace = :ns AND name = :name"
     " RETURNING id, length",
+    "bump_plain": "UPDATE {l} SET length = length + :n WHERE namespace = :ns AND name = :name",
     "set_length": "UPDATE {l} SET length = :length WHERE id = :id",
     "insert": "INSERT INTO {li} (list_id, pos, value) VALUES (:id, :pos, :value)",
     "update": "UPDATE {li} SET value = :value WHERE list_id = :id AND pos = :pos",
@@ -106,9 +107,9 @@ _SQL: dict[str, str] = {
     # row), then flips them back with "flip": two statements, each touching only moved rows.
     "shift": "UPDATE {li} SET pos = -(pos + :delta) - 1 WHERE list_id = :id AND pos >= :lo",
     # after deleting n positions lo, lo+st, ...: a row above lo moves down by the number of
-    # deleted positions below it, min(n, (pos - lo - 1) / st + 1)
-    "compact": "UPDATE {li} SET pos = -(pos - CASE WHEN (pos - :lo - 1) / :st + 1 < :n"
-    " THEN (pos - :lo - 1) / :st + 1 ELSE :n END) - 1 WHERE list_id = :id AND pos > :lo",
+    # deleted positions below it, min(n, (pos - lo - 1) / st + 1); {intdiv} is integer division
+    "compact": "UPDATE {li} SET pos = -(pos - CASE WHEN (pos - :lo - 1) {intdiv} :st + 1 < :n"
+    " THEN (pos - :lo - 1) {intdiv} :st + 1 ELSE :n END) - 1 WHERE list_id = :id AND pos > :lo",
     "reverse": "UPDATE {li} SET pos = -(:last - pos) - 1 WHERE list_id = :id AND pos >= 0",
     "move": "UPDATE {li} SET pos = :new WHERE list_id = :id AND pos = :old",
     "flip": "UPDATE {li} SET pos = -pos - 1 WHERE list_id = :id AND pos < 0",
@@ -339,6 +340,13 @@ class PersistentList(Generic[T], MutableSequence[T]):
     def _bump(self, conn: Conn, n: int) -> tuple[int, int]:
         """Lock the header, add ``n`` to the length, and return ``(id, new length)``."""
         params = {**self._p, "n": n}
+        if not self._scope.backend.dialect.supports_update_returning:
+            # MariaDB: the UPDATE takes the row lock, and the locked row is read back
+            if conn.execute(self._sql("bump_plain"), params).rowcount == 0:
+                conn.execute(self._sql("create"), self._p)
+                conn.execute(self._sql("bump_plain"), params)
+            row = conn.execute(self._sql("lock"), self._p).fetchone()
+            return int(row[0]), int(row[1])
         rows = conn.execute(self._sql("bump"), params).fetchall()
         if not rows:
             conn.execute(self._sql("create"), self._p)

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from . import _dialect
 from ._retry import SCHEMA_RACE, backoff_sleep
 from ._schema import DEFAULT_TABLE_PREFIX, check_table_prefix, tables
-from .errors import KVStoreError
+from .errors import KVStoreError, TransactionError
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -158,9 +158,15 @@ def _compare_type(
 ) -> bool | None:
     # Alembic compares types but not collations, and the key columns' "C" collation on
     # PostgreSQL is what makes keys sort in code-point order: a column that lost it must show.
-    want = getattr(metadata_type.dialect_impl(context.dialect), "collation", None)
+    impl = metadata_type.dialect_impl(context.dialect)
+    want = getattr(impl, "collation", None)
     if want is not None and getattr(inspected_type, "collation", None) != want:
         return True
+    # MySQL's LONGBLOB/LONGTEXT are what a BLOB/TEXT of 4 GiB becomes (kvstore._dialect
+    # names them so, without importing SQLAlchemy's MySQL types)
+    same_kind = {"LONGBLOB": sa.LargeBinary, "LONGTEXT": sa.Text}.get(type(inspected_type).__name__)
+    if same_kind is not None and getattr(impl, "length", None) == (1 << 32) - 1:
+        return not isinstance(impl, same_kind)
     return None  # Alembic's own comparison decides
 
 
@@ -379,6 +385,7 @@ def _ensure_with_engine(engine: Engine, prefix: str) -> None:
 def _ensure_in_transaction(conn: Connection, prefix: str) -> None:
     if _stamped(conn, prefix) == {HEAD}:
         return  # before any BEGIN: an up-to-date schema must not make the caller's a write
+    refuse_ddl_in_transaction(conn, "create or upgrade kvstore's tables")
     _driver_begin(conn)
     try:
         # A savepoint, so the loser of a race can roll back its failed DDL without aborting
@@ -406,11 +413,37 @@ def _create_or_upgrade(conn: Connection, prefix: str) -> None:
     _alembic(command.upgrade, conn, prefix, "heads")
 
 
+def refuse_ddl_in_transaction(conn: Connection, what: str) -> None:
+    """MySQL and MariaDB commit the open transaction before any DDL: on the caller's
+    Connection or Session that would commit the caller's work half-way, silently. Refused."""
+    if _dialect.for_sa_dialect(conn.dialect).transactional_ddl:
+        return
+    raise TransactionError(
+        f"kvstore will not {what} on your Connection/Session: {conn.dialect.name} commits the "
+        "open transaction before any schema change (DDL). Create them first with "
+        "kvstore.ensure_schema(engine), kvstore.connect(engine) or `kvstore db upgrade`"
+    )
+
+
 # -- helpers -----------------------------------------------------------------------------------
 def _check_args(revision: object, table_prefix: str) -> str:
     if not isinstance(revision, str) or not revision:
         raise TypeError(f"revision must be a non-empty str, got {revision!r}")
-    return check_table_prefix(table_prefix)
+    prefix = check_table_prefix(table_prefix)
+    if _PLAIN_REVISION.fullmatch(revision) and revision not in ("head", "heads", "base"):
+        # Looked up before any connection: Alembic creates its version table before it finds
+        # out, and where DDL is not transactional (MariaDB) that table would stay behind.
+        from alembic.util import CommandError
+
+        try:
+            _script().get_revision(revision)
+        except CommandError as exc:
+            raise ValueError(f"cannot migrate kvstore's tables to {revision!r}: {exc}") from None
+    return prefix
+
+
+#: a revision named outright (not relative, like "-1", "+2" or "head-1")
+_PLAIN_REVISION = re.compile(r"\w[\w-]*(?<![+-]\d)(?<![+-]\d\d)")
 
 
 def _caller_connection(bind: object) -> Connection | None:
@@ -448,6 +481,7 @@ def begin(bind: Bind) -> Iterator[Connection]:
             _driver_begin(conn)
             yield conn
     elif (given := _caller_connection(bind)) is not None:
+        refuse_ddl_in_transaction(given, "change kvstore's tables")
         _driver_begin(given)
         yield given
     else:

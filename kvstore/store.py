@@ -135,7 +135,7 @@ class Store(KeyValueStore):
 
     @property
     def dialect_name(self) -> str:
-        """``"sqlite"`` or ``"postgresql"``."""
+        """``"sqlite"``, ``"postgresql"``, or ``"mariadb"``/``"mysql"`` (as the URL names it)."""
         return self._b.dialect.name
 
     @property

@@ -44,6 +44,7 @@ __all__ = [
     "cache_locks",
     "cache_name",
     "check_valid_key",
+    "collection_key_chars",
     "collection_store",
     "connection",
     "drop_trigger_sql",
@@ -86,6 +87,13 @@ def engine(store: kvstore.KeyValueStore) -> sa.Engine | None:
 def is_retryable(store: kvstore.KeyValueStore, exc: BaseException) -> bool:
     """Whether the store's dialect counts ``exc`` as "try the transaction again"."""
     return bool(_backend(store).dialect.is_retryable(exc))
+
+
+def collection_key_chars(store: kvstore.KeyValueStore) -> int | None:
+    """The longest collection key in characters the store's database takes (MariaDB's key
+    B-trees count 4 bytes a character), or None where only the UTF-8 byte limit applies."""
+    n: int | None = _backend(store).dialect.max_collection_key_chars
+    return n
 
 
 def check_valid_key(store: kvstore.KeyValueStore, key: object) -> None:
@@ -149,7 +157,9 @@ def _bind(
     for name, default in defaults.items():
         if name not in params and re.search(_PARAM.format(name), text):
             params = {**params, name: default()}
-    return _dialect.render(_backend(store).sa_dialect, text), params
+    b = _backend(store)
+    # as kvstore sends its own statements (MySQL quotes the reserved word key, say)
+    return _dialect.render(b.sa_dialect, b.dialect.adapt_sql(text)), params
 
 
 def render(store: kvstore.KeyValueStore, sql: str) -> str:
@@ -192,6 +202,10 @@ class Connection:
             rendered, p = _bind(self._store, _explain_prefix(self._store) + sql, params)
             text = rendered
         plan = self._conn.execute(text, p).fetchall()
+        if self._store.dialect_name in ("mysql", "mariadb"):
+            # a table of (id, select_type, table, type, possible_keys, key, key_len, ref, rows,
+            # Extra): one line per table read, with how (type) and through which index
+            return "\n".join(f"{r[2]} type={r[3]} key={r[5]} ref={r[7]} {r[9]}" for r in plan)
         return "\n".join(str(r[-1]) for r in plan)
 
 

@@ -1,7 +1,8 @@
 """The shared conformance fixtures: every test that takes ``store`` runs on each backend.
 
-Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3)
-and ``postgresql-psycopg2``.
+Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3),
+``postgresql-psycopg2`` and ``mariadb`` (PyMySQL, from ``KVSTORE_TEST_MARIADB_URL``: unset is a
+visible skip, an error under ``CI=true``).
 PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
 PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
 visible reason (except under ``CI=true``, where that is an error). A URL that is set but
@@ -30,6 +31,12 @@ from kvstore.decorators import HMACDecorator, PrefixDecorator, URLEncodeKeysDeco
 BACKENDS = ["sqlite-file", "sqlite-memory", "postgresql", "postgresql-psycopg2"]
 # Backends where several connections (threads, processes) see one database.
 SHARED_BACKENDS = ["sqlite-file", "postgresql", "postgresql-psycopg2"]
+# "mariadb" runs on PyMySQL against KVSTORE_TEST_MARIADB_URL (a MariaDB >= 10.6 database that
+# the tests may create kvstore's tables in): unset, its tests are skipped with the reason (an
+# error under CI=true); set but unreachable, an error.
+MARIADB_URL = os.environ.get("KVSTORE_TEST_MARIADB_URL")
+BACKENDS.append("mariadb")
+SHARED_BACKENDS.append("mariadb")
 
 # The KeyValueStore implementations the key-value contract runs on (the ``kv`` fixture), each
 # over every backend: the store itself, a transaction of it, and the key- or value-mapping
@@ -180,9 +187,53 @@ def _cleanup_pg(engine: sa.Engine, namespace: str) -> None:
             )
 
 
+@pytest.fixture(scope="session")
+def maria_url() -> str:
+    """KVSTORE_TEST_MARIADB_URL, checked once: unset is a skip (an error under CI=true), set
+    but unreachable an error."""
+    if not MARIADB_URL:
+        reason = "MariaDB tests need KVSTORE_TEST_MARIADB_URL (e.g. mariadb+pymysql://root@127.0.0.1/test)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " - under CI=true this is an error", pytrace=False)
+        pytest.skip(reason)
+    url = _pymysql(MARIADB_URL)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception as exc:
+        pytest.fail(f"KVSTORE_TEST_MARIADB_URL={MARIADB_URL!r} is set but unreachable: {exc}", pytrace=False)
+    finally:
+        engine.dispose()
+    return url
+
+
+def _pymysql(url: str) -> str:
+    u = sa.make_url(url)
+    if u.drivername in ("mysql", "mariadb"):
+        u = u.set(drivername=f"{u.drivername}+pymysql")
+    if "charset" not in u.query:
+        u = u.update_query_dict({"charset": "utf8mb4"})
+    return u.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def maria_engine(maria_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(maria_url, pool_size=10)
+    kvstore.connect(engine).close()  # create the tables once
+    yield engine
+    engine.dispose()
+
+
 def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     namespace = "t" + uuid.uuid4().hex[:12]
-    if name == "sqlite-file":
+    if name == "mariadb":
+        engine = request.getfixturevalue("maria_engine")
+        try:
+            yield Backend(name, request.getfixturevalue("maria_url"), namespace, engine)
+        finally:
+            _cleanup_pg(engine, namespace)
+    elif name == "sqlite-file":
         yield Backend(name, f"sqlite:///{tmp_path / 'kv.db'}", namespace, None)
     elif name == "sqlite-memory":
         yield Backend(name, "sqlite://", namespace, None)

@@ -441,7 +441,11 @@ def test_namespace_and_table_prefix_options(tmp_path: Path) -> None:
     ("url", "fragment"),
     [
         ("garbage", "not a database URL"),
-        ("mysql://bob:hunter2@localhost/db", "supports SQLite and PostgreSQL"),
+        ("mssql://bob:hunter2@localhost/db", "supports SQLite, PostgreSQL and MariaDB"),
+        (
+            "mysql://bob:hunter2@127.0.0.1:1/db",
+            "cannot open database mysql://bob:***@127.0.0.1:1/db",
+        ),
         (
             "postgresql://bob:hunter2@127.0.0.1:1/db",
             "cannot open database postgresql://bob:***@127.0.0.1:1/db",

@@ -31,6 +31,7 @@ WAIT = 40  # seconds any one wait may take before the test fails
 # A read-only transaction that sees one snapshot and does not block writers.
 SNAPSHOT_LEVEL = {"sqlite-file": "DEFERRED", "postgresql": "REPEATABLE READ"}
 SNAPSHOT_LEVEL["postgresql-psycopg2"] = SNAPSHOT_LEVEL["postgresql"]
+SNAPSHOT_LEVEL["mariadb"] = "REPEATABLE READ"  # InnoDB: one snapshot, no locks
 
 
 # -- worker side (module level, so that spawned processes can import them) --------------------

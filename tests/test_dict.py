@@ -1269,9 +1269,9 @@ def test_a_key_is_checked_once_per_write(store: kvstore.Store, monkeypatch: Any)
     calls: list[object] = []
     real = collections_module.check_collection_key
 
-    def counting(key: object) -> str:
+    def counting(key: object, *args: Any) -> str:
         calls.append(key)
-        return real(key)
+        return real(key, *args)
 
     monkeypatch.setattr(collections_module, "check_collection_key", counting)
     d = store.dict("checked-once")

@@ -30,17 +30,20 @@ pytest_plugins = ["clusters"]
         ("postgresql+pg8000://u@127.0.0.1/db", "pg8000"),
         ("postgresql+asyncpg://u@127.0.0.1/db", "asyncpg"),
         ("sqlite+aiosqlite:///x.db", "aiosqlite"),
+        ("mariadb+mariadbconnector://u@127.0.0.1/db", "mariadbconnector"),
+        ("mysql+mysqldb://u@127.0.0.1/db", "mysqldb"),
     ],
 )
 def test_a_driver_kvstore_cannot_use_is_refused_naming_it(url: str, driver: str) -> None:
     with pytest.raises(ValueError, match=rf"cannot use the '{driver}' driver") as info:
         kvstore.connect(url)
-    assert "psycopg" in str(info.value) or "sqlite3" in str(info.value)
+    message = str(info.value)
+    assert "psycopg" in message or "sqlite3" in message or "PyMySQL" in message
 
 
 def test_an_unsupported_database_is_refused() -> None:
-    with pytest.raises(ValueError, match="supports SQLite and PostgreSQL"):
-        kvstore.connect("mysql+pymysql://u@127.0.0.1/db")
+    with pytest.raises(ValueError, match="supports SQLite, PostgreSQL and MariaDB"):
+        kvstore.connect("mssql+pyodbc://u@127.0.0.1/db")
 
 
 def test_postgresql_without_a_driver_means_psycopg_3(pg_url: str) -> None:

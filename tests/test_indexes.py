@@ -890,6 +890,14 @@ class Explainer:
                 r"SEARCH i USING COVERING INDEX sqlite_autoindex_kv_index_entries_1 "
                 r"\(index_id=\? AND ivalue",
             ),
+            # MariaDB's EXPLAIN, one line per table (tests/_sql.py): ALL is a full scan;
+            # PRIMARY is (index_id, ivalue, key)
+            "mariadb": (
+                10_000,
+                "EXPLAIN ",
+                ("type=ALL",),
+                r"(^|\n)i type=(range|ref) key=PRIMARY",
+            ),
         }[store.dialect_name]
         # A multi-valued query's "first matching value" subquery (alias j) must look up the
         # row's own key in the (index_id, key) B-tree: read through the primary key it scans
@@ -911,6 +919,12 @@ class Explainer:
                 "SEARCH j USING",
                 r"SEARCH i USING INDEX ix_kv_index_entries_index_id_kv_index_entries_key "
                 r"\(index_id=\? AND key=\?\)",
+            ),
+            "mariadb": (
+                r"j type=ref key=ix_kv_index_entries_index_id_kv_index_entries_key "
+                r"ref=(\w+\.)?i\.index_id,(\w+\.)?i\.key",
+                "j type=",
+                r"i type=ref key=ix_kv_index_entries_index_id_kv_index_entries_key ref=const,const",
             ),
         }[store.dialect_name]
 
@@ -953,7 +967,8 @@ def test_every_query_shape_uses_the_index(store: kvstore.Store, explainer: Expla
         )
     store.create_index("f", kvstore.json_field("f"))
     for table in ("{entries}", "{index_entries}", "{indexes}"):
-        _sql.execute(store, "ANALYZE " + table)
+        analyze = "ANALYZE TABLE " if store.dialect_name in ("mysql", "mariadb") else "ANALYZE "
+        _sql.execute(store, analyze + table)
     shapes: list[tuple[Any, dict[str, Any]]] = [
         (7, {}),
         ("s042", {}),

@@ -496,8 +496,8 @@ def test_connect_refuses_bad_arguments(tmp_path: object) -> None:
         kvstore.connect("sqlite://", table_prefix="Bad-Prefix")
     with pytest.raises(ValueError, match="not a database URL"):
         kvstore.connect("no such thing")
-    with pytest.raises(ValueError, match="SQLite and PostgreSQL"):
-        kvstore.connect("mysql://u@localhost/db")
+    with pytest.raises(ValueError, match="SQLite, PostgreSQL and MariaDB"):
+        kvstore.connect("oracle://u@localhost/db")
     with pytest.raises(TypeError, match="URL"):
         kvstore.connect(42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sqlite_synchronous"):

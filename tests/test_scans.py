@@ -58,6 +58,8 @@ def test_get_many_is_one_statement_on_postgresql(store: kvstore.Store) -> None:
     reads = [s for s in rec.on(store.tables.entries) if s.verb == "SELECT"]
     if store.dialect_name == "postgresql":
         assert len(reads) == 1 and "ANY" in reads[0].sql
+    elif store.dialect_name == "mariadb":
+        assert len(reads) == 1  # one IN (...): MariaDB takes thousands of parameters
     else:
         assert len(reads) >= 3  # SQLite: IN (...) batches within its parameter limit
 

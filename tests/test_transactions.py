@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 import kvstore
+from conftest import SHARED_BACKENDS
 from kvstore import ConflictError, TransactionError, UniqueViolation
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,6 +43,7 @@ OFFERED = {
     "postgresql": {"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED"},
 }
 OFFERED["postgresql-psycopg2"] = OFFERED["postgresql"]
+OFFERED["mariadb"] = OFFERED["postgresql"]
 # A level under which "read a key, then write it" fails when another transaction wrote the
 # key after we read it (instead of silently losing that write).
 CONFLICT_LEVEL = {"sqlite-file": "DEFERRED", "postgresql": "SERIALIZABLE"}
@@ -49,6 +51,10 @@ CONFLICT_LEVEL["postgresql-psycopg2"] = CONFLICT_LEVEL["postgresql"]
 # A level for a read-only transaction: a stable snapshot that does not block writers.
 SNAPSHOT_LEVEL = {"sqlite-file": "DEFERRED", "postgresql": "REPEATABLE READ"}
 SNAPSHOT_LEVEL["postgresql-psycopg2"] = SNAPSHOT_LEVEL["postgresql"]
+# InnoDB: SERIALIZABLE reads take shared locks, so two read-then-write transactions deadlock
+# (1213, retried); REPEATABLE READ reads one snapshot without locking
+CONFLICT_LEVEL["mariadb"] = "SERIALIZABLE"
+SNAPSHOT_LEVEL["mariadb"] = "REPEATABLE READ"
 
 
 class Boom(Exception):
@@ -1095,3 +1101,52 @@ def test_an_engine_store_gives_idle_connections_back_to_the_apps_pool(shared_bac
     finally:
         kv.close()
         engine.dispose()
+
+
+# Servers whose deadlock detector picks a victim (SQLite has one writer at a time: no deadlock).
+_DEADLOCKING = [b for b in SHARED_BACKENDS if b in ("postgresql", "mariadb")]
+
+
+@pytest.mark.parametrize("shared_backend", _DEADLOCKING, indirect=True)
+def test_a_deadlock_victim_caught_inside_the_block_cannot_commit(shared_backend: Any) -> None:
+    """Two transactions lock two keys in opposite orders: the database rolls one back. If the
+    block catches that error and goes on, nothing it wrote may be committed (MariaDB has then
+    left the transaction and would autocommit each further statement)."""
+    a, b = shared_backend.connect(), shared_backend.connect()
+    try:
+        a.put("x", b"0")
+        a.put("y", b"0")
+        barrier = threading.Barrier(2, timeout=20)
+        outcomes: dict[str, BaseException | None] = {}
+
+        def work(store: kvstore.Store, first: str, second: str, name: str) -> None:
+            try:
+                with store.transaction() as tx:
+                    tx.put(first, name.encode())
+                    barrier.wait()
+                    try:
+                        tx.put(second, name.encode())
+                    except kvstore.DatabaseError:
+                        tx.put("after-" + name, b"must not stay")  # caught: the block goes on
+                outcomes[name] = None
+            except BaseException as exc:
+                outcomes[name] = exc
+
+        threads = [
+            threading.Thread(target=work, args=(a, "x", "y", "a")),
+            threading.Thread(target=work, args=(b, "y", "x", "b")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        failed = [n for n, exc in outcomes.items() if exc is not None]
+        assert len(failed) == 1, outcomes
+        # PostgreSQL refuses the next statement; MariaDB runs it, and refuses the COMMIT
+        assert isinstance(outcomes[failed[0]], TransactionError | kvstore.DatabaseError), outcomes
+        assert f"after-{failed[0]}" not in a
+        winner = "b" if failed[0] == "a" else "a"
+        assert a.get("x") == a.get("y") == winner.encode()
+    finally:
+        a.close()
+        b.close()

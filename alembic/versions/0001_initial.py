@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 
 from alembic import op
 
@@ -26,9 +26,40 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 
+# MariaDB came later (issue 14); no MariaDB database had kvstore's tables before, so its
+# variants were added to this revision rather than to a new one: it creates on MariaDB what the
+# models say there (kvstore._dialect.key_type, blob_type, ivalue_type; kvstore._schema's table
+# options), written out as for the other dialects.
+_MYSQL = ("mysql", "mariadb")
+_MYSQL_TABLE = {
+    f"{d}_{opt}": value
+    for d in _MYSQL
+    for opt, value in (
+        ("engine", "InnoDB"),
+        ("charset", "utf8mb4"),
+        ("collate", "utf8mb4_nopad_bin"),
+    )
+}
+
+
 def _key() -> sa.types.TypeEngine[str]:
-    # Code-point order on PostgreSQL whatever the database's collation (see kvstore.models).
-    return sa.String().with_variant(sa.String(collation="C"), "postgresql")
+    # Code-point order on PostgreSQL whatever the database's collation (see kvstore.models);
+    # MariaDB needs a length, and its binary collation without padding
+    return (
+        sa.String()
+        .with_variant(sa.String(collation="C"), "postgresql")
+        .with_variant(sa.String(500), *_MYSQL)  # (collation: the table's)
+    )
+
+
+def _blob() -> sa.types.TypeEngine[bytes]:
+    # MariaDB's BLOB holds 64 KiB
+    return sa.LargeBinary().with_variant(mysql.LONGBLOB(), *_MYSQL)
+
+
+def _ivalue() -> sa.types.TypeEngine[bytes]:
+    # MariaDB indexes no BLOB: the longest encoded index value
+    return sa.LargeBinary().with_variant(sa.VARBINARY(1024), *_MYSQL)
 
 
 def _id() -> sa.types.TypeEngine[int]:
@@ -37,7 +68,13 @@ def _id() -> sa.types.TypeEngine[int]:
 
 
 def _json() -> sa.types.TypeEngine[Any]:
-    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+    # text on MariaDB (kvstore writes and checks the JSON itself; MariaDB's JSON type checks a
+    # nesting limit of 32, below kvstore's)
+    return (
+        sa.JSON()
+        .with_variant(postgresql.JSONB(), "postgresql")
+        .with_variant(mysql.LONGTEXT(), *_MYSQL)
+    )
 
 
 def upgrade(table_prefix: str) -> None:
@@ -47,12 +84,13 @@ def upgrade(table_prefix: str) -> None:
         sa.Column("namespace", sa.String(255), nullable=False),
         sa.Column("index_generation", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("namespace", name=op.f(f"pk_{p}namespaces")),
+        **_MYSQL_TABLE,
     )
     op.create_table(
         f"{p}entries",
         sa.Column("namespace", sa.String(255), nullable=False),
         sa.Column("key", _key(), nullable=False),
-        sa.Column("value", sa.LargeBinary(), nullable=True),
+        sa.Column("value", _blob(), nullable=True),
         sa.Column("blob_id", sa.BigInteger(), nullable=True),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=False),
@@ -64,6 +102,7 @@ def upgrade(table_prefix: str) -> None:
         sa.Column("metadata", _json(), nullable=True),
         sa.Column("checksum", sa.String(64), nullable=False),
         sa.PrimaryKeyConstraint("namespace", "key", name=op.f(f"pk_{p}entries")),
+        **_MYSQL_TABLE,
     )
     # Partial: a write without a TTL touches no index page besides the primary key's.
     op.create_index(
@@ -77,8 +116,9 @@ def upgrade(table_prefix: str) -> None:
         f"{p}chunks",
         sa.Column("blob_id", sa.BigInteger(), nullable=False),
         sa.Column("n", sa.Integer(), nullable=False),
-        sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.Column("data", _blob(), nullable=False),
         sa.PrimaryKeyConstraint("blob_id", "n", name=op.f(f"pk_{p}chunks")),
+        **_MYSQL_TABLE,
     )
     op.create_table(
         f"{p}indexes",
@@ -91,12 +131,13 @@ def upgrade(table_prefix: str) -> None:
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{p}indexes")),
         sa.UniqueConstraint("namespace", "name", name=op.f(f"uq_{p}indexes_namespace_name")),
+        **_MYSQL_TABLE,
     )
     op.create_table(
         f"{p}index_entries",
         sa.Column("index_id", sa.BigInteger(), nullable=False),
-        sa.Column("ivalue", sa.LargeBinary(), nullable=False),
-        sa.Column("uvalue", sa.LargeBinary(), nullable=True),
+        sa.Column("ivalue", _ivalue(), nullable=False),
+        sa.Column("uvalue", _ivalue(), nullable=True),
         sa.Column("key", _key(), nullable=False),
         sa.PrimaryKeyConstraint("index_id", "ivalue", "key", name=op.f(f"pk_{p}index_entries")),
         sa.UniqueConstraint(
@@ -108,6 +149,7 @@ def upgrade(table_prefix: str) -> None:
             name=op.f(f"fk_{p}index_entries_index_id_{p}indexes"),
             ondelete="CASCADE",
         ),
+        **_MYSQL_TABLE,
     )
     op.create_index(
         op.f(f"ix_{p}index_entries_index_id_{p}index_entries_key"),
@@ -122,12 +164,13 @@ def upgrade(table_prefix: str) -> None:
         sa.Column("length", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{p}lists")),
         sa.UniqueConstraint("namespace", "name", name=op.f(f"uq_{p}lists_namespace_name")),
+        **_MYSQL_TABLE,
     )
     op.create_table(
         f"{p}list_items",
         sa.Column("list_id", sa.BigInteger(), nullable=False),
         sa.Column("pos", sa.BigInteger(), nullable=False),
-        sa.Column("value", sa.LargeBinary(), nullable=False),
+        sa.Column("value", _blob(), nullable=False),
         sa.PrimaryKeyConstraint("list_id", "pos", name=op.f(f"pk_{p}list_items")),
         sa.ForeignKeyConstraint(
             ["list_id"],
@@ -135,6 +178,7 @@ def upgrade(table_prefix: str) -> None:
             name=op.f(f"fk_{p}list_items_list_id_{p}lists"),
             ondelete="CASCADE",
         ),
+        **_MYSQL_TABLE,
     )
     # sa.DDL rather than a plain string: op.execute() would wrap a string in text(), which
     # reads ":name" as a bind parameter; DDL only needs "%" doubled.
@@ -166,6 +210,23 @@ def downgrade(table_prefix: str) -> None:
 
 
 def _triggers(dialect_name: str, p: str) -> list[str]:
+    if dialect_name in _MYSQL:
+        return [
+            f"""CREATE TRIGGER {p}entries_ad AFTER DELETE ON {p}entries FOR EACH ROW
+BEGIN
+  IF OLD.blob_id IS NOT NULL THEN
+    DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+  END IF;
+  DELETE ie FROM {p}index_entries ie JOIN {p}indexes ix ON ix.id = ie.index_id
+    WHERE ix.namespace = OLD.namespace AND ie.`key` = OLD.`key`;
+END""",
+            f"""CREATE TRIGGER {p}entries_au AFTER UPDATE ON {p}entries FOR EACH ROW
+BEGIN
+  IF OLD.blob_id IS NOT NULL AND NOT (OLD.blob_id <=> NEW.blob_id) THEN
+    DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+  END IF;
+END""",
+        ]
     if dialect_name == "postgresql":
         return [
             f"""CREATE FUNCTION {p}entries_cleanup() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -13,6 +13,8 @@ Create Date: 2026-12-03
   it deletes) and a row-level trigger on ``UPDATE OF blob_id`` whose ``WHEN`` condition keeps
   ordinary writes from calling PL/pgSQL at all.
 
+MariaDB gets the (empty) counts table only: its ``len()`` counts the primary key's index.
+
 Like 0001, the SQL is written out here rather than taken from kvstore: a migration keeps doing
 what it did when it shipped.
 """
@@ -28,6 +30,8 @@ down_revision: str | None = "0002"
 branch_labels: str | None = None
 depends_on: str | None = None
 
+_MYSQL = ("mysql", "mariadb")
+
 
 def upgrade(table_prefix: str) -> None:
     p = table_prefix
@@ -37,6 +41,16 @@ def upgrade(table_prefix: str) -> None:
         sa.Column("namespace", sa.String(255), nullable=False),
         sa.Column("n", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("namespace", name=op.f(f"pk_{p}counts")),
+        # MariaDB: the options of every kvstore table (0001); its len() counts the index
+        **{
+            f"{d}_{opt}": value
+            for d in _MYSQL
+            for opt, value in (
+                ("engine", "InnoDB"),
+                ("charset", "utf8mb4"),
+                ("collate", "utf8mb4_nopad_bin"),
+            )
+        },
     )
     if dialect == "postgresql":
         _run(
@@ -140,9 +154,11 @@ FOR EACH ROW EXECUTE FUNCTION {p}entries_cleanup()""",
     ]
 
 
-def triggers(dialect_name: str, p: str) -> list[str]:
+def triggers(dialect_name: str, p: str, mysql_0001: list[str] | None = None) -> list[str]:
     """Every kvstore trigger at this revision (what kvstore._dialect creates on a new
-    database: a test checks that the two agree)."""
+    database: a test checks that the two agree). MariaDB's are 0001's, unchanged here."""
+    if dialect_name in _MYSQL:
+        return list(mysql_0001 or [])
     if dialect_name == "postgresql":
         return _pg_triggers(p)
     sqlite_0001 = [
