@@ -10,11 +10,12 @@ Nothing else checks the dialect or the driver.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,6 +33,7 @@ from .errors import (
     KVStoreError,
     LockTimeoutError,
     StorageFullError,
+    TransactionError,
 )
 
 __all__ = ["Dialect", "Rendered", "engine_from_url", "for_name", "render", "trigger_ddl"]
@@ -152,6 +154,12 @@ class Dialect:
     def adapt_sql(self, text: str) -> str:
         """A statement written for every dialect, as this one must be sent (see MySQLDialect)."""
         return text
+
+    def schema_lock(self, conn: Any, name: str) -> contextlib.AbstractContextManager[None]:
+        """Serialise processes creating or upgrading kvstore's tables, on a SQLAlchemy
+        Connection. Nothing here: SQLite's write transaction and PostgreSQL's transactional
+        DDL already make the loser of a race wait for the winner, then see its tables."""
+        return contextlib.nullcontext()
 
     def holds_write_lock(self, dbapi_conn: Any) -> bool:
         """Whether an application's connection certainly holds the database's write lock. In
@@ -732,6 +740,19 @@ class MySQLDialect(Dialect):
         + _MYSQL_LIVE
         + " ORDER BY `key` LIMIT 1) AS first_key) RETURNING `key`, value",
     }
+
+    @contextlib.contextmanager
+    def schema_lock(self, conn: Any, name: str) -> Iterator[None]:
+        # DDL commits as it goes here: without a lock a second process sees half-created
+        # tables, takes them for an old schema and "upgrades" them under the first one.
+        # GET_LOCK is the server's named lock: held by this session until released.
+        got = conn.exec_driver_sql("SELECT GET_LOCK(%s, 60)", (name[:64],)).scalar()
+        if got != 1:
+            raise TransactionError(f"timed out waiting for the schema lock {name!r}")
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (name[:64],))
 
     def adapt_sql(self, text: str) -> str:
         text = _MYSQL_ON_CONFLICT.sub("ON DUPLICATE KEY UPDATE", text)

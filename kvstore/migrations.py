@@ -362,9 +362,9 @@ def _ensure_with_engine(engine: Engine, prefix: str) -> None:
                         return
                 except sa.exc.DBAPIError:
                     pass  # no version table yet: the slow path finds out why, under a lock
-            with begin(engine) as conn:
+            with begin(engine) as conn, dialect.schema_lock(conn, f"kvstore-schema-{prefix}"):
                 # Looks again inside the transaction: on SQLite BEGIN IMMEDIATE has serialised
-                # us behind any other process doing the same.
+                # us behind any other process doing the same (MariaDB: the schema lock).
                 _create_or_upgrade(conn, prefix)
             return
         except sa.exc.DBAPIError as exc:

@@ -232,13 +232,19 @@ def test_0003_counts_and_cleans_up_a_populated_database_across_downgrade_and_upg
     migrations.downgrade(db.url, "0001", table_prefix=db.prefix)
     assert "counts" not in {n.removeprefix(db.prefix) for n in db.objects()}
     with db.engine.begin() as conn:  # at 0001: the old triggers clean up, nothing counts
-        conn.execute(sa.text(f"DELETE FROM {t.entries.name} WHERE key IN ('k1', 'big')"))
+        e = t.entries.c
+        conn.execute(sa.delete(t.entries).where(e.key.in_(["k1", "big"])))
         conn.execute(
-            sa.text(
-                f"INSERT INTO {t.entries.name} (namespace, key, value, size, version, "
-                "created_at, updated_at, checksum) VALUES ('default', 'raw', :v, 1, 1, 0, 0, '')"
-            ),
-            {"v": b"r"},
+            sa.insert(t.entries).values(
+                namespace="default",
+                key="raw",
+                value=b"r",
+                size=1,
+                version=1,
+                created_at=0,
+                updated_at=0,
+                checksum="",
+            )
         )
         assert conn.execute(sa.select(sa.func.count()).select_from(t.chunks)).scalar_one() == 0
     migrations.upgrade(db.url, table_prefix=db.prefix)
