@@ -1,7 +1,8 @@
 """The shared conformance fixtures: every test that takes ``store`` runs on each backend.
 
 Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3)
-and ``postgresql-psycopg2``.
+and ``postgresql-psycopg2``; for the async API (``abackend``/``astore``), aiosqlite, asyncpg and
+psycopg 3 in async mode.
 PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
 PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
 visible reason (except under ``CI=true``, where that is an error). A URL that is set but
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import sqlalchemy as sa
 
 import kvstore
@@ -259,3 +261,52 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line(
                 f"CI=true: {len(skipped)} test(s) skipped; skips are failures in CI", red=True
             )
+
+
+# -- the async API (kvstore.connect_async) ------------------------------------------------------
+#: the asyncio drivers the async API runs on: its own tests (tests/test_async.py), the cache's,
+#: and the key-value contract through tests/_async_adapter.py
+ASYNC_DRIVERS = ["aiosqlite", "asyncpg", "psycopg-async"]
+
+
+@dataclass
+class AsyncBackend:
+    driver: str
+    url: str  # for connect_async
+    sync_url: str  # the same database for kvstore.connect
+    namespace: str
+
+    async def connect(self, **kw: Any) -> kvstore.AsyncStore:
+        kw.setdefault("namespace", self.namespace)
+        return await kvstore.connect_async(self.url, **kw)
+
+    def connect_sync(self, **kw: Any) -> kvstore.Store:
+        kw.setdefault("namespace", self.namespace)
+        return kvstore.connect(self.sync_url, **kw)
+
+
+@pytest.fixture(params=ASYNC_DRIVERS)
+def abackend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AsyncBackend]:
+    namespace = "a" + uuid.uuid4().hex[:12]
+    if request.param == "aiosqlite":
+        path = tmp_path / "kv.db"
+        yield AsyncBackend(
+            request.param, f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}", namespace
+        )
+        return
+    pg_url: str = request.getfixturevalue("pg_url")
+    pg_engine: sa.Engine = request.getfixturevalue("pg_engine")
+    url = _with_driver(pg_url, "asyncpg") if request.param == "asyncpg" else pg_url
+    try:
+        yield AsyncBackend(request.param, url, pg_url, namespace)
+    finally:
+        _cleanup_pg(pg_engine, namespace)
+
+
+@pytest_asyncio.fixture
+async def astore(abackend: AsyncBackend) -> AsyncIterator[kvstore.AsyncStore]:
+    store = await abackend.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
