@@ -15,70 +15,22 @@ import re
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import _sql
 import pytest
-import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 import kvstore
-from conftest import _cleanup_pg, _with_driver
+from conftest import AsyncBackend, _with_driver
 
 pytestmark = pytest.mark.asyncio
 
-DRIVERS = ["aiosqlite", "asyncpg", "psycopg-async"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class AsyncBackend:
-    driver: str
-    url: str  # for connect_async
-    sync_url: str  # the same database for kvstore.connect
-    namespace: str
-
-    async def connect(self, **kw: Any) -> kvstore.AsyncStore:
-        kw.setdefault("namespace", self.namespace)
-        return await kvstore.connect_async(self.url, **kw)
-
-    def connect_sync(self, **kw: Any) -> kvstore.Store:
-        kw.setdefault("namespace", self.namespace)
-        return kvstore.connect(self.sync_url, **kw)
-
-
-@pytest.fixture(params=DRIVERS)
-def abackend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AsyncBackend]:
-    namespace = "a" + uuid.uuid4().hex[:12]
-    if request.param == "aiosqlite":
-        path = tmp_path / "kv.db"
-        yield AsyncBackend(
-            request.param, f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}", namespace
-        )
-        return
-    pg_url: str = request.getfixturevalue("pg_url")
-    pg_engine: sa.Engine = request.getfixturevalue("pg_engine")
-    url = _with_driver(pg_url, "asyncpg") if request.param == "asyncpg" else pg_url
-    try:
-        yield AsyncBackend(request.param, url, pg_url, namespace)
-    finally:
-        _cleanup_pg(pg_engine, namespace)
-
-
-@pytest_asyncio.fixture
-async def astore(abackend: AsyncBackend) -> AsyncIterator[kvstore.AsyncStore]:
-    store = await abackend.connect()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_round_trips(astore: kvstore.AsyncStore) -> None:
@@ -633,6 +585,7 @@ async def test_the_async_docs_examples_run(tmp_path: Path, monkeypatch: pytest.M
         assert await store.get("carol") == b"1"
         assert await store.get("audit-last") == b"alice->bob"
         await namespace["collections"](store)
+        await namespace["cached_quotes"](store)
         await namespace["stream"](store)
     finally:
         await store.close()
