@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import _sql
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -672,15 +673,56 @@ async def test_the_event_loop_never_blocks(abackend: AsyncBackend, tmp_path: Pat
 # -- docs/async.md ----------------------------------------------------------------------------
 
 
-async def test_the_async_docs_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/async.md's examples are plain ``python`` blocks (they need an event loop): run
-    them here as written."""
-    monkeypatch.chdir(tmp_path)
+def _docs_namespace() -> dict[str, Any]:
+    """docs/async.md's examples are plain ``python`` blocks (they need an event loop): their
+    definitions, run as written."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "async.md").read_text(), re.S)
     assert len(blocks) >= 2
     namespace: dict[str, Any] = {}
     for block in blocks:
-        exec(compile(block, "docs/async.md", "exec"), namespace)
+        # dont_inherit: as written, without this file's `from __future__ import annotations`
+        # (SQLAlchemy and FastAPI read the example's annotations)
+        exec(compile(block, "docs/async.md", "exec", dont_inherit=True), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("abackend", ["aiosqlite", "asyncpg"], indirect=True)
+async def test_the_fastapi_example(abackend: AsyncBackend) -> None:
+    """docs/async.md's FastAPI application, through httpx's AsyncClient: the ORM row and the
+    kv entry commit together (and roll back together), the index endpoint finds the entry,
+    the cached dependency computes once per plan."""
+    namespace = _docs_namespace()
+    engine = create_async_engine(abackend.url)
+    app = await namespace["create_app"](engine, abackend.namespace)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            r = await client.post("/users", json={"email": "ada@example.com", "plan": "pro"})
+            assert r.status_code == 201, r.text
+            user_id = r.json()["id"]
+            r = await client.get("/users/by-email/ada@example.com")
+            assert r.json() == {"email": "ada@example.com", "plan": "pro", "user_id": user_id}
+            assert (await client.get("/users/by-email/nobody@example.com")).status_code == 404
+            # the same email: the index refuses the entry, and the row is not committed either
+            r = await client.post("/users", json={"email": "ada@example.com", "plan": "free"})
+            assert r.status_code == 409, r.text
+            assert (await client.get("/users/count")).json() == {"rows": 1, "entries": 1}
+            for _ in range(3):
+                r = await client.get("/limits", params={"plan": "pro"})
+                assert r.json() == {"plan": "pro", "max_projects": 10}
+            assert (await client.get("/limits?plan=free")).json()["max_projects"] == 1
+            assert await app.state.plan_limits.store.len() == 2  # one entry per plan
+    finally:
+        await app.state.store.close()
+        async with engine.begin() as conn:
+            await conn.run_sync(namespace["Base"].metadata.drop_all)
+        await engine.dispose()
+
+
+async def test_the_async_docs_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/async.md's examples, run as written."""
+    monkeypatch.chdir(tmp_path)
+    namespace = _docs_namespace()
     await namespace["main"]()
     store = await kvstore.connect_async("sqlite+aiosqlite:///kv.db")
     try:
