@@ -155,7 +155,7 @@ async def test_a_plain_function_refuses_an_async_store(astore: kvstore.AsyncStor
     async def bad(x: int) -> int:
         return x
 
-    with pytest.raises(TypeError, match="returned str 'not a store'.*or AsyncStore"):
+    with pytest.raises(TypeError, match=r"returned str 'not a store'.*or AsyncStore"):
         await bad(1)
 
 
