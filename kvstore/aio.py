@@ -155,7 +155,9 @@ class AsyncStore:
         return await greenlet_spawn(self._sync.stat, key)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
-        return await greenlet_spawn(self._sync.get_many, list(keys))
+        return await greenlet_spawn(
+            self._sync.get_many, keys
+        )  # as given: the sync call refuses a str
 
     async def keys(self, prefix: str = "") -> list[str]:
         return await greenlet_spawn(self._sync.keys, prefix)
@@ -273,7 +275,7 @@ class AsyncStore:
         return await self.run_in_transaction(in_batches)
 
     async def delete_many(self, keys: Iterable[str]) -> None:
-        await greenlet_spawn(self._sync.delete_many, list(keys))
+        await greenlet_spawn(self._sync.delete_many, keys)
 
     async def copy(self, source: str, dest: str) -> str:
         return await greenlet_spawn(self._sync.copy, source, dest)

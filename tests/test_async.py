@@ -95,6 +95,10 @@ async def test_a_large_put_many_is_all_or_nothing(astore: kvstore.AsyncStore) ->
     assert await astore.count_keys() == 2500
     with pytest.raises(TypeError):
         await astore.put_many(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # a str is not a list of one-letter keys
+        await astore.get_many("abc")
+    with pytest.raises(TypeError):
+        await astore.delete_many("abc")
 
 
 async def test_large_values_round_trip(astore: kvstore.AsyncStore) -> None:
