@@ -2,7 +2,9 @@
 
 Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3)
 and ``postgresql-psycopg2``; for the async API (``abackend``/``astore``), aiosqlite, asyncpg and
-psycopg 3 in async mode.
+psycopg 3 in async mode. In ASYNC_CONTRACT_MODULES (tests/test_kv.py, tests/test_ttl.py) the
+``store`` and ``kv`` fixtures also run on those three, as async stores behind
+tests/_async_adapter.py's sync face (about 2.7 minutes more on a 2-core machine).
 PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
 PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
 visible reason (except under ``CI=true``, where that is an error). A URL that is set but
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
+from _async_adapter import SyncOverAsync
 
 import kvstore
 import kvstore.models
@@ -42,7 +45,19 @@ KV_PREFIX = "pfx-"
 KV_HMAC_SECRET = b"the key-value contract's secret"
 
 
+#: Test files whose ``backend``-based fixtures (``store``, ``kv``) also run through the async
+#: API: kvstore.connect_async on each asyncio driver, driven through tests/_async_adapter.py's
+#: sync face. A test there that cannot apply to it says so with ``async_exclude(reason=...)``
+#: and is not collected for those backends.
+ASYNC_CONTRACT_MODULES = {"test_kv", "test_ttl"}
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "async_exclude(reason): in ASYNC_CONTRACT_MODULES, do not run this test on the async "
+        "API's backends (the reason says why it does not apply there)",
+    )
     config.addinivalue_line(
         "markers",
         "kv_only(*kinds, reason): run a test that takes `kv` only on these kinds of "
@@ -59,6 +74,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``kv_kind`` (behind the ``kv`` fixture) by the test's kv_only/kv_exclude
     markers: a kind a test does not apply to is never collected, rather than skipped (under
     CI=true a skip is a failure)."""
+    if "backend" in metafunc.fixturenames and not _parametrized(metafunc, "backend"):
+        names = list(BACKENDS)
+        mark = metafunc.definition.get_closest_marker("async_exclude")
+        if metafunc.module.__name__ in ASYNC_CONTRACT_MODULES and mark is None:
+            names += ASYNC_DRIVERS
+        elif mark is not None and not mark.kwargs.get("reason"):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: async_exclude needs reason=")
+        metafunc.parametrize("backend", names, indirect=True)
     if "kv_kind" not in metafunc.fixturenames:
         return
     kinds = list(KV_KINDS)
@@ -76,6 +99,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         else:
             kinds = [k for k in kinds if k not in mark.args]
     metafunc.parametrize("kv_kind", kinds)
+
+
+def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the test parametrizes ``name`` itself (``@pytest.mark.parametrize(...,
+    indirect=True)``, to pick some backends)."""
+    return any(
+        name in (m.args[0] if isinstance(m.args[0], list | tuple) else m.args[0].split(","))
+        for m in metafunc.definition.iter_markers("parametrize")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -182,8 +214,37 @@ def _cleanup_pg(engine: sa.Engine, namespace: str) -> None:
             )
 
 
+@dataclass
+class AsyncContractBackend(Backend):
+    """A backend whose stores are async stores (kvstore.connect_async on ``async_url``) behind
+    the sync face of tests/_async_adapter.py; ``url`` and ``engine`` reach the same database
+    through the sync API, as another process would."""
+
+    async_url: str = ""
+
+    def connect(self, **kw: Any) -> Any:
+        kw.setdefault("namespace", self.namespace)
+        kw.pop("own_engine", None)
+        return SyncOverAsync.connect(self.async_url, **kw)
+
+
 def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     namespace = "t" + uuid.uuid4().hex[:12]
+    if name in ASYNC_DRIVERS:
+        if name == "aiosqlite":
+            path = tmp_path / "kv.db"
+            yield AsyncContractBackend(
+                name, f"sqlite:///{path}", namespace, None, f"sqlite+aiosqlite:///{path}"
+            )
+            return
+        engine = request.getfixturevalue("pg_engine")
+        url = request.getfixturevalue("pg_url")
+        async_url = _with_driver(url, "asyncpg") if name == "asyncpg" else url
+        try:
+            yield AsyncContractBackend(name, url, namespace, engine, async_url)
+        finally:
+            _cleanup_pg(engine, namespace)
+        return
     if name == "sqlite-file":
         yield Backend(name, f"sqlite:///{tmp_path / 'kv.db'}", namespace, None)
     elif name == "sqlite-memory":
@@ -198,8 +259,10 @@ def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
             _cleanup_pg(engine, namespace)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The backend of the test (parametrized in pytest_generate_tests: BACKENDS, and in
+    ASYNC_CONTRACT_MODULES the async drivers too)."""
     yield from _make_backend(request.param, request, tmp_path)
 
 
