@@ -293,9 +293,9 @@ def _forwarder(name: str) -> Any:
 # KeyValueStore's own methods (incr, copy, get_many, ... with their generic or "not supported"
 # bodies) would hide the async store's from __getattr__: forward each to it.
 for _name in dir(KeyValueStore):
-    if not _name.startswith("_") and _name not in SyncOverAsync.__dict__:
-        if callable(getattr(KeyValueStore, _name)):
-            setattr(SyncOverAsync, _name, _forwarder(_name))
+    public = not _name.startswith("_") and _name not in SyncOverAsync.__dict__
+    if public and callable(getattr(KeyValueStore, _name)):
+        setattr(SyncOverAsync, _name, _forwarder(_name))
 
 
 class _Reader(io.RawIOBase):
