@@ -236,35 +236,35 @@ class AsyncStore:
         items: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
         ttl_secs: TTL = None,
     ) -> list[str]:
-        """Write many entries in one transaction: all of them, or none. More than
-        ``_PUT_BATCH`` entries are written as the sync ``put_many`` of one batch after another
-        inside that transaction (retried as ``run_in_transaction``), so that the event loop
-        runs between batches rather than waiting for the Python work of the whole call."""
+        """Write many entries in one transaction: all of them, or none. More than 1,000
+        entries are written as the sync ``put_many`` of one batch after another inside that
+        transaction (retried as ``run_in_transaction``), so that the event loop runs between
+        batches rather than waiting for the Python work of the whole call."""
         # A snapshot of the items, taken at once (another task may change a mapping while this
         # call waits). Of a mapping, its keys and values in two lists rather than a tuple per
         # item: 100,000 new long-lived tuples set off a full garbage collection, which alone
         # holds the event loop for tens of milliseconds.
         if isinstance(items, Mapping):
+            if len(items) <= _PUT_BATCH:
+                return await greenlet_spawn(self._sync.put_many, items, ttl_secs)
             keys, values = list(items.keys()), list(items.values())
-            pairs: Any = None
+            total = len(keys)
+
+            def batch(i: int) -> Any:
+                j = i + _PUT_BATCH
+                return list(zip(keys[i:j], values[i:j], strict=True))
+
         else:
-            pairs = items
+            pairs: Any = items
             if not isinstance(items, list | tuple | str | bytes):
                 with contextlib.suppress(TypeError):  # not iterable: the sync call says so
                     pairs = list(items)
             if not isinstance(pairs, list | tuple) or len(pairs) <= _PUT_BATCH:
                 return await greenlet_spawn(self._sync.put_many, pairs, ttl_secs)
-        if pairs is None and len(keys) <= _PUT_BATCH:
-            return await greenlet_spawn(
-                self._sync.put_many, list(zip(keys, values, strict=True)), ttl_secs
-            )
+            total = len(pairs)
 
-        def batch(i: int) -> Any:
-            if pairs is not None:
+            def batch(i: int) -> Any:
                 return pairs[i : i + _PUT_BATCH]
-            return list(zip(keys[i : i + _PUT_BATCH], values[i : i + _PUT_BATCH], strict=True))
-
-        total = len(keys) if pairs is None else len(pairs)
 
         async def in_batches(tx: AsyncTransaction) -> list[str]:
             written: list[str] = []
