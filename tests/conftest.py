@@ -2,9 +2,9 @@
 
 Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3)
 and ``postgresql-psycopg2``; for the async API (``abackend``/``astore``), aiosqlite, asyncpg and
-psycopg 3 in async mode. In ASYNC_CONTRACT_MODULES (tests/test_kv.py, tests/test_ttl.py) the
-``store`` and ``kv`` fixtures also run on those three, as async stores behind
-tests/_async_adapter.py's sync face (about 2.7 minutes more on a 2-core machine).
+psycopg 3 in async mode. In ASYNC_CONTRACT_MODULES (tests/test_kv.py, tests/test_ttl.py,
+tests/test_indexes.py) the ``store`` and ``kv`` fixtures also run on those three, as async
+stores behind tests/_async_adapter.py's sync face (about 3 minutes more on a 2-core machine).
 PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
 PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
 visible reason (except under ``CI=true``, where that is an error). A URL that is set but
@@ -49,7 +49,7 @@ KV_HMAC_SECRET = b"the key-value contract's secret"
 #: API: kvstore.connect_async on each asyncio driver, driven through tests/_async_adapter.py's
 #: sync face. A test there that cannot apply to it says so with ``async_exclude(reason=...)``
 #: and is not collected for those backends.
-ASYNC_CONTRACT_MODULES = {"test_kv", "test_ttl"}
+ASYNC_CONTRACT_MODULES = {"test_kv", "test_ttl", "test_indexes"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
