@@ -536,14 +536,30 @@ class AsyncpgDialect(PostgresDialect):
     def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
         execute = dbapi_conn.execute
         raw = dbapi_conn.driver_connection
+        # kvstore's statements, prepared once per connection and executed on asyncpg itself:
+        # the adapter's cursor (a mutex, a fresh cursor object, its own prepare-cache lookup
+        # and row buffering per call) cost as much as the round trip on a primary-key get.
+        prepared: dict[str, Any] = {}
 
         def run(sql: str, params: Any = None) -> Any:
-            if params is None and sql == "COMMIT":
-                # The adapter's cursor keeps no status message, and PostgreSQL answers COMMIT
-                # of an aborted transaction with a silent ROLLBACK: asyncpg's own execute()
-                # returns the status (see Conn._check_commit).
-                return _StatusCursor(await_only(raw.execute(sql)))
-            return execute(sql, params)
+            if params is None:
+                if sql == "COMMIT":
+                    # The adapter's cursor keeps no status message, and PostgreSQL answers
+                    # COMMIT of an aborted transaction with a silent ROLLBACK: asyncpg's own
+                    # execute() returns the status (see Conn._check_commit).
+                    return _StatusCursor(await_only(raw.execute(sql)))
+                return execute(sql, params)  # BEGIN, ROLLBACK, SAVEPOINT ...: no parameters
+            try:
+                stmt = prepared.get(sql)
+                if stmt is None:
+                    stmt = prepared[sql] = await_only(raw.prepare(sql))
+                rows = await_only(stmt.fetch(*params))
+            except Exception as exc:
+                prepared.pop(sql, None)  # a statement the server dropped is prepared again
+                # the adapter's translation: SQLAlchemy's emulated DBAPI error with the SQLSTATE
+                dbapi_conn._handle_exception(exc)
+                raise
+            return _RecordCursor(rows, stmt)
 
         return run
 
@@ -562,6 +578,55 @@ class AsyncpgDialect(PostgresDialect):
 
     def is_unavailable(self, exc: BaseException) -> bool:
         return isinstance(_orig(exc), OSError) or super().is_unavailable(exc)
+
+
+class _RecordCursor:
+    """The result of one asyncpg prepared statement, read as a DBAPI cursor (as SQLAlchemy's
+    adapter presents it: the records, ``rowcount`` from the status message, ``description``)."""
+
+    def __init__(self, rows: list[Any], stmt: Any) -> None:
+        self._rows = rows
+        self._i = 0
+        # read only when asked (most callers want just the rows), before the connection runs
+        # its next statement: the prepared statement is reused, its status is the last run's
+        self._stmt = stmt
+
+    @property
+    def rowcount(self) -> int:
+        match = _ROWCOUNT.match(self._stmt.get_statusmsg() or "")
+        return int(match.group(1)) if match else -1
+
+    @property
+    def description(self) -> list[tuple[Any, ...]] | None:
+        attributes = self._stmt.get_attributes()
+        if not attributes:
+            return None
+        return [(a.name, a.type.oid, None, None, None, None, None) for a in attributes]
+
+    def fetchone(self) -> Any:
+        if self._i < len(self._rows):
+            self._i += 1
+            return self._rows[self._i - 1]
+        return None
+
+    def fetchmany(self, size: int = 1) -> list[Any]:
+        out = self._rows[self._i : self._i + size]
+        self._i += len(out)
+        return out
+
+    def fetchall(self) -> list[Any]:
+        out = self._rows[self._i :]
+        self._i = len(self._rows)
+        return out
+
+    def __iter__(self) -> Any:
+        return iter(self.fetchall())
+
+    def close(self) -> None:
+        pass
+
+
+_ROWCOUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|INSERT \d+|MERGE) (\d+)")
 
 
 class _StatusCursor:

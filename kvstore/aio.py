@@ -18,11 +18,12 @@ has open, which the store's other calls join) is per asyncio task for an async o
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import IO, Any, BinaryIO, TypeVar
+from typing import IO, Any, BinaryIO, Protocol, TypeAlias, TypeVar, cast
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -63,8 +64,29 @@ __all__ = [
 
 T = TypeVar("T")
 
+
+class AsyncReadable(Protocol):
+    """A binary file whose ``read`` is a coroutine (aiofiles, an ``asyncio.StreamReader``)."""
+
+    async def read(self, n: int = -1, /) -> bytes: ...
+
+
+class AsyncWritable(Protocol):
+    """A binary file whose ``write`` is a coroutine (aiofiles, an ``asyncio.StreamWriter``
+    wrapper)."""
+
+    async def write(self, data: bytes, /) -> Any: ...
+
+
+Source: TypeAlias = "str | os.PathLike[str] | IO[bytes] | AsyncReadable"
+Destination: TypeAlias = "str | os.PathLike[str] | IO[bytes] | AsyncWritable"
+
 #: keys ``iter_keys`` hands over from the sync generator per greenlet switch
 _KEY_BATCH = 500
+#: entries one greenlet of a large ``put_many`` validates and writes: the Python work between
+#: two visits to the event loop (about 5 ms here), where a 100,000-entry call at once would
+#: hold the loop for half a second
+_PUT_BATCH = 1000
 #: the asyncio driver a URL naming only the database means
 _DEFAULT_ASYNC_DRIVER = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "postgres": "asyncpg"}
 
@@ -133,7 +155,9 @@ class AsyncStore:
         return await greenlet_spawn(self._sync.stat, key)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
-        return await greenlet_spawn(self._sync.get_many, list(keys))
+        return await greenlet_spawn(
+            self._sync.get_many, keys
+        )  # as given: the sync call refuses a str
 
     async def keys(self, prefix: str = "") -> list[str]:
         return await greenlet_spawn(self._sync.keys, prefix)
@@ -158,10 +182,10 @@ class AsyncStore:
         one of ``max_open_readers`` slots until it is closed; use ``async with``)."""
         return AsyncReader(await greenlet_spawn(self._sync.open, key))
 
-    async def get_file(self, key: str, file: str | os.PathLike[str] | IO[bytes]) -> str:
-        """Write the value of ``key`` to a path or a binary file object (the file's writes
-        block the loop, as a sync file's do)."""
-        return await greenlet_spawn(self._sync.get_file, key, file)
+    async def get_file(self, key: str, file: Destination) -> str:
+        """Write the value of ``key`` to a path, a binary file object (whose writes happen on
+        the loop's thread, as any sync file's) or an async one (``await file.write(b)``)."""
+        return await greenlet_spawn(self._sync.get_file, key, _bridged(file, "write"))
 
     # -- writing -------------------------------------------------------------------------------
     async def put(
@@ -187,14 +211,21 @@ class AsyncStore:
     async def put_file(
         self,
         key: str,
-        file: str | os.PathLike[str] | IO[bytes],
+        file: Source,
         ttl_secs: TTL = None,
         *,
         metadata: Mapping[str, Any] | None = None,
         content_type: str | None = None,
     ) -> str:
+        """Store a file's contents in chunks: a path, a binary file object, or an async one
+        (``await file.read(n)``, e.g. aiofiles), read one chunk at a time."""
         return await greenlet_spawn(
-            self._sync.put_file, key, file, ttl_secs, metadata=metadata, content_type=content_type
+            self._sync.put_file,
+            key,
+            _bridged(file, "read"),
+            ttl_secs,
+            metadata=metadata,
+            content_type=content_type,
         )
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> None:
@@ -205,10 +236,46 @@ class AsyncStore:
         items: Mapping[str, bytes] | Iterable[tuple[str, bytes]],
         ttl_secs: TTL = None,
     ) -> list[str]:
-        return await greenlet_spawn(self._sync.put_many, items, ttl_secs)
+        """Write many entries in one transaction: all of them, or none. More than 1,000
+        entries are written as the sync ``put_many`` of one batch after another inside that
+        transaction (retried as ``run_in_transaction``), so that the event loop runs between
+        batches rather than waiting for the Python work of the whole call."""
+        # A snapshot of the items, taken at once (another task may change a mapping while this
+        # call waits). Of a mapping, its keys and values in two lists rather than a tuple per
+        # item: 100,000 new long-lived tuples set off a full garbage collection, which alone
+        # holds the event loop for tens of milliseconds.
+        if isinstance(items, Mapping):
+            if len(items) <= _PUT_BATCH:
+                return await greenlet_spawn(self._sync.put_many, items, ttl_secs)
+            keys, values = list(items.keys()), list(items.values())
+            total = len(keys)
+
+            def batch(i: int) -> Any:
+                j = i + _PUT_BATCH
+                return list(zip(keys[i:j], values[i:j], strict=True))
+
+        else:
+            pairs: Any = items
+            if not isinstance(items, list | tuple | str | bytes):
+                with contextlib.suppress(TypeError):  # not iterable: the sync call says so
+                    pairs = list(items)
+            if not isinstance(pairs, list | tuple) or len(pairs) <= _PUT_BATCH:
+                return await greenlet_spawn(self._sync.put_many, pairs, ttl_secs)
+            total = len(pairs)
+
+            def batch(i: int) -> Any:
+                return pairs[i : i + _PUT_BATCH]
+
+        async def in_batches(tx: AsyncTransaction) -> list[str]:
+            written: list[str] = []
+            for i in range(0, total, _PUT_BATCH):
+                written += await greenlet_spawn(tx.sync.put_many, batch(i), ttl_secs)
+            return written
+
+        return await self.run_in_transaction(in_batches)
 
     async def delete_many(self, keys: Iterable[str]) -> None:
-        await greenlet_spawn(self._sync.delete_many, list(keys))
+        await greenlet_spawn(self._sync.delete_many, keys)
 
     async def copy(self, source: str, dest: str) -> str:
         return await greenlet_spawn(self._sync.copy, source, dest)
@@ -537,6 +604,28 @@ class AsyncTransaction(AsyncStore):
 
     def __repr__(self) -> str:
         return f"<kvstore.AsyncTransaction namespace={self.namespace_name!r}>"
+
+
+class _AwaitedFile:
+    """A sync file over an async one, for the sync store's ``put_file``/``get_file`` running in
+    the greenlet bridge: each ``read``/``write`` awaits the async file's on the event loop."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def read(self, n: int = -1) -> Any:
+        return await_only(self._file.read(n))
+
+    def write(self, data: bytes) -> Any:
+        return await_only(self._file.write(data))
+
+
+def _bridged(file: Any, method: str) -> Any:
+    """``file`` as the sync store reads (``method="read"``) or writes it: an async file object
+    wrapped so its coroutine calls are awaited; a path or a sync file as it is."""
+    if inspect.iscoroutinefunction(getattr(file, method, None)):
+        return cast(IO[bytes], _AwaitedFile(file))
+    return file
 
 
 def _take(it: Iterator[T], n: int) -> list[T]:

@@ -15,6 +15,9 @@ What vlermv's ``cache`` and diskcache's ``memoize`` give, plus what they lack:
 * ``None`` is a result like any other (a cached ``None`` is a hit), results go through a
   serializer (``"auto"`` by default: ``bytes`` stored as they are, anything else as JSON;
   ``"pickle"`` only when asked), methods and ``async def`` functions work.
+* **Async stores.** Given a :class:`kvstore.AsyncStore`, an ``async def`` function's store calls
+  run the same code as a sync store's through SQLAlchemy's greenlet bridge (as every
+  ``AsyncStore`` method does), so the event loop keeps running while the database works.
 * **Late binding.** ``cached`` takes the store, or a function of no arguments that returns it,
   called at the decorated function's first use (once, under a lock), so a module can decorate
   at import time before the application has opened its store; ``f.bind(store)`` replaces the
@@ -33,13 +36,16 @@ import reprlib
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Generic, ParamSpec, Self, TypeAlias, TypeVar, cast, overload
+
+from sqlalchemy.util import greenlet_spawn
 
 from ._backend import facade
 from ._entries import clear_namespace, delete_if_checksum
 from ._retry import LOCK_POLL
 from ._validate import NOT_SET, TTL, ttl_to_seconds
+from .aio import AsyncStore
 from .base import KeyValueStore
 from .errors import ConflictError
 from .serializers import BY_NAME, JSON, get_serializer
@@ -50,8 +56,9 @@ __all__ = ["AsyncCachedFunction", "CachedFunction", "StoreSource", "cached"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: What ``cached`` and ``bind`` take: a store, or a function of no arguments returning one
-StoreSource: TypeAlias = Store | Callable[[], Store]
+#: What ``cached`` and ``bind`` take: a store, or a function of no arguments returning one (an
+#: AsyncStore only for an ``async def`` function)
+StoreSource: TypeAlias = Store | AsyncStore | Callable[[], Store | AsyncStore]
 
 #: seconds a computation may hold its lock before a waiting caller takes over
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -221,7 +228,7 @@ class _Core:
     def __init__(
         self,
         func: Callable[..., Any],
-        store: Store,
+        store: Store | AsyncStore,
         ttl_secs: TTL,
         key: Callable[..., str] | None,
         serializer: Any,
@@ -229,6 +236,11 @@ class _Core:
         lock_timeout: float,
     ) -> None:
         self.func = func
+        #: the async store given, whose sync store the operations below run on (in the
+        #: greenlet bridge: see AsyncCachedFunction._run); None for a sync store
+        self.aio: AsyncStore | None = None
+        if isinstance(store, AsyncStore):
+            self.aio, store = store, store.sync
         self.parent = store
         self.ttl_secs = ttl_secs
         self.key_func = key
@@ -286,7 +298,8 @@ class _Core:
         keyword.sort()
         return [positional, keyword]
 
-    # -- store operations (synchronous; the async wrapper runs them off the event loop) ------------
+    # -- store operations (synchronous; the async wrapper runs them off the event loop, or in the
+    # -- greenlet bridge for an async store) ---------------------------------------------------
     def lookup(self, key: str) -> tuple[bool, Any]:
         try:
             data = self.results.get(key)
@@ -361,13 +374,14 @@ class _Core:
 def _check_source(source: object, what: str) -> StoreSource:
     """``source`` if ``cached``/``bind`` can keep results through it: a Store, or a callable
     that can be called with no arguments (a store factory). Anything else is a TypeError."""
-    if isinstance(source, Store):
+    if isinstance(source, Store | AsyncStore):
         return source
     if isinstance(source, KeyValueStore) or not callable(source):
         # a store decorator is a KeyValueStore but has no namespaces to derive the cache's
         raise TypeError(
-            f"{what} keeps results in a kvstore.Store (from kvstore.connect), or takes a "
-            f"function of no arguments returning one, not {type(source).__name__}"
+            f"{what} keeps results in a kvstore.Store (from kvstore.connect) or AsyncStore "
+            "(from kvstore.connect_async), or takes a function of no arguments returning one, "
+            f"not {type(source).__name__}"
         )
     try:
         inspect.signature(source).bind()
@@ -398,10 +412,16 @@ class _Binding:
     and its store kept until :meth:`bind` replaces it."""
 
     def __init__(
-        self, func: Callable[..., Any], name: str, make: Callable[[Store], _Core], source: Any
+        self,
+        func: Callable[..., Any],
+        name: str,
+        make: Callable[[Store | AsyncStore], _Core],
+        source: Any,
+        is_async: bool,
     ) -> None:
         self.func = func
         self.name = name
+        self.is_async = is_async
         self._make = make
         # reentrant, so that a factory that calls its own cached function gets an error
         # rather than a deadlock
@@ -412,10 +432,20 @@ class _Binding:
         self._set(source)
 
     def _set(self, source: StoreSource) -> None:
-        if isinstance(source, Store):
-            self._core, self._factory = self._make(source), None
+        if isinstance(source, Store | AsyncStore):
+            self._core, self._factory = self._make(self._usable(source)), None
         else:
             self._core, self._factory = None, source
+
+    def _usable(self, store: Store | AsyncStore) -> Store | AsyncStore:
+        if isinstance(store, AsyncStore) and not self.is_async:
+            # a sync function cannot await the store's calls, and running them on the event
+            # loop's thread outside the greenlet bridge fails in the driver
+            raise TypeError(
+                f"cached {self.name}() is a plain function: an AsyncStore caches async def "
+                "functions; keep a plain function's results in a kvstore.Store (kvstore.connect)"
+            )
+        return store
 
     def bind(self, source: StoreSource) -> None:
         with self._lock:
@@ -444,12 +474,13 @@ class _Binding:
                     store = factory()
                 finally:
                     self._resolving = False
-                if not isinstance(store, Store):
+                if not isinstance(store, Store | AsyncStore):
                     raise TypeError(
                         f"the store factory of cached {self.name}() returned {_describe(store)}: "
                         "cached() keeps results in a kvstore.Store (from kvstore.connect)"
+                        + (" or AsyncStore (from kvstore.connect_async)" if self.is_async else "")
                     )
-                self._core = self._make(store)
+                self._core = self._make(self._usable(store))
             return self._core
 
 
@@ -476,12 +507,6 @@ class _CachedBase(Generic[P, R]):
         # cache's name and lock store through it)
         return self._binding.core()
 
-    @property
-    def store(self) -> Store:
-        """The store holding this function's results, keyed by :meth:`cache_key`: a private
-        namespace derived from the store given to ``cached`` (``<namespace>/c/<name>``)."""
-        return self._binding.core().results
-
     def bind(self, store: StoreSource) -> None:
         """Keep this function's results in ``store`` from now on: a Store, or a function of no
         arguments returning one (called at the next use, once). Calls already running finish
@@ -494,15 +519,6 @@ class _CachedBase(Generic[P, R]):
     def cache_key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The key under which the result of this call is (or would be) stored."""
         return self._binding.core().key(self._args(args), kwargs)
-
-    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """Forget the result of this call (no error when none is stored)."""
-        core = self._binding.core()
-        core.invalidate(core.key(self._args(args), kwargs))
-
-    def cache_clear(self) -> None:
-        """Forget every result of this function, and nothing else."""
-        self._binding.core().clear()
 
     @overload
     def __get__(self, instance: None, owner: type | None = None) -> Self: ...
@@ -525,6 +541,21 @@ class _CachedBase(Generic[P, R]):
 
 class CachedFunction(_CachedBase[P, R]):
     """A function whose results are kept in a store (returned by :func:`cached`)."""
+
+    @property
+    def store(self) -> Store:
+        """The store holding this function's results, keyed by :meth:`cache_key`: a private
+        namespace derived from the store given to ``cached`` (``<namespace>/c/<name>``)."""
+        return self._binding.core().results
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Forget the result of this call (no error when none is stored)."""
+        core = self._binding.core()
+        core.invalidate(core.key(self._args(args), kwargs))
+
+    def cache_clear(self) -> None:
+        """Forget every result of this function, and nothing else."""
+        self._binding.core().clear()
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         core = self._binding.core()
@@ -561,11 +592,16 @@ class CachedFunction(_CachedBase[P, R]):
 class AsyncCachedFunction(_CachedBase[P, R]):
     """An ``async def`` function whose results are kept in a store (see :func:`cached`).
 
-    Calling it (and :meth:`refresh`) returns a coroutine. Store calls are synchronous; they run
-    in a worker thread (``asyncio.to_thread``) so the event loop keeps serving other tasks,
-    except inside a transaction or on a store bound to the caller's Connection or Session,
-    where they must stay on the calling thread. Waiting for another caller's computation uses
-    ``asyncio.sleep``. :meth:`invalidate` and :meth:`cache_clear` are plain (synchronous) calls.
+    Calling it (and :meth:`refresh`) returns a coroutine. On an :class:`kvstore.AsyncStore`, the
+    store calls run in SQLAlchemy's greenlet bridge, as the async store's own methods do. On a
+    sync :class:`kvstore.Store` they run in a worker thread (``asyncio.to_thread``) so the
+    event loop keeps serving other tasks, except inside a transaction or on a store bound to
+    the caller's Connection or Session, where they must stay on the calling thread. Waiting
+    for another caller's computation uses ``asyncio.sleep``.
+
+    :meth:`invalidate` and :meth:`cache_clear` return an awaitable: on an async store the work
+    happens when it is awaited; on a sync store it is done before they return (so a plain call
+    works, as it always has, and awaiting the result does nothing more).
     """
 
     def __init__(self, binding: _Binding, instance: Any = _UNBOUND) -> None:
@@ -577,6 +613,11 @@ class AsyncCachedFunction(_CachedBase[P, R]):
             self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
 
     async def _run(self, core: _Core, fn: Callable[..., Any], *args: Any) -> Any:
+        if core.aio is not None:
+            # In this task, so that a call inside the task's `async with store.transaction()`
+            # joins it (as the async store's own calls do); the driver's waits go back to the
+            # event loop.
+            return await greenlet_spawn(fn, *args)
         # A worker thread would escape this thread's open transaction, or share the caller's
         # Connection or Session unsafely: then the (short) store call runs here.
         if core.autocommit():
@@ -616,6 +657,43 @@ class AsyncCachedFunction(_CachedBase[P, R]):
         key = core.key(full, kwargs)
         result = await core.func(*full, **kwargs)
         return await self._run(core, core.save, key, result)  # type: ignore[no-any-return]
+
+    @property
+    def store(self) -> Store | AsyncStore:
+        """The store holding this function's results, keyed by :meth:`cache_key` (a private
+        namespace, ``<namespace>/c/<name>``): an AsyncStore when ``cached`` was given one."""
+        core = self._binding.core()
+        return core.results if core.aio is None else AsyncStore(core.results)
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[None]:
+        """Forget the result of this call (no error when none is stored); await it on an
+        async store."""
+        core = self._binding.core()
+        return self._now_or_awaited(core, core.invalidate, core.key(self._args(args), kwargs))
+
+    def cache_clear(self) -> Awaitable[None]:
+        """Forget every result of this function, and nothing else; await it on an async
+        store."""
+        core = self._binding.core()
+        return self._now_or_awaited(core, core.clear)
+
+    def _now_or_awaited(self, core: _Core, fn: Callable[..., None], *args: Any) -> Awaitable[None]:
+        if core.aio is not None:
+            return greenlet_spawn(fn, *args)
+        # A sync store: done now, as these calls always were (plain calls, not awaited).
+        fn(*args)
+        return _DONE
+
+
+class _Done:
+    """An awaitable with nothing left to do."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator: awaiting it finishes at once
+
+
+_DONE = _Done()
 
 
 _NO_FUNC: Any = object()
@@ -661,16 +739,17 @@ class _Decorator:
             )
         name = self._name if self._name is not None else _default_name(func)
 
-        def make(store: Store) -> _Core:  # the decorator's options are fixed: read them later
+        def make(store: Store | AsyncStore) -> _Core:  # the options are fixed: read them later
             return _Core(
                 func, store, self._ttl_secs, self._key, self._serializer, name, self._lock_timeout
             )
 
-        binding = _Binding(func, name, make, self._store)
         # an object whose __call__ is async def is an async function too
-        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
-            return AsyncCachedFunction(binding)
-        return CachedFunction(binding)
+        is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+            type(func).__call__
+        )
+        binding = _Binding(func, name, make, self._store, is_async)
+        return AsyncCachedFunction(binding) if is_async else CachedFunction(binding)
 
 
 def cached(
@@ -684,8 +763,9 @@ def cached(
 ) -> _Decorator:
     """Keep the results of the decorated function in ``store``.
 
-    ``store`` is a :class:`kvstore.Store`, or a function of no arguments that returns one (a
-    store factory): it is called at the decorated function's first use (a call, or any of its
+    ``store`` is a :class:`kvstore.Store` (or, for an ``async def`` function, a
+    :class:`kvstore.AsyncStore`), or a function of no arguments that returns one (a store
+    factory): it is called at the decorated function's first use (a call, or any of its
     helpers), once, with concurrent first callers waiting for it, and the store it returns is
     kept; a factory that raises is called again at the next use, one that returns anything
     but a Store raises ``TypeError`` there. ``f.bind(store)`` replaces either later.

@@ -2,7 +2,11 @@
 
 Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3),
 ``postgresql-psycopg2`` and ``mariadb`` (PyMySQL, from ``KVSTORE_TEST_MARIADB_URL``: unset is a
-visible skip, an error under ``CI=true``).
+visible skip, an error under ``CI=true``); for the async API (``abackend``/``astore``),
+aiosqlite, asyncpg and psycopg 3 in async mode. In ASYNC_CONTRACT_MODULES (tests/test_kv.py,
+tests/test_ttl.py, tests/test_indexes.py) the ``store`` and ``kv`` fixtures also run on those
+three, as async stores behind tests/_async_adapter.py's sync face (about 3 minutes more on a
+2-core machine).
 PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
 PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
 visible reason (except under ``CI=true``, where that is an error). A URL that is set but
@@ -14,13 +18,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import sqlalchemy as sa
+from _async_adapter import SyncOverAsync
 
 import kvstore
 import kvstore.models
@@ -47,7 +53,19 @@ KV_PREFIX = "pfx-"
 KV_HMAC_SECRET = b"the key-value contract's secret"
 
 
+#: Test files whose ``backend``-based fixtures (``store``, ``kv``) also run through the async
+#: API: kvstore.connect_async on each asyncio driver, driven through tests/_async_adapter.py's
+#: sync face. A test there that cannot apply to it says so with ``async_exclude(reason=...)``
+#: and is not collected for those backends.
+ASYNC_CONTRACT_MODULES = {"test_kv", "test_ttl", "test_indexes"}
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "async_exclude(reason): in ASYNC_CONTRACT_MODULES, do not run this test on the async "
+        "API's backends (the reason says why it does not apply there)",
+    )
     config.addinivalue_line(
         "markers",
         "kv_only(*kinds, reason): run a test that takes `kv` only on these kinds of "
@@ -64,6 +82,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``kv_kind`` (behind the ``kv`` fixture) by the test's kv_only/kv_exclude
     markers: a kind a test does not apply to is never collected, rather than skipped (under
     CI=true a skip is a failure)."""
+    if "backend" in metafunc.fixturenames and not _parametrized(metafunc, "backend"):
+        names = list(BACKENDS)
+        mark = metafunc.definition.get_closest_marker("async_exclude")
+        if metafunc.module.__name__ in ASYNC_CONTRACT_MODULES and mark is None:
+            names += ASYNC_DRIVERS
+        elif mark is not None and not mark.kwargs.get("reason"):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: async_exclude needs reason=")
+        metafunc.parametrize("backend", names, indirect=True)
     if "kv_kind" not in metafunc.fixturenames:
         return
     kinds = list(KV_KINDS)
@@ -81,6 +107,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         else:
             kinds = [k for k in kinds if k not in mark.args]
     metafunc.parametrize("kv_kind", kinds)
+
+
+def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the test parametrizes ``name`` itself (``@pytest.mark.parametrize(...,
+    indirect=True)``, to pick some backends)."""
+    return any(
+        name in (m.args[0] if isinstance(m.args[0], list | tuple) else m.args[0].split(","))
+        for m in metafunc.definition.iter_markers("parametrize")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -225,8 +260,37 @@ def maria_engine(maria_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+@dataclass
+class AsyncContractBackend(Backend):
+    """A backend whose stores are async stores (kvstore.connect_async on ``async_url``) behind
+    the sync face of tests/_async_adapter.py; ``url`` and ``engine`` reach the same database
+    through the sync API, as another process would."""
+
+    async_url: str = ""
+
+    def connect(self, **kw: Any) -> Any:
+        kw.setdefault("namespace", self.namespace)
+        kw.pop("own_engine", None)
+        return SyncOverAsync.connect(self.async_url, **kw)
+
+
 def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     namespace = "t" + uuid.uuid4().hex[:12]
+    if name in ASYNC_DRIVERS:
+        if name == "aiosqlite":
+            path = tmp_path / "kv.db"
+            yield AsyncContractBackend(
+                name, f"sqlite:///{path}", namespace, None, f"sqlite+aiosqlite:///{path}"
+            )
+            return
+        engine = request.getfixturevalue("pg_engine")
+        url = request.getfixturevalue("pg_url")
+        async_url = _with_driver(url, "asyncpg") if name == "asyncpg" else url
+        try:
+            yield AsyncContractBackend(name, url, namespace, engine, async_url)
+        finally:
+            _cleanup_pg(engine, namespace)
+        return
     if name == "mariadb":
         engine = request.getfixturevalue("maria_engine")
         try:
@@ -247,8 +311,10 @@ def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
             _cleanup_pg(engine, namespace)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The backend of the test (parametrized in pytest_generate_tests: BACKENDS, and in
+    ASYNC_CONTRACT_MODULES the async drivers too)."""
     yield from _make_backend(request.param, request, tmp_path)
 
 
@@ -310,3 +376,52 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line(
                 f"CI=true: {len(skipped)} test(s) skipped; skips are failures in CI", red=True
             )
+
+
+# -- the async API (kvstore.connect_async) ------------------------------------------------------
+#: the asyncio drivers the async API runs on: its own tests (tests/test_async.py), the cache's,
+#: and the key-value contract through tests/_async_adapter.py
+ASYNC_DRIVERS = ["aiosqlite", "asyncpg", "psycopg-async"]
+
+
+@dataclass
+class AsyncBackend:
+    driver: str
+    url: str  # for connect_async
+    sync_url: str  # the same database for kvstore.connect
+    namespace: str
+
+    async def connect(self, **kw: Any) -> kvstore.AsyncStore:
+        kw.setdefault("namespace", self.namespace)
+        return await kvstore.connect_async(self.url, **kw)
+
+    def connect_sync(self, **kw: Any) -> kvstore.Store:
+        kw.setdefault("namespace", self.namespace)
+        return kvstore.connect(self.sync_url, **kw)
+
+
+@pytest.fixture(params=ASYNC_DRIVERS)
+def abackend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AsyncBackend]:
+    namespace = "a" + uuid.uuid4().hex[:12]
+    if request.param == "aiosqlite":
+        path = tmp_path / "kv.db"
+        yield AsyncBackend(
+            request.param, f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}", namespace
+        )
+        return
+    pg_url: str = request.getfixturevalue("pg_url")
+    pg_engine: sa.Engine = request.getfixturevalue("pg_engine")
+    url = _with_driver(pg_url, "asyncpg") if request.param == "asyncpg" else pg_url
+    try:
+        yield AsyncBackend(request.param, url, pg_url, namespace)
+    finally:
+        _cleanup_pg(pg_engine, namespace)
+
+
+@pytest_asyncio.fixture
+async def astore(abackend: AsyncBackend) -> AsyncIterator[kvstore.AsyncStore]:
+    store = await abackend.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
