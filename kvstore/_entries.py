@@ -915,7 +915,8 @@ def _dedupe(scope: Scope, flt: Filter, desc: bool) -> tuple[str, dict[str, Any]]
     op, direction, past = (">=", "DESC", b"") if desc else ("<=", "ASC", TOP)
     return (
         f" AND i.ivalue {op} (SELECT CASE WHEN {cond} THEN j.ivalue ELSE :past END AS first "
-        f"FROM {{ie}} j WHERE j.index_id = i.index_id AND {_key_is(scope, 'j', 'i.key')} "
+        f"FROM {{ie}} j{{ie_by_key}} WHERE j.index_id = i.index_id AND "
+        f"{_key_is(scope, 'j', 'i.key')} "
         f"ORDER BY first {direction} LIMIT 1)",
         {**params, "past": past},
     )

@@ -83,7 +83,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     markers: a kind a test does not apply to is never collected, rather than skipped (under
     CI=true a skip is a failure)."""
     if "backend" in metafunc.fixturenames and not _parametrized(metafunc, "backend"):
-        names = list(BACKENDS)
+        # a module may run on fewer backends, saying why (KVSTORE_BACKENDS)
+        names = list(getattr(metafunc.module, "KVSTORE_BACKENDS", BACKENDS))
         mark = metafunc.definition.get_closest_marker("async_exclude")
         if metafunc.module.__name__ in ASYNC_CONTRACT_MODULES and mark is None:
             names += ASYNC_DRIVERS
