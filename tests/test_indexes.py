@@ -1075,6 +1075,7 @@ def test_range_queries_cost_linear_in_the_matches(shared_store: kvstore.Store) -
 
 
 # -- an indexed write as one statement (PostgreSQL) ------------------------------------------
+@pytest.mark.async_exclude(reason="counts the statements of the sync store's own connections")
 def test_an_indexed_write_keeps_exactly_its_entries(store: kvstore.Store) -> None:
     """Index entries after rewrites that keep, drop and add values of a multi-valued index
     and a unique one; on PostgreSQL, outside a transaction, each write is one statement."""
