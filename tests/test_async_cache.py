@@ -93,8 +93,9 @@ async def test_exceptions_store_nothing_and_release_the_lock(astore: kvstore.Asy
             raise RuntimeError("first attempt fails")
         return x
 
-    first, second = await asyncio.gather(flaky(1), flaky(1), return_exceptions=True)
-    assert isinstance(first, RuntimeError) and second == 1  # the waiter computed in turn
+    results = await asyncio.gather(flaky(1), flaky(1), return_exceptions=True)
+    # whichever task the loop ran first computed and failed; the waiter computed in turn
+    assert sum(isinstance(r, RuntimeError) for r in results) == 1 and results.count(1) == 1
     assert await asyncio.wait_for(flaky(1), 5) == 1
     assert attempts == [1, 1]
 
