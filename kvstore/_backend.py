@@ -367,12 +367,13 @@ class Backend:
             "l": t.lists.name,
             "li": t.list_items.name,
             "cnt": t.counts.name,
-            # the index entries' (index_id, key) index, for a planner that must be told
+            # the index entries' (namespace, index_id, key) index, for a planner that must
+            # be told
             "ie_by_key": self.dialect.force_index(
                 next(
                     str(ix.name)
                     for ix in t.index_entries.indexes
-                    if [c.name for c in ix.columns] == ["index_id", "key"]
+                    if [c.name for c in ix.columns] == ["namespace", "index_id", "key"]
                 )
             ),
             "entries": t.entries.name,

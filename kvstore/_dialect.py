@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import DDL, create_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import await_only
 
@@ -795,9 +796,11 @@ class MySQLDialect(Dialect):
         # whole table (no semi-join there before 11.1): the key's index entries are reached
         # by a join instead, through the namespace's few indexes and (index_id, key)
         ("entries", "index_entries_delete"): "DELETE ie FROM {ie} ie JOIN {ix} ix "
-        "ON ix.id = ie.index_id WHERE ix.namespace = :ns AND ie.`key` = :key",
-        ("entries", "index_entries_rename"): "UPDATE {ie} ie JOIN {ix} ix ON ix.id = ie.index_id "
-        "SET ie.`key` = :dest WHERE ix.namespace = :ns AND ie.`key` = :key",
+        "ON ix.namespace = ie.namespace AND ix.id = ie.index_id "
+        "WHERE ix.namespace = :ns AND ie.namespace = :ns AND ie.`key` = :key",
+        ("entries", "index_entries_rename"): "UPDATE {ie} ie JOIN {ix} ix "
+        "ON ix.namespace = ie.namespace AND ix.id = ie.index_id "
+        "SET ie.`key` = :dest WHERE ix.namespace = :ns AND ie.namespace = :ns AND ie.`key` = :key",
         ("entries", "purge_batch"): "DELETE FROM {e} WHERE namespace = :ns AND expires_at <= :now "
         "ORDER BY `key` LIMIT :limit",
         # error 1093: the subquery on the same table is read as a derived table, first
@@ -1104,6 +1107,13 @@ def _mysql_key() -> sa.String:
 MYSQL_COLLATION = "utf8mb4_nopad_bin"
 
 
+def namespace_type() -> sa.String:
+    """The namespace column's type where a foreign key includes it. MySQL/MariaDB check that
+    both sides of a foreign key have one collation when the child table is created, before
+    table_options_ddl converts the tables: named here, the column has it from the start."""
+    return sa.String(255).with_variant(sa.String(255, collation=MYSQL_COLLATION), *_MYSQL_NAMES)
+
+
 def blob_type() -> sa.LargeBinary:
     """A value's or chunk's column type: MySQL's BLOB holds 64 KiB, LONGBLOB 4 GiB."""
     return sa.LargeBinary().with_variant(sa.LargeBinary(_MYSQL_LONG), "mysql", "mariadb")
@@ -1124,12 +1134,6 @@ def ivalue_type() -> sa.LargeBinary:
     """An encoded index value's column type: MySQL indexes no BLOB, a VARBINARY of the
     longest encoding (kvstore._indexing.MAX_ENCODED) it does."""
     return sa.LargeBinary().with_variant(sa.VARBINARY(1024), "mysql", "mariadb")
-
-
-def id_type() -> sa.BigInteger:
-    """An auto-assigned id column's type: SQLite only auto-assigns INTEGER PRIMARY KEY (the
-    rowid alias), not BIGINT."""
-    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def is_session(bind: object) -> bool:
@@ -1212,14 +1216,15 @@ def _sqlite_triggers(p: str) -> list[str]:
     return [
         f"""CREATE TRIGGER {p}entries_ad AFTER DELETE ON {p}entries
 BEGIN
-  DELETE FROM {p}chunks WHERE OLD.blob_id IS NOT NULL AND blob_id = OLD.blob_id;
-  DELETE FROM {p}index_entries WHERE key = OLD.key
+  DELETE FROM {p}chunks
+    WHERE OLD.blob_id IS NOT NULL AND namespace = OLD.namespace AND blob_id = OLD.blob_id;
+  DELETE FROM {p}index_entries WHERE namespace = OLD.namespace AND key = OLD.key
     AND index_id IN (SELECT id FROM {p}indexes WHERE namespace = OLD.namespace);
 END""",
         f"""CREATE TRIGGER {p}entries_au AFTER UPDATE OF blob_id ON {p}entries
 WHEN OLD.blob_id IS NOT NULL AND OLD.blob_id IS NOT NEW.blob_id
 BEGIN
-  DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+  DELETE FROM {p}chunks WHERE namespace = OLD.namespace AND blob_id = OLD.blob_id;
 END""",
         # An upsert that updates fires UPDATE triggers, not these: only new rows are counted.
         f"""CREATE TRIGGER {p}entries_count_ai AFTER INSERT ON {p}entries
@@ -1241,16 +1246,18 @@ def _pg_triggers(p: str) -> list[str]:
     return [
         f"""CREATE FUNCTION {p}entries_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  DELETE FROM {p}chunks c USING old_rows o WHERE o.blob_id IS NOT NULL AND c.blob_id = o.blob_id;
+  DELETE FROM {p}chunks c USING old_rows o
+    WHERE o.blob_id IS NOT NULL AND c.namespace = o.namespace AND c.blob_id = o.blob_id;
   DELETE FROM {p}index_entries ie USING old_rows o, {p}indexes ix
-    WHERE ix.namespace = o.namespace AND ie.index_id = ix.id AND ie.key = o.key;
+    WHERE ix.namespace = o.namespace AND ie.namespace = o.namespace AND ie.index_id = ix.id
+      AND ie.key = o.key;
   RETURN NULL;
 END $$""",
         f"""CREATE TRIGGER {p}entries_deleted AFTER DELETE ON {p}entries
 REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION {p}entries_deleted()""",
         f"""CREATE FUNCTION {p}entries_reblobbed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+  DELETE FROM {p}chunks WHERE namespace = OLD.namespace AND blob_id = OLD.blob_id;
   RETURN NULL;
 END $$""",
         f"""CREATE TRIGGER {p}entries_reblobbed AFTER UPDATE OF blob_id ON {p}entries
@@ -1265,15 +1272,17 @@ def _mysql_triggers(p: str) -> list[str]:
         f"""CREATE TRIGGER {p}entries_ad AFTER DELETE ON {p}entries FOR EACH ROW
 BEGIN
   IF OLD.blob_id IS NOT NULL THEN
-    DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+    DELETE FROM {p}chunks WHERE namespace = OLD.namespace AND blob_id = OLD.blob_id;
   END IF;
-  DELETE ie FROM {p}index_entries ie JOIN {p}indexes ix ON ix.id = ie.index_id
-    WHERE ix.namespace = OLD.namespace AND ie.`key` = OLD.`key`;
+  DELETE ie FROM {p}index_entries ie
+    JOIN {p}indexes ix ON ix.namespace = ie.namespace AND ix.id = ie.index_id
+    WHERE ix.namespace = OLD.namespace AND ie.namespace = OLD.namespace
+      AND ie.`key` = OLD.`key`;
 END""",
         f"""CREATE TRIGGER {p}entries_au AFTER UPDATE ON {p}entries FOR EACH ROW
 BEGIN
   IF OLD.blob_id IS NOT NULL AND NOT (OLD.blob_id <=> NEW.blob_id) THEN
-    DELETE FROM {p}chunks WHERE blob_id = OLD.blob_id;
+    DELETE FROM {p}chunks WHERE namespace = OLD.namespace AND blob_id = OLD.blob_id;
   END IF;
 END""",
     ]
@@ -1306,6 +1315,32 @@ def drop_trigger_sql(dialect_name: str, prefix: str) -> list[str]:
         f"DROP TRIGGER IF EXISTS {p}{name}"
         for name in ("entries_ad", "entries_au", "entries_count_ai", "entries_count_ad")
     ]
+
+
+#: the info key of a primary key that MySQL/MariaDB spell with other columns
+_MYSQL_PK = "kvstore_mysql_columns"
+
+
+def mysql_primary_key(*columns: str) -> dict[str, Any]:
+    """A primary key's ``info`` that makes MySQL/MariaDB create it on ``columns`` instead.
+
+    The index entries' key leads with the namespace everywhere else, but on InnoDB
+    (namespace, index_id, ivalue, key) is 4,052 bytes of utf8mb4, over its 3,072-byte limit for
+    one index: there it is (index_id, ivalue, key). An index id belongs to one namespace, so a
+    namespace's entries are still a few contiguous ranges, and every statement names the
+    namespace all the same (MariaDB has no sharding that needs it leading)."""
+    return {_MYSQL_PK: columns}
+
+
+@compiles(sa.PrimaryKeyConstraint, "mysql")
+@compiles(sa.PrimaryKeyConstraint, "mariadb")
+def _mysql_pk(constraint: sa.PrimaryKeyConstraint, compiler: Any, **kw: Any) -> str:
+    columns = constraint.info.get(_MYSQL_PK)
+    if columns is None:
+        return str(compiler.visit_primary_key_constraint(constraint, **kw))
+    prep = compiler.preparer
+    name = f"CONSTRAINT {prep.format_constraint(constraint)} " if constraint.name else ""
+    return f"{name}PRIMARY KEY ({', '.join(prep.quote(c) for c in columns)})"
 
 
 def table_options_ddl(table: str) -> list[DDL]:

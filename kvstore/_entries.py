@@ -66,10 +66,11 @@ ENTRY_COLUMNS = (
 _TEMPLATES: dict[str, str] = {
     "get": f"SELECT value, blob_id, size FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE}",
     "has": f"SELECT 1 FROM {{e}} WHERE namespace = :ns AND key = :key AND {LIVE}",
-    "chunks": "SELECT data FROM {c} WHERE blob_id = :blob ORDER BY n",
-    "chunk": "SELECT data FROM {c} WHERE blob_id = :blob AND n = :n",
-    "put_chunk": "INSERT INTO {c} (blob_id, n, data) VALUES (:blob, :n, :data)",
-    "copy_chunks": "INSERT INTO {c} (blob_id, n, data) SELECT :new, n, data FROM {c} WHERE blob_id = :old",
+    "chunks": "SELECT data FROM {c} WHERE namespace = :ns AND blob_id = :blob ORDER BY n",
+    "chunk": "SELECT data FROM {c} WHERE namespace = :ns AND blob_id = :blob AND n = :n",
+    "put_chunk": "INSERT INTO {c} (namespace, blob_id, n, data) VALUES (:ns, :blob, :n, :data)",
+    "copy_chunks": "INSERT INTO {c} (namespace, blob_id, n, data) "
+    "SELECT namespace, :new, n, data FROM {c} WHERE namespace = :ns AND blob_id = :old",
     # guarded upsert: writes nothing when the namespace's index set changed since we looked
     "upsert": f"INSERT INTO {{e}} ({COLUMNS}) SELECT {NEW_ROW} WHERE {GUARD} {ON_CONFLICT}",
     "insert_new": f"INSERT INTO {{e}} ({COLUMNS}) SELECT {NEW_ROW} WHERE {GUARD} {ON_CONFLICT}"
@@ -111,15 +112,15 @@ _TEMPLATES: dict[str, str] = {
   FROM {{e}} src WHERE namespace = :ns AND key = :key AND {LIVE} {ON_CONFLICT}""",
     "rename": "UPDATE {e} SET key = :dest, version = :version, updated_at = :now "
     "WHERE namespace = :ns AND key = :key",
-    "index_entries_delete": "DELETE FROM {ie} WHERE key = :key AND index_id IN "
-    "(SELECT id FROM {ix} WHERE namespace = :ns)",
-    "index_entries_copy": "INSERT INTO {ie} (index_id, ivalue, uvalue, key) "
-    "SELECT index_id, ivalue, uvalue, :dest FROM {ie} WHERE key = :key AND index_id IN "
-    "(SELECT id FROM {ix} WHERE namespace = :ns)",
-    "index_entries_rename": "UPDATE {ie} SET key = :dest WHERE key = :key AND index_id IN "
-    "(SELECT id FROM {ix} WHERE namespace = :ns)",
-    "index_entry_insert": "INSERT INTO {ie} (index_id, ivalue, uvalue, key) "
-    "VALUES (:index_id, :ivalue, :uvalue, :key)",
+    "index_entries_delete": "DELETE FROM {ie} WHERE namespace = :ns AND key = :key "
+    "AND index_id IN (SELECT id FROM {ix} WHERE namespace = :ns)",
+    "index_entries_copy": "INSERT INTO {ie} (namespace, index_id, ivalue, uvalue, key) "
+    "SELECT namespace, index_id, ivalue, uvalue, :dest FROM {ie} WHERE namespace = :ns "
+    "AND key = :key AND index_id IN (SELECT id FROM {ix} WHERE namespace = :ns)",
+    "index_entries_rename": "UPDATE {ie} SET key = :dest WHERE namespace = :ns AND key = :key "
+    "AND index_id IN (SELECT id FROM {ix} WHERE namespace = :ns)",
+    "index_entry_insert": "INSERT INTO {ie} (namespace, index_id, ivalue, uvalue, key) "
+    "VALUES (:ns, :index_id, :ivalue, :uvalue, :key)",
     "clear": "DELETE FROM {e} WHERE namespace = :ns",
     "delete_any": "DELETE FROM {e} WHERE namespace = :ns AND key = ANY(:keys)",
     "get_many_any": f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {LIVE} "
@@ -131,12 +132,12 @@ _TEMPLATES: dict[str, str] = {
     # -- index management
     "index_def": "SELECT id, kind, definition, is_unique FROM {ix} "
     "WHERE namespace = :ns AND name = :name",
-    "index_insert": "INSERT INTO {ix} (namespace, name, kind, definition, is_unique, "
-    "created_at) VALUES (:ns, :name, :kind, :definition, :unique, :now)",
+    "index_insert": "INSERT INTO {ix} (namespace, id, name, kind, definition, is_unique, "
+    "created_at) VALUES (:ns, :iid, :name, :kind, :definition, :unique, :now)",
     "bump_generation": "INSERT INTO {n} (namespace, index_generation) VALUES (:ns, 1) "
     "ON CONFLICT (namespace) DO UPDATE SET index_generation = {n}.index_generation + 1",
-    "ie_drop": "DELETE FROM {ie} WHERE index_id = :iid",
-    "index_drop": "DELETE FROM {ix} WHERE id = :iid",
+    "ie_drop": "DELETE FROM {ie} WHERE namespace = :ns AND index_id = :iid",
+    "index_drop": "DELETE FROM {ix} WHERE namespace = :ns AND id = :iid",
     "backfill_batch": "SELECT key, value, blob_id, size FROM {e} WHERE namespace = :ns "
     "AND key > :after AND (expires_at IS NULL OR expires_at > :now) ORDER BY key "
     "LIMIT :limit{for_share}",
@@ -169,9 +170,10 @@ _TEMPLATES: dict[str, str] = {
     "delete_if_checksum": "DELETE FROM {e} WHERE namespace = :ns AND key = :key AND checksum = :sum",
     "index_defs": "SELECT id, name, kind, definition, is_unique FROM {ix} WHERE namespace = :ns "
     "ORDER BY name",
-    "ie_holder": "SELECT key FROM {ie} WHERE index_id = :iid AND uvalue = :uv AND key <> :key",
+    "ie_holder": "SELECT key FROM {ie} WHERE namespace = :ns AND index_id = :iid "
+    "AND uvalue = :uv AND key <> :key",
     "ie_expired_holder": "SELECT i.key FROM {ie} i JOIN {e} e ON e.namespace = :ns AND e.key = i.key "
-    "WHERE i.index_id = :iid AND i.uvalue = :uv AND i.key <> :key "
+    "WHERE i.namespace = :ns AND i.index_id = :iid AND i.uvalue = :uv AND i.key <> :key "
     "AND e.expires_at IS NOT NULL AND e.expires_at <= :now",
 }
 
@@ -215,6 +217,12 @@ def new_blob_id() -> int:
     return secrets.randbits(62) + 1
 
 
+def new_id() -> int:
+    """A new index's or list's id: random, so that no dialect needs to auto-assign one in a
+    primary key that leads with the namespace (SQLite assigns only an INTEGER PRIMARY KEY)."""
+    return secrets.randbits(62) + 1
+
+
 # -- reading ---------------------------------------------------------------------------------
 def get_value(scope: Scope, conn: Conn, key: str) -> bytes | None:
     """The live value of ``key`` on ``conn``, or None."""
@@ -231,7 +239,9 @@ def read_blob(scope: Scope, conn: Conn, key: str, blob_id: int, size: int) -> by
     """A chunked value, whole. Blob ids are never reused, so a short read means the value was
     replaced (and its chunks deleted) between two statements: the new value is read instead
     (and a missing one is ``b""``, as the caller saw it exist)."""
-    rows = conn.execute_bytes(scope.sql(SQL, "chunks"), {"blob": blob_id}).fetchall()
+    rows = conn.execute_bytes(
+        scope.sql(SQL, "chunks"), {"ns": scope.namespace, "blob": blob_id}
+    ).fetchall()
     data = b"".join(bytes(r[0]) for r in rows)
     if len(data) != size:
         again = get_value(scope, conn, key)
@@ -269,7 +279,7 @@ def insert_chunks(scope: Scope, conn: Conn, chunks: Iterable[bytes]) -> tuple[in
     for n, buf in enumerate(chunks):
         digest.update(buf)
         total += len(buf)
-        conn.execute(sql, {"blob": blob_id, "n": n, "data": buf})
+        conn.execute(sql, {"ns": scope.namespace, "blob": blob_id, "n": n, "data": buf})
     return blob_id, total, digest.hexdigest()
 
 
@@ -293,7 +303,7 @@ def load_state(scope: Scope, conn: Conn) -> NamespaceIndexes:
             undeclared.append(name)
         else:
             specs.append(spec)
-    return NamespaceIndexes(generation, specs, undeclared, by_name)
+    return NamespaceIndexes(ns, generation, specs, undeclared, by_name)
 
 
 def index_state(scope: Scope, conn: Conn | None = None, check: bool = False) -> NamespaceIndexes:
@@ -391,16 +401,16 @@ def _write_indexed_at_once(
     text = (
         f"WITH up AS (INSERT INTO {{e}} ({COLUMNS}) SELECT {NEW_ROW} WHERE {GUARD} "
         f"{ON_CONFLICT} RETURNING 1), "
-        "gone AS (DELETE FROM {ie} WHERE key = :key "
+        "gone AS (DELETE FROM {ie} WHERE namespace = :ns AND key = :key "
         "AND index_id IN (SELECT id FROM {ix} WHERE namespace = :ns) "
         "AND EXISTS (SELECT 1 FROM up)"
         + (f" AND (index_id, ivalue) NOT IN (VALUES {kept})" if n else "")
         + ")"
         + (
-            ", added AS (INSERT INTO {ie} (index_id, ivalue, uvalue, key) "
-            f"SELECT r.i, r.v, r.u, :key FROM (VALUES {new}) AS r (i, v, u) "
+            ", added AS (INSERT INTO {ie} (namespace, index_id, ivalue, uvalue, key) "
+            f"SELECT :ns, r.i, r.v, r.u, :key FROM (VALUES {new}) AS r (i, v, u) "
             "WHERE EXISTS (SELECT 1 FROM up) "
-            "ON CONFLICT (index_id, ivalue, key) DO NOTHING)"
+            "ON CONFLICT (namespace, index_id, ivalue, key) DO NOTHING)"
             if n
             else ""
         )
@@ -538,14 +548,14 @@ def insert_entries(
     try:
         with conn.savepoint():
             if full:
-                marks = ", ".join(f"(:i{n}, :v{n}, :u{n}, :k{n})" for n in range(per))
+                marks = ", ".join(f"(:ns, :i{n}, :v{n}, :u{n}, :k{n})" for n in range(per))
                 sql = scope.sql(
                     SQL,
                     f"ie_insert_{per}",
-                    "INSERT INTO {ie} (index_id, ivalue, uvalue, key) VALUES " + marks,
+                    "INSERT INTO {ie} (namespace, index_id, ivalue, uvalue, key) VALUES " + marks,
                 )
                 for start in range(0, full, per):
-                    params: dict[str, Any] = {}
+                    params: dict[str, Any] = {"ns": scope.namespace}
                     for n, row in enumerate(rows[start : start + per]):
                         params[f"i{n}"] = row["index_id"]
                         params[f"v{n}"] = row["ivalue"]
@@ -584,7 +594,7 @@ def unique_violation(
             continue
         other = conn.execute(
             scope.sql(SQL, "ie_holder"),
-            {"iid": row["index_id"], "uv": row["uvalue"], "key": key},
+            {"ns": scope.namespace, "iid": row["index_id"], "uv": row["uvalue"], "key": key},
         ).fetchone()
         if other is not None:
             value = getattr(row, "value", None)
@@ -861,7 +871,7 @@ def present_locked(scope: Scope, conn: Conn, keys: list[str]) -> set[str]:
 
 
 # -- index queries (find, count, after=key) --------------------------------------------------
-_INDEX_ID = "i.index_id = (SELECT id FROM {ix} WHERE namespace = :ns AND name = :name)"
+_INDEX_ID = "i.namespace = :ns AND i.index_id = (SELECT id FROM {ix} WHERE namespace = :ns AND name = :name)"
 # The entry's columns and liveness are read by correlated scalar subqueries on its primary key,
 # not by a JOIN: PostgreSQL never turns a scalar subquery into a join, so each result row costs
 # one index probe whatever the planner estimates. With a JOIN it hash-joins a sequential scan
@@ -915,7 +925,7 @@ def _dedupe(scope: Scope, flt: Filter, desc: bool) -> tuple[str, dict[str, Any]]
     op, direction, past = (">=", "DESC", b"") if desc else ("<=", "ASC", TOP)
     return (
         f" AND i.ivalue {op} (SELECT CASE WHEN {cond} THEN j.ivalue ELSE :past END AS first "
-        f"FROM {{ie}} j{{ie_by_key}} WHERE j.index_id = i.index_id AND "
+        f"FROM {{ie}} j{{ie_by_key}} WHERE j.namespace = :ns AND j.index_id = i.index_id AND "
         f"{_key_is(scope, 'j', 'i.key')} "
         f"ORDER BY first {direction} LIMIT 1)",
         {**params, "past": past},
@@ -1052,7 +1062,9 @@ def _entry_value(scope: Scope, conn: Conn, row: Any) -> tuple[EntryInfo, bytes] 
         info = entry_info(scope, row)
         if row[10] is None:
             return info, bytes(row[9])
-        rows = conn.execute_bytes(scope.sql(SQL, "chunks"), {"blob": row[10]}).fetchall()
+        rows = conn.execute_bytes(
+            scope.sql(SQL, "chunks"), {"ns": scope.namespace, "blob": row[10]}
+        ).fetchall()
         data = b"".join(bytes(r[0]) for r in rows)
         if len(data) == info.size:
             return info, data

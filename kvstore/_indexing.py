@@ -198,6 +198,7 @@ class Row(dict[str, Any]):
 
 @dataclass
 class NamespaceIndexes:
+    namespace: str
     generation: int
     specs: list[IndexSpec]  # the ones this process can maintain
     undeclared: list[str]
@@ -210,7 +211,11 @@ class NamespaceIndexes:
         for spec in self.specs:
             for enc, original in extract(spec, data).items():
                 row = Row(
-                    index_id=spec.id, ivalue=enc, uvalue=enc if spec.unique else None, key=key
+                    ns=self.namespace,
+                    index_id=spec.id,
+                    ivalue=enc,
+                    uvalue=enc if spec.unique else None,
+                    key=key,
                 )
                 row.value = original
                 rows.append(row)

@@ -43,7 +43,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -159,63 +159,79 @@ def _define(prefix: str, md: MetaData) -> Tables:
         sqlite_where=entries.c.expires_at.isnot(None),
         postgresql_where=entries.c.expires_at.isnot(None),
     )
+    # Every table's primary key leads with the namespace: one namespace's rows are contiguous
+    # in each B-tree, and a distributed PostgreSQL (Citus, by namespace) co-locates them.
     chunks = Table(
         f"{p}chunks",
         md,
+        Column("namespace", String(255), nullable=False),
         Column("blob_id", BigInteger, nullable=False),
         Column("n", Integer, nullable=False),
         Column("data", _dialect.blob_type(), nullable=False),
-        PrimaryKeyConstraint("blob_id", "n"),
+        PrimaryKeyConstraint("namespace", "blob_id", "n"),
     )
+    # ids are random (kvstore._entries.new_id), not auto-assigned: SQLite assigns only an
+    # INTEGER PRIMARY KEY, and these keys are (namespace, id)
     indexes = Table(
         f"{p}indexes",
         md,
-        Column("id", _dialect.id_type(), primary_key=True, autoincrement=True),
-        Column("namespace", String(255), nullable=False),
+        Column("namespace", _dialect.namespace_type(), nullable=False),
+        Column("id", BigInteger, nullable=False, autoincrement=False),
         Column("name", String(255), nullable=False),
         Column("kind", String(16), nullable=False),
         Column("definition", String(1024), nullable=False),
         Column("is_unique", Boolean, nullable=False),
         Column("created_at", Timestamp, nullable=False),
+        PrimaryKeyConstraint("namespace", "id"),
         UniqueConstraint("namespace", "name"),
     )
     index_entries = Table(
         f"{p}index_entries",
         md,
-        Column(
-            "index_id",
-            BigInteger,
-            ForeignKey(indexes.c.id, ondelete="CASCADE"),
-            nullable=False,
-        ),
+        Column("namespace", _dialect.namespace_type(), nullable=False),
+        Column("index_id", BigInteger, nullable=False),
         Column("ivalue", _dialect.ivalue_type(), nullable=False),
         Column("uvalue", _dialect.ivalue_type(), nullable=True),
         Column("key", _dialect.key_type(), nullable=False),
-        PrimaryKeyConstraint("index_id", "ivalue", "key"),
-        UniqueConstraint("index_id", "uvalue"),
-        Index(None, "index_id", "key"),
+        # (MariaDB: without the namespace, see _dialect.mysql_primary_key)
+        PrimaryKeyConstraint(
+            "namespace",
+            "index_id",
+            "ivalue",
+            "key",
+            info=_dialect.mysql_primary_key("index_id", "ivalue", "key"),
+        ),
+        UniqueConstraint("namespace", "index_id", "uvalue"),
+        ForeignKeyConstraint(
+            ["namespace", "index_id"],
+            [indexes.c.namespace, indexes.c.id],
+            ondelete="CASCADE",
+        ),
+        Index(f"ix_{p}index_entries_key", "namespace", "index_id", "key"),
     )
     lists = Table(
         f"{p}lists",
         md,
-        Column("id", _dialect.id_type(), primary_key=True, autoincrement=True),
-        Column("namespace", String(255), nullable=False),
+        Column("namespace", _dialect.namespace_type(), nullable=False),
+        Column("id", BigInteger, nullable=False, autoincrement=False),
         Column("name", String(255), nullable=False),
         Column("length", BigInteger, nullable=False),
+        PrimaryKeyConstraint("namespace", "id"),
         UniqueConstraint("namespace", "name"),
     )
     list_items = Table(
         f"{p}list_items",
         md,
-        Column(
-            "list_id",
-            BigInteger,
-            ForeignKey(lists.c.id, ondelete="CASCADE"),
-            nullable=False,
-        ),
+        Column("namespace", _dialect.namespace_type(), nullable=False),
+        Column("list_id", BigInteger, nullable=False),
         Column("pos", BigInteger, nullable=False),
         Column("value", _dialect.blob_type(), nullable=False),
-        PrimaryKeyConstraint("list_id", "pos"),
+        PrimaryKeyConstraint("namespace", "list_id", "pos"),
+        ForeignKeyConstraint(
+            ["namespace", "list_id"],
+            [lists.c.namespace, lists.c.id],
+            ondelete="CASCADE",
+        ),
     )
     counts = Table(
         f"{p}counts",

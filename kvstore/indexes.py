@@ -29,6 +29,7 @@ from ._entries import (
     forget_index_state,
     index_state,
     insert_entries,
+    new_id,
     now_us,
     position_statement,
     read_blob,
@@ -123,6 +124,7 @@ def create_index(
             scope.sql(ENTRY_SQL, "index_insert"),
             {
                 "ns": scope.namespace,
+                "iid": new_id(),
                 "name": name,
                 "kind": kind,
                 "definition": definition,
@@ -167,7 +169,7 @@ def _backfill(
     total = count_live(scope, conn)
     done = 0
     after = ""
-    state = NamespaceIndexes(0, [spec], [], {spec.name: spec})
+    state = NamespaceIndexes(scope.namespace, 0, [spec], [], {spec.name: spec})
     while True:
         rows = conn.execute(
             scope.sql(ENTRY_SQL, "backfill_batch"),
@@ -211,8 +213,9 @@ def drop_index(scope: Scope, name: str) -> None:
         ).fetchone()
         if row is None:
             raise UnknownIndexError(scope.namespace, name)
-        conn.execute(scope.sql(ENTRY_SQL, "ie_drop"), {"iid": row[0]})
-        conn.execute(scope.sql(ENTRY_SQL, "index_drop"), {"iid": row[0]})
+        ids = {"ns": scope.namespace, "iid": row[0]}
+        conn.execute(scope.sql(ENTRY_SQL, "ie_drop"), ids)
+        conn.execute(scope.sql(ENTRY_SQL, "index_drop"), ids)
         _bump_generation(scope, conn)
 
     try:
@@ -235,7 +238,7 @@ def rebuild_index(
         spec = _spec(scope, name, conn)
         if spec.extractor is None:
             raise IndexNotDeclaredError(scope.namespace, [name])
-        conn.execute(scope.sql(ENTRY_SQL, "ie_drop"), {"iid": spec.id})
+        conn.execute(scope.sql(ENTRY_SQL, "ie_drop"), {"ns": scope.namespace, "iid": spec.id})
         _backfill(scope, conn, spec, progress)
         return info_of(spec)
 

@@ -1,8 +1,8 @@
 """Persistent lists: a ``MutableSequence`` stored in two SQL tables.
 
-``{l}`` (``kv_lists``) holds one header row per list, ``(id, namespace, name, length)``;
+``{l}`` (``kv_lists``) holds one header row per list, ``(namespace, id, name, length)``;
 ``{li}`` (``kv_list_items``) holds the items at contiguous positions ``0 .. length - 1`` under
-the primary key ``(list_id, pos)``. So ``len(l)`` reads one row, ``l[i]`` is one primary-key
+the primary key ``(namespace, list_id, pos)``. So ``len(l)`` reads one row, ``l[i]`` is one primary-key
 lookup, an append writes two rows, and a slice is one index range scan. Inserting or deleting
 in the middle renumbers the items after it, in the database, in the same transaction.
 
@@ -35,6 +35,7 @@ from typing_extensions import TypeVar
 from ._backend import Scope, Statements, open_store, scope_of
 from ._conn import Conn
 from ._dialect import Rendered
+from ._entries import new_id
 from .errors import KVStoreError
 from .serializers import get_serializer
 
@@ -62,60 +63,61 @@ _SQL: dict[str, str] = {
     "len": "SELECT length FROM {l} WHERE namespace = :ns AND name = :name",
     # one round trip for l[i]: the header gives the length (for negative indices and the
     # IndexError), the item comes from the primary key
-    "get": "SELECT h.length, i.value FROM {l} h LEFT JOIN {li} i ON i.list_id = h.id"
+    "get": "SELECT h.length, i.value FROM {l} h LEFT JOIN {li} i ON i.namespace = h.namespace AND i.list_id = h.id"
     " AND i.pos = CASE WHEN :i < 0 THEN h.length + :i ELSE :i END WHERE " + _HEAD,
     # a slice is one range scan; the length comes back with it so the caller can check that
     # the bounds it computed from an earlier len() still hold in this statement's snapshot
-    "slice": "SELECT h.length, i.value FROM {l} h LEFT JOIN {li} i ON i.list_id = h.id"
+    "slice": "SELECT h.length, i.value FROM {l} h LEFT JOIN {li} i ON i.namespace = h.namespace AND i.list_id = h.id"
     " AND i.pos >= :lo AND i.pos < :hi AND (i.pos - :lo) % :st = 0 WHERE "
     + _HEAD
     + " ORDER BY i.pos",
-    "slice_desc": "SELECT h.length, i.value FROM {l} h LEFT JOIN {li} i ON i.list_id = h.id"
+    "slice_desc": "SELECT h.length, i.value FROM {l} h LEFT JOIN {li} i ON i.namespace = h.namespace AND i.list_id = h.id"
     " AND i.pos >= :lo AND i.pos < :hi AND (i.pos - :lo) % :st = 0 WHERE "
     + _HEAD
     + " ORDER BY i.pos DESC",
-    "batch": "SELECT i.pos, i.value FROM {l} h JOIN {li} i ON i.list_id = h.id WHERE "
+    "batch": "SELECT i.pos, i.value FROM {l} h JOIN {li} i ON i.namespace = h.namespace AND i.list_id = h.id WHERE "
     + _HEAD
     + " AND i.pos > :after AND i.pos < :hi ORDER BY i.pos LIMIT :n",
-    "batch_desc": "SELECT i.pos, i.value FROM {l} h JOIN {li} i ON i.list_id = h.id WHERE "
+    "batch_desc": "SELECT i.pos, i.value FROM {l} h JOIN {li} i ON i.namespace = h.namespace AND i.list_id = h.id WHERE "
     + _HEAD
     + " AND i.pos < :before ORDER BY i.pos DESC LIMIT :n",
     # -- writes (always inside a transaction that holds the header row) --
     "lock": "SELECT id, length FROM {l} WHERE namespace = :ns AND name = :name",
-    "create": "INSERT INTO {l} (namespace, name, length) VALUES (:ns, :name, 0)"
+    "create": "INSERT INTO {l} (namespace, id, name, length) VALUES (:ns, :id, :name, 0)"
     " ON CONFLICT (namespace, name) DO NOTHING",
     # UPDATE ... RETURNING takes the row lock and reserves the new positions in one statement
     "bump": "UPDATE {l} SET length = length + :n WHERE namespace = :ns AND name = :name"
     " RETURNING id, length",
     "bump_plain": "UPDATE {l} SET length = length + :n WHERE namespace = :ns AND name = :name",
-    "set_length": "UPDATE {l} SET length = :length WHERE id = :id",
-    "insert": "INSERT INTO {li} (list_id, pos, value) VALUES (:id, :pos, :value)",
-    "update": "UPDATE {li} SET value = :value WHERE list_id = :id AND pos = :pos",
-    "all": "SELECT i.value FROM {l} h JOIN {li} i ON i.list_id = h.id WHERE "
+    "set_length": "UPDATE {l} SET length = :length WHERE namespace = :ns AND id = :id",
+    "insert": "INSERT INTO {li} (namespace, list_id, pos, value) VALUES (:ns, :id, :pos, :value)",
+    "update": "UPDATE {li} SET value = :value WHERE namespace = :ns AND list_id = :id AND pos = :pos",
+    "all": "SELECT i.value FROM {l} h JOIN {li} i ON i.namespace = h.namespace AND i.list_id = h.id WHERE "
     + _HEAD
     + " ORDER BY i.pos",
-    "values": "SELECT value FROM {li} WHERE list_id = :id ORDER BY pos",
-    "pop": "DELETE FROM {li} WHERE list_id = :id AND pos = :pos RETURNING value",
-    "delete": "DELETE FROM {li} WHERE list_id = :id AND pos >= :lo AND pos < :hi"
+    "values": "SELECT value FROM {li} WHERE namespace = :ns AND list_id = :id ORDER BY pos",
+    "pop": "DELETE FROM {li} WHERE namespace = :ns AND list_id = :id AND pos = :pos RETURNING value",
+    "delete": "DELETE FROM {li} WHERE namespace = :ns AND list_id = :id AND pos >= :lo AND pos < :hi"
     " AND (pos - :lo) % :st = 0",
-    "clear": "DELETE FROM {li} WHERE list_id = :id",
+    "clear": "DELETE FROM {li} WHERE namespace = :ns AND list_id = :id",
     # Renumbering under the primary key (list_id, pos). Both SQLite and PostgreSQL check a
     # primary key row by row as an UPDATE proceeds, in whatever order it visits the rows, so
     # "SET pos = pos + 1" can collide with the neighbour it has not moved yet (and a deferred
     # constraint is not an option for a primary key on SQLite). Every renumbering therefore
     # first moves the rows to distinct negative positions (-new - 1, never used by a live
     # row), then flips them back with "flip": two statements, each touching only moved rows.
-    "shift": "UPDATE {li} SET pos = -(pos + :delta) - 1 WHERE list_id = :id AND pos >= :lo",
+    "shift": "UPDATE {li} SET pos = -(pos + :delta) - 1 WHERE namespace = :ns AND list_id = :id AND pos >= :lo",
     # after deleting n positions lo, lo+st, ...: a row above lo moves down by the number of
     # deleted positions below it, min(n, (pos - lo - 1) / st + 1); {intdiv} is integer division
     "compact": "UPDATE {li} SET pos = -(pos - CASE WHEN (pos - :lo - 1) {intdiv} :st + 1 < :n"
-    " THEN (pos - :lo - 1) {intdiv} :st + 1 ELSE :n END) - 1 WHERE list_id = :id AND pos > :lo",
-    "reverse": "UPDATE {li} SET pos = -(:last - pos) - 1 WHERE list_id = :id AND pos >= 0",
-    "move": "UPDATE {li} SET pos = :new WHERE list_id = :id AND pos = :old",
-    "flip": "UPDATE {li} SET pos = -pos - 1 WHERE list_id = :id AND pos < 0",
+    " THEN (pos - :lo - 1) {intdiv} :st + 1 ELSE :n END) - 1 WHERE namespace = :ns AND list_id = :id AND pos > :lo",
+    "reverse": "UPDATE {li} SET pos = -(:last - pos) - 1 WHERE namespace = :ns AND list_id = :id AND pos >= 0",
+    "move": "UPDATE {li} SET pos = :new WHERE namespace = :ns AND list_id = :id AND pos = :old",
+    "flip": "UPDATE {li} SET pos = -pos - 1 WHERE namespace = :ns AND list_id = :id AND pos < 0",
     # l *= n copies the list inside the database, doubling, so n copies cost log2(n) statements
-    "repeat": "INSERT INTO {li} (list_id, pos, value) SELECT list_id, pos + :off, value FROM {li}"
-    " WHERE list_id = :id AND pos >= 0 AND pos < :k",
+    "repeat": "INSERT INTO {li} (namespace, list_id, pos, value) "
+    "SELECT namespace, list_id, pos + :off, value FROM {li}"
+    " WHERE namespace = :ns AND list_id = :id AND pos >= 0 AND pos < :k",
 }
 
 # the header row is locked before the list is rewritten
@@ -270,7 +272,8 @@ class PersistentList(Generic[T], MutableSequence[T]):
         self._name = name
         self._ser = ser
         self._scope: Scope = self._store.scope
-        self._p = {"ns": self._scope.namespace, "name": name}
+        self._ns = self._scope.namespace
+        self._p = {"ns": self._ns, "name": name}
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -329,7 +332,7 @@ class PersistentList(Generic[T], MutableSequence[T]):
         if row is None:
             if not create:
                 return None
-            conn.execute(self._sql("create"), self._p)
+            self._create(conn)
             row = conn.execute(self._sql("lock"), self._p).fetchone()
             if row is None:  # pragma: no cover - the INSERT above or a concurrent one made it
                 raise KVStoreError(
@@ -337,38 +340,43 @@ class PersistentList(Generic[T], MutableSequence[T]):
                 )
         return int(row[0]), int(row[1])
 
+    def _create(self, conn: Conn) -> None:
+        conn.execute(self._sql("create"), {**self._p, "id": new_id()})
+
     def _bump(self, conn: Conn, n: int) -> tuple[int, int]:
         """Lock the header, add ``n`` to the length, and return ``(id, new length)``."""
         params = {**self._p, "n": n}
         if not self._scope.backend.dialect.supports_update_returning:
             # MariaDB: the UPDATE takes the row lock, and the locked row is read back
             if conn.execute(self._sql("bump_plain"), params).rowcount == 0:
-                conn.execute(self._sql("create"), self._p)
+                self._create(conn)
                 conn.execute(self._sql("bump_plain"), params)
             row = conn.execute(self._sql("lock"), self._p).fetchone()
             return int(row[0]), int(row[1])
         rows = conn.execute(self._sql("bump"), params).fetchall()
         if not rows:
-            conn.execute(self._sql("create"), self._p)
+            self._create(conn)
             rows = conn.execute(self._sql("bump"), params).fetchall()
         return int(rows[0][0]), int(rows[0][1])
 
     def _set_length(self, conn: Conn, lid: int, length: int) -> None:
-        conn.execute(self._sql("set_length"), {"id": lid, "length": length})
+        conn.execute(self._sql("set_length"), {"ns": self._ns, "id": lid, "length": length})
 
     def _shift(self, conn: Conn, lid: int, lo: int, delta: int) -> None:
         """Move every item at position >= ``lo`` by ``delta`` (see the "shift" statement)."""
-        conn.execute(self._sql("shift"), {"id": lid, "lo": lo, "delta": delta})
-        conn.execute(self._sql("flip"), {"id": lid})
+        conn.execute(self._sql("shift"), {"ns": self._ns, "id": lid, "lo": lo, "delta": delta})
+        conn.execute(self._sql("flip"), {"ns": self._ns, "id": lid})
 
     def _delete_progression(self, conn: Conn, lid: int, length: int, r: range) -> None:
         """Delete the positions of ``r`` and close the gaps."""
         lo, hi, st, _ = _progression(r)
         n = len(r)
-        conn.execute(self._sql("delete"), {"id": lid, "lo": lo, "hi": hi, "st": st})
+        conn.execute(self._sql("delete"), {"ns": self._ns, "id": lid, "lo": lo, "hi": hi, "st": st})
         if length - lo > n:  # some item above lo survives: renumber
-            conn.execute(self._sql("compact"), {"id": lid, "lo": lo, "st": st, "n": n})
-            conn.execute(self._sql("flip"), {"id": lid})
+            conn.execute(
+                self._sql("compact"), {"ns": self._ns, "id": lid, "lo": lo, "st": st, "n": n}
+            )
+            conn.execute(self._sql("flip"), {"ns": self._ns, "id": lid})
         self._set_length(conn, lid, length - n)
 
     def _batch(self, after: int, hi: int = _MAX) -> list[tuple[int, Any]]:
@@ -577,7 +585,9 @@ class PersistentList(Generic[T], MutableSequence[T]):
 
         def run(conn: Conn) -> None:
             lid, length = self._bump(conn, 1)
-            conn.execute(self._sql("insert"), {"id": lid, "pos": length - 1, "value": data})
+            conn.execute(
+                self._sql("insert"), {"ns": self._ns, "id": lid, "pos": length - 1, "value": data}
+            )
 
         self._write(run)
 
@@ -591,7 +601,10 @@ class PersistentList(Generic[T], MutableSequence[T]):
         def run(conn: Conn) -> None:
             lid, length = self._bump(conn, len(items))
             base = length - len(items)
-            rows = [{"id": lid, "pos": base + j, "value": d} for j, d in enumerate(items)]
+            rows = [
+                {"ns": self._ns, "id": lid, "pos": base + j, "value": d}
+                for j, d in enumerate(items)
+            ]
             conn.executemany(self._sql("insert"), rows)
 
         self._write(run)
@@ -613,7 +626,9 @@ class PersistentList(Generic[T], MutableSequence[T]):
             pos = min(max(i + old, 0) if i < 0 else i, old)
             if pos < old:
                 self._shift(conn, lid, pos, 1)
-            conn.execute(self._sql("insert"), {"id": lid, "pos": pos, "value": data})
+            conn.execute(
+                self._sql("insert"), {"ns": self._ns, "id": lid, "pos": pos, "value": data}
+            )
 
         self._write(run)
 
@@ -636,7 +651,9 @@ class PersistentList(Generic[T], MutableSequence[T]):
             pos = i + length if i < 0 else i
             if not 0 <= pos < length:
                 raise IndexError("list assignment index out of range")
-            conn.execute(self._sql("update"), {"id": lid, "pos": pos, "value": data})
+            conn.execute(
+                self._sql("update"), {"ns": self._ns, "id": lid, "pos": pos, "value": data}
+            )
 
         self._write(run)
 
@@ -665,16 +682,25 @@ class PersistentList(Generic[T], MutableSequence[T]):
                     raise ValueError(
                         f"attempt to assign sequence of size {len(data)} to extended slice of size {len(r)}"
                     )
-                rows = [{"id": lid, "pos": p, "value": d} for p, d in zip(r, data, strict=True)]
+                rows = [
+                    {"ns": self._ns, "id": lid, "pos": p, "value": d}
+                    for p, d in zip(r, data, strict=True)
+                ]
                 conn.executemany(self._sql("update"), rows)
                 return
             stop = max(stop, start)  # l[5:2] = x inserts at 5, as list does
             delta = len(data) - (stop - start)
             if stop > start:
-                conn.execute(self._sql("delete"), {"id": lid, "lo": start, "hi": stop, "st": 1})
+                conn.execute(
+                    self._sql("delete"),
+                    {"ns": self._ns, "id": lid, "lo": start, "hi": stop, "st": 1},
+                )
             if delta and stop < length:
                 self._shift(conn, lid, stop, delta)
-            rows = [{"id": lid, "pos": start + j, "value": d} for j, d in enumerate(data)]
+            rows = [
+                {"ns": self._ns, "id": lid, "pos": start + j, "value": d}
+                for j, d in enumerate(data)
+            ]
             conn.executemany(self._sql("insert"), rows)
             if delta:
                 self._set_length(conn, lid, length + delta)
@@ -722,7 +748,7 @@ class PersistentList(Generic[T], MutableSequence[T]):
             pos = i + length if i < 0 else i
             if not 0 <= pos < length:
                 raise IndexError("pop index out of range")
-            row = conn.execute(self._sql("pop"), {"id": lid, "pos": pos}).fetchall()
+            row = conn.execute(self._sql("pop"), {"ns": self._ns, "id": lid, "pos": pos}).fetchall()
             value = self._loads(row[0][0])  # inside the transaction: a failure keeps the item
             if pos < length - 1:
                 self._shift(conn, lid, pos + 1, -1)
@@ -769,7 +795,7 @@ class PersistentList(Generic[T], MutableSequence[T]):
         def run(conn: Conn) -> None:
             head = self._lock(conn, create=False)
             if head is not None and head[1]:
-                conn.execute(self._sql("clear"), {"id": head[0]})
+                conn.execute(self._sql("clear"), {"ns": self._ns, "id": head[0]})
                 self._set_length(conn, head[0], 0)
 
         self._write(run)
@@ -780,8 +806,10 @@ class PersistentList(Generic[T], MutableSequence[T]):
         def run(conn: Conn) -> None:
             head = self._lock(conn, create=False)
             if head is not None and head[1] > 1:
-                conn.execute(self._sql("reverse"), {"id": head[0], "last": head[1] - 1})
-                conn.execute(self._sql("flip"), {"id": head[0]})
+                conn.execute(
+                    self._sql("reverse"), {"ns": self._ns, "id": head[0], "last": head[1] - 1}
+                )
+                conn.execute(self._sql("flip"), {"ns": self._ns, "id": head[0]})
 
         self._write(run)
 
@@ -799,7 +827,7 @@ class PersistentList(Generic[T], MutableSequence[T]):
                 return
             lid, length = head
             if count <= 0:
-                conn.execute(self._sql("clear"), {"id": lid})
+                conn.execute(self._sql("clear"), {"ns": self._ns, "id": lid})
                 self._set_length(conn, lid, 0)
                 return
             total = length * count
@@ -808,7 +836,7 @@ class PersistentList(Generic[T], MutableSequence[T]):
             have = length
             while have < total:
                 k = min(have, total - have)
-                conn.execute(self._sql("repeat"), {"id": lid, "off": have, "k": k})
+                conn.execute(self._sql("repeat"), {"ns": self._ns, "id": lid, "off": have, "k": k})
                 have += k
             self._set_length(conn, lid, total)
 
@@ -848,14 +876,16 @@ class PersistentList(Generic[T], MutableSequence[T]):
             if head is None or head[1] != len(order):
                 raise ValueError("list modified during sort")
             lid = head[0]
-            cur = conn.execute(self._sql("values"), {"id": lid})
+            cur = conn.execute(self._sql("values"), {"ns": self._ns, "id": lid})
             h = _Digest()
             while batch := cur.fetchmany(self.batch_size):
                 h.update(v for (v,) in batch)
             if h.digest() != digest:
                 raise ValueError("list modified during sort")
             if moves:
-                conn.executemany(self._sql("move"), [{**m, "id": lid} for m in moves])
-                conn.execute(self._sql("flip"), {"id": lid})
+                conn.executemany(
+                    self._sql("move"), [{**m, "ns": self._ns, "id": lid} for m in moves]
+                )
+                conn.execute(self._sql("flip"), {"ns": self._ns, "id": lid})
 
         self._write(run)

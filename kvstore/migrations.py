@@ -70,7 +70,7 @@ __all__ = [
 #: The newest revision. Kept as a constant so that ``connect()`` on an up-to-date database
 #: compares one row with it instead of importing Alembic and parsing every script; a test
 #: checks it against the scripts, so it cannot drift.
-HEAD = "0003"
+HEAD = "0004"
 #: The revision that tables created before kvstore shipped migrations (``create=True`` with
 #: no version table) are adopted at, so ``upgrade`` continues from there instead of failing
 #: on "table already exists".
@@ -160,7 +160,12 @@ def _compare_type(
     # PostgreSQL is what makes keys sort in code-point order: a column that lost it must show.
     impl = metadata_type.dialect_impl(context.dialect)
     want = getattr(impl, "collation", None)
-    if want is not None and getattr(inspected_type, "collation", None) != want:
+    got = getattr(inspected_type, "collation", None)
+    if want == _dialect.MYSQL_COLLATION and got is None:
+        # MySQL reports no collation for a column that has its table's (kvstore's tables'
+        # default is this one, _dialect.table_options_ddl)
+        got = want
+    if want is not None and got != want:
         return True
     # MySQL's LONGBLOB/LONGTEXT are what a BLOB/TEXT of 4 GiB becomes (kvstore._dialect
     # names them so, without importing SQLAlchemy's MySQL types)
@@ -563,8 +568,15 @@ def _adopt_unversioned(conn: Connection, prefix: str) -> None:
     inspector = sa.inspect(conn)
     t = tables(prefix)
     if inspector.has_table(t.entries.name):
-        # tables made by create_all() since 0003 have its counts table (0003 creates it)
-        _stamp(conn, prefix, "0003" if inspector.has_table(t.counts.name) else BASELINE)
+        # the newest revision whose shape create_all() tables have: 0004 keys chunks by
+        # namespace, 0003 made the counts table
+        if "namespace" in {c["name"] for c in inspector.get_columns(t.chunks.name)}:
+            revision = "0004"
+        elif inspector.has_table(t.counts.name):
+            revision = "0003"
+        else:
+            revision = BASELINE
+        _stamp(conn, prefix, revision)
 
 
 # Alembic's ``context`` and ``op`` are module-level proxies, installed while a command runs:

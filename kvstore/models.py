@@ -73,6 +73,7 @@ class Entry(Base):
 
 class Chunk(Base):
     __table__ = default_tables.chunks
+    namespace: Mapped[str]
     blob_id: Mapped[int]
     n: Mapped[int]
     data: Mapped[bytes]
@@ -80,8 +81,8 @@ class Chunk(Base):
 
 class IndexDefinition(Base):
     __table__ = default_tables.indexes
-    id: Mapped[int]
     namespace: Mapped[str]
+    id: Mapped[int]
     name: Mapped[str]
     kind: Mapped[str]
     definition: Mapped[str]
@@ -91,6 +92,7 @@ class IndexDefinition(Base):
 
 class IndexEntry(Base):
     __table__ = default_tables.index_entries
+    namespace: Mapped[str]
     index_id: Mapped[int]
     ivalue: Mapped[bytes]
     uvalue: Mapped[bytes | None]
@@ -99,14 +101,15 @@ class IndexEntry(Base):
 
 class ListHeader(Base):
     __table__ = default_tables.lists
-    id: Mapped[int]
     namespace: Mapped[str]
+    id: Mapped[int]
     name: Mapped[str]
     length: Mapped[int]
 
 
 class ListItem(Base):
     __table__ = default_tables.list_items
+    namespace: Mapped[str]
     list_id: Mapped[int]
     pos: Mapped[int]
     value: Mapped[bytes]

@@ -597,7 +597,10 @@ class Store(KeyValueStore):
             new_blob = None
             if row[1] is not None:
                 new_blob = new_blob_id()
-                conn.execute(self._scope.sql(SQL, "copy_chunks"), {"new": new_blob, "old": row[1]})
+                conn.execute(
+                    self._scope.sql(SQL, "copy_chunks"),
+                    {"ns": self._ns, "new": new_blob, "old": row[1]},
+                )
             conn.execute(
                 self._scope.sql(SQL, "copy_entry"), dict(params, dest=dest, new_blob=new_blob)
             )
@@ -913,7 +916,8 @@ class _BlobRaw(SizedRawReader):
         if n != self._chunk_no:
             assert self._conn is not None
             row = self._conn.execute_bytes(
-                self._scope.sql(SQL, "chunk"), {"blob": self._blob, "n": n}
+                self._scope.sql(SQL, "chunk"),
+                {"ns": self._scope.namespace, "blob": self._blob, "n": n},
             ).fetchone()
             if row is None:
                 raise KVStoreError(f"value of {self._key!r} changed while it was being read")

@@ -885,14 +885,14 @@ class Explainer:
                 # depends on the statistics of the moment)
                 r"(Scan (Backward )?using pk_kv_index_entries on kv_index_entries i .*"
                 r"|Bitmap Index Scan on pk_kv_index_entries.*)\n"
-                r"\s+Index Cond: \(\(index_id = \$\d+\) AND \(ivalue",
+                r"\s+Index Cond: \(\(\(?namespace\)?(::text)? = .*\) AND \(index_id = \$\d+\) AND \(ivalue",
             ),
             "sqlite": (
                 10_000,
                 "EXPLAIN QUERY PLAN ",
                 ("SCAN i", "SCAN e", "SCAN j", "SCAN kv_"),
                 r"SEARCH i USING COVERING INDEX sqlite_autoindex_kv_index_entries_1 "
-                r"\(index_id=\? AND ivalue",
+                r"\(namespace=\? AND index_id=\? AND ivalue",
             ),
             # MariaDB's EXPLAIN, one line per table (tests/_sql.py): ALL is a full scan;
             # PRIMARY is (index_id, ivalue, key)
@@ -909,26 +909,28 @@ class Explainer:
         # after=key's look-up (alias i) likewise.
         self.key_probe, self.range_probe, self.position_read = {
             "postgresql": (
-                r"Index Scan using ix_kv_index_entries_index_id_kv_index_entries_key on "
-                r"kv_index_entries j .*\n\s+Index Cond: \(\(index_id = i\.index_id\) AND "
+                r"Index Scan using ix_kv_index_entries_key on "
+                r"kv_index_entries j .*\n\s+Index Cond: \(\(\(?namespace\)?(::text)? = .*\) AND "
+                r"\(index_id = i\.index_id\) AND "
                 r"\(\(key\)::text = \(i\.key\)::text\)\)",
                 "on kv_index_entries j",
-                r"Index Scan using ix_kv_index_entries_index_id_kv_index_entries_key on "
-                r"kv_index_entries i .*\n\s+Index Cond: \(\(index_id = \$\d+\) AND "
+                r"Index Scan using ix_kv_index_entries_key on "
+                r"kv_index_entries i .*\n\s+Index Cond: \(\(\(?namespace\)?(::text)? = .*\) AND "
+                r"\(index_id = \$\d+\) AND "
                 r"\(\(key\)::text = ",
             ),
             "sqlite": (
-                r"SEARCH j USING INDEX ix_kv_index_entries_index_id_kv_index_entries_key "
-                r"\(index_id=\? AND key=\?\)",
+                r"SEARCH j USING INDEX ix_kv_index_entries_key "
+                r"\(namespace=\? AND index_id=\? AND key=\?\)",
                 "SEARCH j USING",
-                r"SEARCH i USING INDEX ix_kv_index_entries_index_id_kv_index_entries_key "
-                r"\(index_id=\? AND key=\?\)",
+                r"SEARCH i USING INDEX ix_kv_index_entries_key "
+                r"\(namespace=\? AND index_id=\? AND key=\?\)",
             ),
             "mariadb": (
-                r"j type=ref key=ix_kv_index_entries_index_id_kv_index_entries_key "
-                r"ref=(\w+\.)?i\.index_id,(\w+\.)?i\.key",
+                r"j type=ref key=ix_kv_index_entries_key "
+                r"ref=const,(\w+\.)?i\.index_id,(\w+\.)?i\.key",
                 "j type=",
-                r"i type=ref key=ix_kv_index_entries_index_id_kv_index_entries_key ref=const,const",
+                r"i type=ref key=ix_kv_index_entries_key ref=const,const,const",
             ),
         }[store.dialect_name]
 

@@ -270,6 +270,73 @@ def test_0003_counts_and_cleans_up_a_populated_database_across_downgrade_and_upg
         assert len(s) == 19 and len(s.dict("d")) == 2
 
 
+def test_0004_rekeys_a_populated_database_by_namespace_across_downgrade_and_upgrade(
+    db: DB,
+) -> None:
+    """0004 rebuilds the chunk, index, index-entry, list and list-item tables with the
+    namespace leading their keys: everything written before it (two namespaces, a unique and
+    a callable index, lists, a dict, a chunked blob, TTLs) reads back the same after the
+    downgrade to 0003 and the upgrade again, and the upgraded triggers clean up."""
+    migrations.upgrade(db.url, table_prefix=db.prefix)
+    t = tables(db.prefix)
+    big = os.urandom(5000)
+
+    def fill(s: kvstore.Store) -> None:
+        s.create_index("by_len", _by_len)
+        s.create_index("email", kvstore.json_field("email"), unique=True)
+        s.put_many({f"k{i}": b"x" * i for i in range(1, 11)})
+        s.put("u1", b'{"email": "a@x"}')
+        s.put("big", big)
+        s.put("later", b"t", ttl_secs=3600)
+        s.list("l").extend([1, 2, 3])
+        s.dict("d").update(a=1, b=2)
+
+    def check(s: kvstore.Store, other: str) -> None:
+        s.create_index("by_len", _by_len)  # declares the callable in this store
+        assert s.find("by_len", 5) == ["k5"] and s.find("email", "a@x") == ["u1"]
+        assert s.get("big") == big and s.stat("later").expires_at is not None
+        assert list(s.list("l")) == [1, 2, 3] and dict(s.dict("d")) == {"a": 1, "b": 2}
+        assert len(s) == 13
+        with pytest.raises(kvstore.UniqueViolation):
+            s.put("u2", b'{"email": "a@x"}')
+        assert list(s.list(other)) == ["o"]
+
+    opts: dict[str, Any] = {"table_prefix": db.prefix, "create": False, "chunk_size": 1024}
+    for ns, other in (("one", "two-l"), ("two", "one-l")):
+        with kvstore.connect(db.url, namespace=ns, **opts) as s:
+            fill(s)
+            s.list(other).append("o")
+    migrations.downgrade(db.url, "0003", table_prefix=db.prefix)
+    assert migrations.current(db.url, table_prefix=db.prefix) == "0003"
+    with db.engine.begin() as conn:  # 0003's shape: no namespace in the child tables
+        cols = {c["name"] for c in sa.inspect(conn).get_columns(t.chunks.name)}
+        assert "namespace" not in cols
+        # an id auto-assigned at 0003 does not collide with the ids the downgrade kept
+        conn.execute(
+            sa.text(f"INSERT INTO {t.lists.name} (namespace, name, length) VALUES ('x', 'y', 0)")
+        )
+        n_lists = conn.execute(sa.text(f"SELECT COUNT(*) FROM {t.lists.name}")).scalar_one()
+        assert n_lists == 2 * 2 + 1  # "l" and the other list in each namespace, and "y"
+    migrations.upgrade(db.url, table_prefix=db.prefix)
+    assert migrations.check(db.engine, table_prefix=db.prefix) == []
+    for ns, other in (("one", "two-l"), ("two", "one-l")):
+        with kvstore.connect(db.url, namespace=ns, **opts) as s:
+            check(s, other)
+    chunk_namespaces = f"SELECT DISTINCT namespace FROM {t.chunks.name} ORDER BY namespace"
+    with db.engine.connect() as conn:
+        assert [r[0] for r in conn.execute(sa.text(chunk_namespaces))] == ["one", "two"]
+    with kvstore.connect(db.url, namespace="one", **opts) as s:
+        s.delete_many(["big", "u1", "k5"])
+        s.list("l").clear()
+        assert s.find("email", "a@x") == [] and s.find("by_len", 5) == []
+    with db.engine.connect() as conn:
+        assert [r[0] for r in conn.execute(sa.text(chunk_namespaces))] == ["two"]
+    migrations.downgrade(db.url, "0003", table_prefix=db.prefix)
+    migrations.upgrade(db.url, table_prefix=db.prefix)
+    with kvstore.connect(db.url, namespace="two", **opts) as s:
+        check(s, "one-l")
+
+
 def test_migrated_triggers_delete_chunks_with_their_entry(db: DB) -> None:
     migrations.upgrade(db.engine, table_prefix=db.prefix)
     chunks = tables(db.prefix).chunks
@@ -738,7 +805,7 @@ def test_host_alembic_version_is_untouched_and_autogenerate_ignores_kvstore(
 
 def test_the_shipped_migrations_are_frozen_and_the_newest_matches_the_live_triggers() -> None:
     """Revisions carry their own trigger SQL: they import nothing of kvstore, and the newest
-    one that sets triggers (0003) creates what the live catalogue creates today (a change
+    one that sets triggers (0004) creates what the live catalogue creates today (a change
     there needs a new revision)."""
     import ast
     import importlib.util
@@ -748,7 +815,11 @@ def test_the_shipped_migrations_are_frozen_and_the_newest_matches_the_live_trigg
 
     versions = Path(__file__).resolve().parents[1] / "alembic" / "versions"
     revs = {}
-    for name in ("0001_initial.py", "0003_counts_statement_triggers.py"):
+    for name in (
+        "0001_initial.py",
+        "0003_counts_statement_triggers.py",
+        "0004_namespace_leading_keys.py",
+    ):
         path = versions / name
         tree = ast.parse(path.read_text())
         imported = {
@@ -763,11 +834,22 @@ def test_the_shipped_migrations_are_frozen_and_the_newest_matches_the_live_trigg
         rev = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(rev)
         revs[name[:4]] = rev
-    for dialect in ("sqlite", "postgresql"):
-        assert revs["0003"].triggers(dialect, "kv_") == _dialect.trigger_sql(dialect, "kv_")
-    for dialect in ("mysql", "mariadb"):  # 0003 leaves MariaDB's triggers as 0001 made them
-        made = revs["0001"]._triggers(dialect, "kv_")
-        assert revs["0003"].triggers(dialect, "kv_", made) == _dialect.trigger_sql(dialect, "kv_")
+    for dialect in ("sqlite", "postgresql", "mysql", "mariadb"):
+        assert revs["0004"].triggers(dialect, "kv_") == _dialect.trigger_sql(dialect, "kv_")
+        assert revs["0004"]._drop_triggers(dialect, "kv_") == [
+            s for s in _dialect.drop_trigger_sql(dialect, "kv_") if "entries_count" not in s
+        ]
+    # 0004's downgrade puts back the cleanup triggers 0003 left: PostgreSQL's own, 0001's else
+    made_0001 = revs["0001"]._triggers("mariadb", "kv_")
+    assert revs["0004"]._triggers_0003("mariadb", "kv_") == revs["0003"].triggers(
+        "mariadb", "kv_", made_0001
+    )
+    assert revs["0004"]._triggers_0003("postgresql", "kv_") == revs["0003"].triggers(
+        "postgresql", "kv_"
+    )
+    sqlite_0003 = revs["0003"].triggers("sqlite", "kv_")
+    assert revs["0004"]._triggers_0003("sqlite", "kv_") == sqlite_0003[:2]
+    for dialect in ("mysql", "mariadb"):
         assert revs["0001"]._drop_triggers(dialect, "kv_") == _dialect.drop_trigger_sql(
             dialect, "kv_"
         )
