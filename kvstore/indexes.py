@@ -12,6 +12,7 @@ exactly what ``find`` returns. Every function takes a :class:`~kvstore._backend.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -392,10 +393,13 @@ def _run_find(plan: _Find) -> Iterator[tuple[str, bytes | None]]:
     # A key that another writer moves forward past the cursor between two pages has been
     # returned already; it is not returned twice in one call.
     seen: set[str] = set()
-    with scope.connection() as conn:
-        first = True
-        while remaining is None or remaining > 0:
-            page = _PAGE if remaining is None else min(remaining, _PAGE)
+    first = True
+    while remaining is None or remaining > 0:
+        page = _PAGE if remaining is None else min(remaining, _PAGE)
+
+        # Each page is its own read (a replica may serve it, see Scope.read), as each of its
+        # statements already was: a page never waits on the caller's pace between two yields.
+        def fetch(conn: Conn, pos: Any = pos, page: int = page, first: bool = first) -> list[Any]:
             rows: list[Any] = []
             for sql, params in plan.statements(pos):
                 more = conn.execute(sql, dict(params, now=now, limit=page - len(rows)))
@@ -404,24 +408,31 @@ def _run_find(plan: _Find) -> Iterator[tuple[str, bytes | None]]:
                     break
             if first and not rows:
                 _check_exists(scope, plan.name, conn)  # a typo, or no match?
-            first = False
-            for row in rows:
-                key = row[0]
-                if key in seen:
-                    continue
-                seen.add(key)
-                data = None
-                if plan.items:
-                    if row[3] is None:
-                        data = bytes(row[2])
-                    else:
-                        data = read_blob(scope, conn, key, row[3], row[4])
-                yield key, data
-                if remaining is not None:
-                    remaining -= 1
-            if len(rows) < page:
-                return
-            pos = (bytes(rows[-1][1]), rows[-1][0])
+            return rows
+
+        rows = scope.read(fetch)
+        first = False
+        for row in rows:
+            key = row[0]
+            if key in seen:
+                continue
+            seen.add(key)
+            data = None
+            if plan.items:
+                if row[3] is None:
+                    data = bytes(row[2])
+                else:
+                    data = scope.read(functools.partial(_read_blob, scope, key, row[3], row[4]))
+            yield key, data
+            if remaining is not None:
+                remaining -= 1
+        if len(rows) < page:
+            return
+        pos = (bytes(rows[-1][1]), rows[-1][0])
+
+
+def _read_blob(scope: Scope, key: str, blob_id: int, size: int, conn: Conn) -> bytes:
+    return read_blob(scope, conn, key, blob_id, size)
 
 
 def count_matches(scope: Scope, index: str, value: Any = NOT_SET, **query: Any) -> int:

@@ -52,15 +52,21 @@ def test_reads_go_to_a_replica_that_has_caught_up(cluster: PgCluster, ns: str) -
     )
     other = _other_writer(cluster, ns)
     try:
+        store.create_index("by_tag", kvstore.json_field("tag"))
+        cluster.wait_for_replay()
         store.get_many(["warm-up"])
         for standby in (a, b):
             standby.pause_replay()
-        other.put("theirs", b"1")  # not this store's write: a paused replica may miss it
+        other.put("theirs", b'{"tag": "t"}')  # not this store's write: a replica may miss it
         assert "theirs" not in store
         assert store.get_many(["theirs"]) == {}
         assert store.keys() == [] and len(store) == 0
         with pytest.raises(KeyError):
             store.get("theirs")
+        # index queries are reads too
+        assert store.find("by_tag", "t") == [] and store.count("by_tag", "t") == 0
+        assert list(store.find_items("by_tag", "t")) == []
+        assert other.find("by_tag", "t") == ["theirs"]  # (the primary has it)
     finally:
         for standby in (a, b):
             standby.resume_replay()
