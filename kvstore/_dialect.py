@@ -11,6 +11,7 @@ Nothing else checks the dialect or the driver.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import re
@@ -77,6 +78,22 @@ def render(sa_dialect: sa.engine.Dialect, text: str) -> Rendered:
     compiled = sa.text(text).compile(dialect=sa_dialect)
     names = compiled.positiontup
     return Rendered(compiled.string, tuple(names) if sa_dialect.positional and names else None)
+
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@functools.lru_cache(maxsize=256)
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """A statement with ``:name`` parameters in ``?`` form, and the names in order (kvstore's
+    statements have no ``:`` inside string literals)."""
+    names: list[str] = []
+
+    def mark(m: re.Match[str]) -> str:
+        names.append(m.group(1))
+        return "?"
+
+    return _NAMED.sub(mark, sql), tuple(names)
 
 
 class Dialect:
@@ -267,6 +284,11 @@ class Dialect:
         return dbapi_conn.execute  # type: ignore[no-any-return]
 
     def executemany(self, dbapi_conn: Any, sql: str, rows: list[Any]) -> None:
+        if self.name == "sqlite" and rows and type(rows[0]) is dict:
+            # sqlite3 looks each :name up in each row's dict: for a twelve-column upsert
+            # that is half the statement's cost (8.6 against 4.1 µs a row); tuples and "?"
+            sql, names = _positional(sql)
+            rows = [tuple([row[n] for n in names]) for row in rows]
         cur = dbapi_conn.cursor()
         try:
             cur.executemany(sql, rows)
