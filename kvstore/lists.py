@@ -27,7 +27,7 @@ import itertools
 import operator
 import reprlib
 import sys
-from collections.abc import Callable, Iterable, Iterator, MutableSequence
+from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Self, SupportsIndex, overload
 
 from typing_extensions import TypeVar
@@ -380,9 +380,14 @@ class PersistentList(Generic[T], MutableSequence[T]):
         self._set_length(conn, lid, length - n)
 
     def _batch(self, after: int, hi: int = _MAX) -> list[tuple[int, Any]]:
-        with self._scope.connection() as conn:
-            params = {**self._p, "after": after, "hi": hi, "n": self.batch_size}
-            return [(int(p), v) for p, v in conn.execute(self._sql("batch"), params).fetchall()]
+        params = {**self._p, "after": after, "hi": hi, "n": self.batch_size}
+        rows = self._read("batch", params)
+        return [(int(p), v) for p, v in rows]
+
+    def _read(self, name: str, params: dict[str, Any]) -> Sequence[Any]:
+        # a read a replica may serve (Scope.read), outside a transaction
+        sql = self._sql(name)
+        return self._scope.read(lambda conn: conn.execute(sql, params).fetchall())
 
     def _scan(self, start: int = 0, stop: int = _MAX) -> Iterator[tuple[int, T]]:
         """``(position, value)`` for positions ``start <= pos < stop``, a batch per statement.
@@ -404,9 +409,8 @@ class PersistentList(Generic[T], MutableSequence[T]):
     # -- reading -------------------------------------------------------------------------------
     def __len__(self) -> int:
         """O(1): the header row's length column."""
-        with self._scope.connection() as conn:
-            row = conn.execute(self._sql("len"), self._p).fetchone()
-        return 0 if row is None else int(row[0])
+        rows = self._read("len", self._p)
+        return int(rows[0][0]) if rows else 0
 
     @overload
     def __getitem__(self, index: SupportsIndex) -> T: ...
@@ -418,8 +422,8 @@ class PersistentList(Generic[T], MutableSequence[T]):
         if isinstance(index, slice):
             return self._get_slice(index)
         i = _item_index(index)
-        with self._scope.connection() as conn:
-            row = conn.execute(self._sql("get"), {**self._p, "i": i}).fetchone()
+        rows = self._read("get", {**self._p, "i": i})
+        row = rows[0] if rows else None
         if row is None or row[1] is None:
             raise IndexError("list index out of range")
         return self._loads(row[1])
@@ -436,8 +440,7 @@ class PersistentList(Generic[T], MutableSequence[T]):
             r = range(*s.indices(length))
             lo, hi, st, desc = _progression(r)
             params = {**self._p, "lo": lo, "hi": hi, "st": st}
-            with self._scope.connection() as conn:
-                rows = conn.execute(self._sql("slice_desc" if desc else "slice"), params).fetchall()
+            rows = self._read("slice_desc" if desc else "slice", params)
             seen = int(rows[0][0]) if rows else 0
             if fixed or seen == length:
                 return [self._loads(v) for _, v in rows if v is not None]
@@ -456,9 +459,7 @@ class PersistentList(Generic[T], MutableSequence[T]):
 
     def _iter_desc(self, before: int) -> Iterator[T]:
         while True:
-            with self._scope.connection() as conn:
-                params = {**self._p, "before": before, "n": self.batch_size}
-                rows = conn.execute(self._sql("batch_desc"), params).fetchall()
+            rows = self._read("batch_desc", {**self._p, "before": before, "n": self.batch_size})
             if not rows:
                 return
             for _, data in rows:

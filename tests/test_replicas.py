@@ -58,6 +58,8 @@ def test_reads_go_to_a_replica_that_has_caught_up(cluster: PgCluster, ns: str) -
         for standby in (a, b):
             standby.pause_replay()
         other.put("theirs", b'{"tag": "t"}')  # not this store's write: a replica may miss it
+        other.list("their-list").extend([1, 2])
+        other.dict("their-dict")["k"] = 1
         assert "theirs" not in store
         assert store.get_many(["theirs"]) == {}
         assert store.keys() == [] and len(store) == 0
@@ -67,6 +69,11 @@ def test_reads_go_to_a_replica_that_has_caught_up(cluster: PgCluster, ns: str) -
         assert store.find("by_tag", "t") == [] and store.count("by_tag", "t") == 0
         assert list(store.find_items("by_tag", "t")) == []
         assert other.find("by_tag", "t") == ["theirs"]  # (the primary has it)
+        theirs = store.list("their-list")
+        assert len(theirs) == 0 and list(theirs) == [] and theirs[0:2] == []
+        assert list(reversed(theirs)) == [] and "k" not in store.dict("their-dict")
+        with pytest.raises(IndexError):
+            theirs[0]
     finally:
         for standby in (a, b):
             standby.resume_replay()
