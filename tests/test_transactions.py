@@ -55,6 +55,8 @@ SNAPSHOT_LEVEL["postgresql-psycopg2"] = SNAPSHOT_LEVEL["postgresql"]
 # (1213, retried); REPEATABLE READ reads one snapshot without locking
 CONFLICT_LEVEL["mariadb"] = "SERIALIZABLE"
 SNAPSHOT_LEVEL["mariadb"] = "REPEATABLE READ"
+for _table in (OFFERED, CONFLICT_LEVEL, SNAPSHOT_LEVEL):  # Galera nodes are MariaDB servers
+    _table["galera"] = _table["mariadb"]
 
 
 class Boom(Exception):
