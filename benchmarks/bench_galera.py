@@ -169,7 +169,7 @@ def main() -> None:
         node_stores = [kvstore.connect(u, namespace=ns) for u in node_urls]
         cluster.wait_synced()
         for s in (single_store, node_stores[0]):
-            s.clear()
+            s.delete_many(list(s.iter_keys()))
         cluster.wait_synced()
         _raw_setup(args.single)
         _raw_setup(node_urls[0])
@@ -189,7 +189,7 @@ def main() -> None:
                         print(f"round {r + 1}: {name:16} {kind:12} {rate:8.0f}/s", file=sys.stderr)
         finally:
             for s in (single_store, *node_stores):
-                s.clear()
+                s.delete_many(list(s.iter_keys()))
                 s.close()
             _raw_drop(args.single)
             _raw_drop(node_urls[0])
