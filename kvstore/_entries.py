@@ -15,7 +15,7 @@ from typing import Any
 
 from ._backend import Scope, Statements
 from ._conn import Conn
-from ._dialect import Rendered
+from ._dialect import MySQLDialect, Rendered
 from ._indexing import TOP, Filter, IndexSpec, JsonField, NamespaceIndexes, decode_value
 from ._retry import RACE
 from ._schema import from_micros
@@ -673,6 +673,24 @@ def _fetch(scope: Scope, name: str, **params: Any) -> list[Any]:
         return list(conn.execute(scope.sql(SQL, name), p).fetchall())
 
 
+def _fetch_write(scope: Scope, name: str, **params: Any) -> list[Any]:
+    """:func:`_fetch` for a writing statement (a ``DELETE ... RETURNING``), retried on
+    contention outside a transaction. On MySQL/MariaDB it runs in an explicit transaction: on
+    a Galera cluster two nodes deleting the same row both succeed locally and one is aborted
+    at commit, and an *autocommitted* statement is then re-run by the server itself
+    (``wsrep_retry_autocommit``) after its RETURNING rows were already sent - the client would
+    take a row someone else deleted. In a transaction the abort is a deadlock error (1213)
+    instead, and scope.atomic runs the statement again."""
+    p = {"ns": scope.namespace, **params}
+
+    def run(conn: Conn) -> list[Any]:
+        return list(conn.execute(scope.sql(SQL, name), {**p, "now": now_us()}).fetchall())
+
+    if isinstance(scope.backend.dialect, MySQLDialect):
+        return scope.atomic(run, write=False)
+    return scope.single(run)
+
+
 def _in_batches(
     scope: Scope, keys: list[str], template: str, name: str
 ) -> Iterable[tuple[Rendered, dict[str, Any]]]:
@@ -748,7 +766,7 @@ def is_empty(scope: Scope) -> bool:
 
 def delete_live(scope: Scope, key: str) -> bool:
     """Delete ``key`` if it is live; whether it was (one ``DELETE ... RETURNING``)."""
-    return bool(_fetch(scope, "delete_live", key=key))
+    return bool(_fetch_write(scope, "delete_live", key=key))
 
 
 def _take_locked(scope: Scope, conn: Conn, key: str | None) -> tuple[str, bytes] | None:
@@ -769,7 +787,7 @@ def pop_value(scope: Scope, key: str) -> bytes | None:
     ``DELETE ... RETURNING`` for an inline value. The delete trigger drops a chunked value's
     chunks before RETURNING could read them, so such a value is read and deleted under a row
     lock in one transaction."""
-    rows = _fetch(scope, "pop_inline", key=key)
+    rows = _fetch_write(scope, "pop_inline", key=key)
     if rows:
         return bytes(rows[0][0])
     if not _fetch(scope, "probe_blob", key=key):
@@ -781,7 +799,7 @@ def pop_value(scope: Scope, key: str) -> bytes | None:
 def pop_last(scope: Scope) -> tuple[str, bytes] | None:
     """Delete the greatest key and return it with its value; None when there is none."""
     while True:
-        rows = _fetch(scope, "pop_last_inline")
+        rows = _fetch_write(scope, "pop_last_inline")
         if rows:
             return rows[0][0], bytes(rows[0][1])
         # Nothing deleted: empty, the last value is chunked, or a concurrent pop took the
@@ -796,7 +814,7 @@ def pop_last(scope: Scope) -> tuple[str, bytes] | None:
 def pop_first(scope: Scope) -> tuple[str, bytes | None] | None:
     """Delete the smallest key (its value inline, as set elements are) and return it."""
     while True:
-        rows = _fetch(scope, "pop_first")
+        rows = _fetch_write(scope, "pop_first")
         if rows:
             value = rows[0][1]
             return rows[0][0], None if value is None else bytes(value)

@@ -2,8 +2,9 @@
 
 Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3),
 ``postgresql-psycopg2`` and ``mariadb`` (PyMySQL, from ``KVSTORE_TEST_MARIADB_URL``: unset is a
-visible skip, an error under ``CI=true``); for the async API (``abackend``/``astore``),
-aiosqlite, asyncpg and psycopg 3 in async mode. In ASYNC_CONTRACT_MODULES (tests/test_kv.py,
+visible skip, an error under ``CI=true``), and in GALERA_MODULES ``galera`` (a 3-node
+MariaDB Galera cluster on loopback, with ``KVSTORE_TEST_GALERA=1``; see GALERA below); for the
+async API (``abackend``/``astore``), aiosqlite, asyncpg and psycopg 3 in async mode. In ASYNC_CONTRACT_MODULES (tests/test_kv.py,
 tests/test_ttl.py, tests/test_indexes.py) the ``store`` and ``kv`` fixtures also run on those
 three, as async stores behind tests/_async_adapter.py's sync face (about 3 minutes more on a
 2-core machine).
@@ -43,6 +44,26 @@ SHARED_BACKENDS = ["sqlite-file", "postgresql", "postgresql-psycopg2"]
 MARIADB_URL = os.environ.get("KVSTORE_TEST_MARIADB_URL")
 BACKENDS.append("mariadb")
 SHARED_BACKENDS.append("mariadb")
+# "galera" (issue 15): a three-node MariaDB Galera cluster on loopback (tests/clusters.py),
+# started once per session by the first test that needs it and torn down at session end. It
+# runs only in GALERA_MODULES and only with KVSTORE_TEST_GALERA=1 (the cluster takes ~12 s and
+# the modules ~3 minutes on a 2-core machine); without it the tests are skipped with the reason
+# (an error under CI=true). Each test's stores go to one node, the next test's to the next one;
+# a second store of the test (``backend.connect()`` again, ``other``) goes to the following
+# node, so writes through one node are read through another. Every connection runs
+# ``SET SESSION wsrep_sync_wait = 1`` (causal reads). A test that cannot apply to Galera says
+# so with ``@pytest.mark.galera_exclude(reason=...)`` and is not collected for it.
+GALERA = os.environ.get("KVSTORE_TEST_GALERA") == "1"
+GALERA_MODULES = {
+    "test_kv",
+    "test_transactions",
+    "test_ttl",
+    "test_indexes",
+    "test_dict",
+    "test_list",
+    "test_set",
+    "test_len",
+}
 
 # The KeyValueStore implementations the key-value contract runs on (the ``kv`` fixture), each
 # over every backend: the store itself, a transaction of it, and the key- or value-mapping
@@ -76,6 +97,20 @@ def pytest_configure(config: pytest.Config) -> None:
         "kv_exclude(*kinds, reason): run a test that takes `kv` on every kind of "
         "KeyValueStore but these (the reason says why the contract differs there)",
     )
+    config.addinivalue_line(
+        "markers",
+        "galera_exclude(reason): in GALERA_MODULES, do not run this test on the galera "
+        "backend (the reason says why it does not apply to a multi-primary cluster)",
+    )
+
+
+def _galera_applies(metafunc: pytest.Metafunc) -> bool:
+    if metafunc.module.__name__ not in GALERA_MODULES:
+        return False
+    mark = metafunc.definition.get_closest_marker("galera_exclude")
+    if mark is not None and not mark.kwargs.get("reason"):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: galera_exclude needs reason=")
+    return mark is None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -90,7 +125,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             names += ASYNC_DRIVERS
         elif mark is not None and not mark.kwargs.get("reason"):
             raise pytest.UsageError(f"{metafunc.definition.nodeid}: async_exclude needs reason=")
+        if not hasattr(metafunc.module, "KVSTORE_BACKENDS") and _galera_applies(metafunc):
+            names.append("galera")
         metafunc.parametrize("backend", names, indirect=True)
+    if "shared_backend" in metafunc.fixturenames and not _parametrized(metafunc, "shared_backend"):
+        shared = list(SHARED_BACKENDS)
+        if _galera_applies(metafunc):
+            shared.append("galera")
+        metafunc.parametrize("shared_backend", shared, indirect=True)
     if "kv_kind" not in metafunc.fixturenames:
         return
     kinds = list(KV_KINDS)
@@ -261,6 +303,85 @@ def maria_engine(maria_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+class GaleraNodes:
+    """The session's Galera cluster and one engine per node (causal reads on every
+    connection); ``next_node()`` hands the nodes out in turn."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        # mariadb+pymysql, as the mariadb backend (dialect_name "mariadb")
+        self.urls = [
+            _pymysql(sa.make_url(u).set(drivername="mariadb+pymysql").render_as_string(False))
+            for u in cluster.urls
+        ]
+        self.engines = [
+            sa.create_engine(
+                u,
+                pool_size=10,
+                connect_args={"init_command": "SET SESSION wsrep_sync_wait = 1"},
+            )
+            for u in self.urls
+        ]
+        self._turn = 0
+
+    def next_node(self) -> int:
+        self._turn += 1
+        return self._turn % len(self.engines)
+
+    def close(self) -> None:
+        for e in self.engines:
+            e.dispose()
+
+
+@pytest.fixture(scope="session")
+def galera_nodes() -> Iterator[GaleraNodes]:
+    """A three-node Galera cluster for the session (KVSTORE_TEST_GALERA=1): unset is a skip
+    (an error under CI=true); missing binaries a skip the same way; a cluster that fails to
+    start an error. Torn down at session end (and by tests/clusters.py's atexit hook)."""
+    if not GALERA:
+        reason = "Galera tests need KVSTORE_TEST_GALERA=1 (a 3-node cluster on loopback, ~12 s)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " - under CI=true this is an error", pytrace=False)
+        pytest.skip(reason)
+    import clusters
+
+    try:
+        cluster = clusters.GaleraCluster(nodes=3)
+    except clusters.ClusterUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc} - under CI=true this is an error", pytrace=False)
+        pytest.skip(str(exc))
+    with cluster:
+        nodes = GaleraNodes(cluster)
+        try:
+            kvstore.connect(nodes.engines[0]).close()  # the tables, on every node
+            cluster.wait_synced()
+            yield nodes
+        finally:
+            nodes.close()
+
+
+@dataclass
+class GaleraBackend(Backend):
+    """The test's stores on node ``node`` of the cluster; each further ``connect()`` on the
+    next node."""
+
+    nodes: GaleraNodes | None = None
+    node: int = 0
+    _connects: int = 0
+
+    def connect(self, **kw: Any) -> kvstore.Store:
+        assert self.nodes is not None
+        i = (self.node + self._connects) % len(self.nodes.engines)
+        self._connects += 1
+        kw.setdefault("namespace", self.namespace)
+        if not kw.pop("own_engine", False):
+            return kvstore.connect(self.nodes.engines[i], **kw)
+        opts = kw.setdefault("engine_options", {})
+        opts.setdefault("connect_args", {"init_command": "SET SESSION wsrep_sync_wait = 1"})
+        return kvstore.connect(self.nodes.urls[i], **kw)
+
+
 @dataclass
 class AsyncContractBackend(Backend):
     """A backend whose stores are async stores (kvstore.connect_async on ``async_url``) behind
@@ -292,6 +413,15 @@ def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         finally:
             _cleanup_pg(engine, namespace)
         return
+    if name == "galera":
+        nodes: GaleraNodes = request.getfixturevalue("galera_nodes")
+        i = nodes.next_node()
+        engine = nodes.engines[i]
+        try:
+            yield GaleraBackend(name, nodes.urls[i], namespace, engine, nodes, i)
+        finally:
+            _cleanup_pg(engine, namespace)
+        return
     if name == "mariadb":
         engine = request.getfixturevalue("maria_engine")
         try:
@@ -319,9 +449,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     yield from _make_backend(request.param, request, tmp_path)
 
 
-@pytest.fixture(params=SHARED_BACKENDS)
+@pytest.fixture
 def shared_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """A backend that several connections, threads and processes can share."""
+    """A backend that several connections, threads and processes can share (parametrized in
+    pytest_generate_tests: SHARED_BACKENDS, and galera in GALERA_MODULES)."""
     yield from _make_backend(request.param, request, tmp_path)
 
 
