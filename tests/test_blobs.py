@@ -219,7 +219,7 @@ def test_failed_put_file_leaves_the_old_value(cstore: Any) -> None:
 
 _CHILD = textwrap.dedent(
     """
-    import resource, sys, hashlib
+    import sys, hashlib
     import kvstore
 
     url, ns, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -246,21 +246,31 @@ _CHILD = textwrap.dedent(
             self.n += len(b)
             self.h.update(b)
 
+    def status(field):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith(field)).split()[1]) // 1024
+
+    def stream(n):
+        store.put_file("big", Source(n))
+        sink = Sink()
+        store.get_file("big", sink)
+        assert sink.n == n, sink.n
+        assert sink.h.hexdigest() == store.stat("big").checksum
+        with store.open("big") as f:
+            f.seek(n // 2)
+            assert len(f.read(1 << 20)) == 1 << 20
+        store.delete("big")
+
     store = kvstore.connect(url, namespace=ns, create=False)
-    store.put_file("big", Source(size))
-    sink = Sink()
-    store.get_file("big", sink)
-    assert sink.n == size, sink.n
-    assert sink.h.hexdigest() == store.stat("big").checksum
-    with store.open("big") as f:
-        f.seek(size // 2)
-        assert len(f.read(1 << 20)) == 1 << 20
-    store.delete("big")
-    # VmHWM is this process's own peak; ru_maxrss would include the parent's RSS at fork
-    # time on Linux (it survives exec), i.e. pytest's.
-    with open("/proc/self/status") as status:
-        hwm = [line for line in status if line.startswith("VmHWM:")]
-    print(int(hwm[0].split()[1]) // 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    # A warm-up of the same calls on 8 MiB sets up what any value needs (imports, the
+    # connection pool, the driver's buffers); then the peak is reset (clear_refs "5" sets
+    # VmHWM to the current RSS), so what is measured is what the size of the value adds.
+    stream(8 << 20)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = status("VmRSS:")
+    stream(size)
+    print(status("VmHWM:") - base, base)
     """
 )
 
@@ -268,7 +278,13 @@ _CHILD = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_streaming_keeps_memory_flat(shared_backend: Any) -> None:
-    """A child process writes and reads a 256 MiB value; its peak RSS stays under 64 MiB."""
+    """A child process writes and reads a 256 MiB value; its peak RSS grows by under 32 MiB.
+
+    Growth over the process's own warmed-up RSS, not an absolute peak: the baseline (the
+    interpreter, SQLAlchemy, the driver) differs by driver and moved the old absolute limit
+    of 64 MiB into noise (psycopg2 peaked at 61-64 MiB). Loading the value whole would add
+    at least 256 MiB.
+    """
     shared_backend.connect().close()  # tables exist before the child connects
     size = 256 << 20
     out = subprocess.run(
@@ -279,5 +295,7 @@ def test_streaming_keeps_memory_flat(shared_backend: Any) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    peak_mib = int(out.stdout.strip())
-    assert peak_mib < 64, f"peak RSS {peak_mib} MiB while streaming a 256 MiB value"
+    growth_mib, base_mib = map(int, out.stdout.split())
+    assert growth_mib < 32, (
+        f"peak RSS grew by {growth_mib} MiB (from {base_mib} MiB) while streaming a 256 MiB value"
+    )
