@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import random
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 
 import pymysql
 import sqlalchemy as sa
+from _threads import run_threads  # benchmarks/ is on sys.path when a script here runs
 
 import kvstore
 
@@ -50,36 +49,6 @@ def _clusters() -> Any:
     sys.modules["clusters"] = module
     spec.loader.exec_module(module)
     return module
-
-
-def run_threads(threads: int, seconds: float, work: Callable[[int], Callable[[str], None]]) -> float:
-    counts = [0] * threads
-    fns = [work(i) for i in range(threads)]  # connect before the clock starts
-    barrier = threading.Barrier(threads)
-    errors: list[BaseException] = []
-
-    def loop(i: int) -> None:
-        rng = random.Random(i)
-        fn = fns[i]
-        barrier.wait()
-        stop = time.monotonic() + seconds
-        n = 0
-        try:
-            while time.monotonic() < stop:
-                fn(rng.choice(KEYS))
-                n += 1
-        except BaseException as exc:
-            errors.append(exc)
-        counts[i] = n
-
-    ts = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        raise errors[0]
-    return sum(counts) / seconds
 
 
 def _pymysql_args(url: str) -> dict[str, Any]:
@@ -160,9 +129,7 @@ def main() -> None:
         ]
         engine = sa.create_engine(args.single)
         with engine.connect() as conn:
-            flush = conn.exec_driver_sql(
-                "SELECT @@innodb_flush_log_at_trx_commit, @@version"
-            ).one()
+            flush = conn.exec_driver_sql("SELECT @@innodb_flush_log_at_trx_commit, @@version").one()
         engine.dispose()
         print(f"single server: {flush[1]}, innodb_flush_log_at_trx_commit={flush[0]}")
         single_store = kvstore.connect(args.single, namespace=ns)
@@ -184,7 +151,7 @@ def main() -> None:
             for r in range(args.rounds):
                 for name, (kv, raw) in targets.items():
                     for kind, work in (("kvstore", kv), ("raw PyMySQL", raw)):
-                        rate = run_threads(args.threads, args.seconds, work)
+                        rate = run_threads(args.threads, args.seconds, work, KEYS)
                         results.setdefault((name, kind), []).append(rate)
                         print(f"round {r + 1}: {name:16} {kind:12} {rate:8.0f}/s", file=sys.stderr)
         finally:
@@ -198,7 +165,9 @@ def main() -> None:
         f"\nputs/s, {args.threads} threads, {args.seconds:g} s x {args.rounds} rounds "
         f"(median), {os.cpu_count()} cores shared by every server"
     )
-    print(f"{'target':16} {'kvstore':>9} {'raw':>9} {'kv/raw':>7} {'kv/single':>10} {'raw/single':>11}")
+    print(
+        f"{'target':16} {'kvstore':>9} {'raw':>9} {'kv/raw':>7} {'kv/single':>10} {'raw/single':>11}"
+    )
     for name in targets:
         kv_rate, raw_rate = med[(name, "kvstore")], med[(name, "raw PyMySQL")]
         print(

@@ -16,42 +16,19 @@ scaling a real deployment with a replica per machine gets. Not a test: run it on
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import psycopg
+from _threads import run_threads  # benchmarks/ is on sys.path when a script here runs
 from clusters import PgCluster
 
 import kvstore
 
 KEYS = [f"key{i:05d}" for i in range(10_000)]
-
-
-def run_threads(threads: int, seconds: float, work: object) -> float:
-    counts = [0] * threads
-    stop = time.monotonic() + seconds
-
-    def loop(i: int) -> None:
-        rng = random.Random(i)
-        n = 0
-        fn = work(i)  # type: ignore[operator]
-        while time.monotonic() < stop:
-            fn(rng.choice(KEYS))
-            n += 1
-        counts[i] = n
-
-    ts = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return sum(counts) / seconds
 
 
 def main() -> None:
@@ -90,11 +67,11 @@ def main() -> None:
             order = order[r % len(order) :] + order[: r % len(order)]
             for name in order:
                 if name.startswith("raw"):
-                    samples[name].append(run_threads(args.threads, args.seconds, raw))
+                    samples[name].append(run_threads(args.threads, args.seconds, raw, KEYS))
                 else:
                     store = stores[int(name.split(", ")[1][0])]
                     samples[name].append(
-                        run_threads(args.threads, args.seconds, lambda i, s=store: s.get)
+                        run_threads(args.threads, args.seconds, lambda i, s=store: s.get, KEYS)
                     )
         raw_median = statistics.median(samples["raw psycopg (primary)"])
         print(f"{args.threads} threads, {args.seconds:g} s x {args.rounds} rounds, 2 cores shared")
