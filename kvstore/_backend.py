@@ -59,6 +59,20 @@ MAX_IDLE = 8
 _INHERITED: list[Any] = []
 
 
+class _Forks:
+    """How many times this process has been forked into (a child increments it): checking
+    it on every checkout costs an attribute read, where ``os.getpid()`` is a system call."""
+
+    count = 0
+
+    @classmethod
+    def child(cls) -> None:
+        cls.count += 1
+
+
+os.register_at_fork(after_in_child=_Forks.child)
+
+
 class Statements:
     """A module's SQL, under that module's own names: ``{e}``-style placeholders for table
     names and ``{bytea}``-style ones for type names (see :func:`Backend.render`); values are
@@ -343,13 +357,15 @@ class Backend:
         size, checkedin = getattr(pool, "size", None), getattr(pool, "checkedin", None)
         self._pool_size: Callable[[], int] = size if callable(size) else lambda: MAX_IDLE
         self._checkedin: Callable[[], int] = checkedin if callable(checkedin) else lambda: 0
+        # a pool's size is fixed when it is made (a disposed engine's new pool copies it)
+        self._idle_limit = min(self.options.max_idle, self._pool_size())
         # Asking the pool takes its lock: on the hot path, ask only once a connection has
         # gone back into it since it was last seen empty (its checkin event says so).
         self._pool_may_hold = False
         if owns_engine and self.engine is not None:
             sa_event.listen(self.engine, "checkin", self._pool_took_one)
         self._lock = threading.Lock()
-        self.pid = os.getpid()
+        self._forks = _Forks.count
         self.local: threading.local | TaskLocal = (
             TaskLocal() if self.dialect.is_async else threading.local()
         )
@@ -443,7 +459,7 @@ class Backend:
             )
         engine = self.engine
         assert engine is not None
-        if self.pid != os.getpid():
+        if self._forks != _Forks.count:
             self._after_fork(engine)
         watched = _watched(engine)
         # list.pop/append are atomic under the GIL: the idle list needs no lock of its own.
@@ -506,8 +522,7 @@ class Backend:
             and self.owns_engine
             and self._slots is None
         ):
-            limit = min(self.options.max_idle, self._pool_size())
-            if len(self._idle) + self._pool_idle() < limit:
+            if len(self._idle) + self._pool_idle() < self._idle_limit:
                 self._idle.append(conn)
             else:
                 conn.close()
@@ -541,12 +556,12 @@ class Backend:
         referenced and forgotten, and the engine's pool starts afresh (SQLAlchemy's recipe,
         ``Engine.dispose(close=False)``)."""
         with self._lock:
-            if self.pid == os.getpid():
+            if self._forks == _Forks.count:
                 return
             _INHERITED.extend(self._idle)
             self._idle = []
             engine.dispose(close=False)
-            self.pid = os.getpid()
+            self._forks = _Forks.count
 
     def lock_wait(self, conn: Conn) -> float:
         """How long one statement may wait for a lock: kvstore's busy_timeout on an engine it
