@@ -457,6 +457,18 @@ def test_many_operations_scale_past_parameter_limits(kv: kvstore.KeyValueStore) 
     assert len(kv) == 500
 
 
+def test_put_many_of_large_inline_values_writes_every_row(kv: kvstore.KeyValueStore) -> None:
+    """6 MiB of 40 KiB values in one call: a dialect that sends rows in batches by size
+    (MariaDB's, about 4 MiB a statement) must split and send them all, each with its own."""
+    values = {f"v{i:03d}": bytes([i]) * (40 << 10) for i in range(150)}
+    kv.put_many(values)
+    kv.put_many({k: v[:10] for k, v in values.items() if int(k[1:]) % 2})
+    got = kv.get_many(list(values))
+    assert len(got) == 150
+    for k, v in values.items():
+        assert got[k] == (v[:10] if int(k[1:]) % 2 else v), k
+
+
 def test_put_many_is_all_or_nothing(kv: kvstore.KeyValueStore) -> None:
     bad = "x" * 251  # too long for every kind (under URL encoding "bad key" is a key)
     with pytest.raises(ValueError):
