@@ -94,6 +94,8 @@ T = TypeVar("T")
 # 256 KiB: large enough that per-statement overhead is noise, small enough that the driver
 # buffers (libpq keeps its largest message buffer) and allocator slack stay a few MiB.
 DEFAULT_CHUNK_SIZE = 256 << 10
+#: rows put_many builds and sends at a time (its memory per call is bounded by this)
+_PUT_MANY_BATCH = 1000
 _BATCH = 1000
 _MAX_BIGINT = 1 << 63
 #: values of at most this many chunks are read whole by open(), holding no connection
@@ -514,56 +516,71 @@ class Store(KeyValueStore):
         ttl_secs: TTL = None,
     ) -> list[str]:
         """Write many entries in one transaction: all of them, or (on any error) none."""
-        pairs = list(
-            items.items() if isinstance(items, Mapping) else check_iterable(items, "items")
-        )
-        checked: list[tuple[str, bytes]] = []
+        pairs = items.items() if isinstance(items, Mapping) else check_iterable(items, "items")
+        # Everything is checked before anything is written; a key given twice keeps its last
+        # value (as dict.update does), whatever the sizes: large and small values are written
+        # in separate passes below. What is held per key is the dict and two lists of
+        # references (~80 bytes a key), not copies of the rows.
+        latest: dict[str, bytes] = {}
+        keys: list[str] = []
         for pair in pairs:
             if not isinstance(pair, tuple | list) or len(pair) != 2:
                 raise TypeError(f"put_many takes (key, value) pairs, got {pair!r}")
             key = self._key(pair[0])
-            checked.append((key, check_value(key, pair[1])))
+            latest[key] = check_value(key, pair[1])
+            keys.append(key)
         fields = self._fields(ttl_secs, None, None)
-        if not checked:
+        if not latest:
             return []
-        # A key given twice keeps its last value (as dict.update does), whatever the sizes:
-        # large and small values are written in separate passes below.
         # In key order: two batches lock their rows in one order, so they never deadlock.
-        unique = sorted(dict(checked).items())
+        order = sorted(latest)
+        chunk_size = self._b.chunk_size
 
         def write_all(conn: Conn) -> None:
             state = index_state(self._scope, conn, check=True)
             if state.undeclared:
                 raise IndexNotDeclaredError(self._ns, state.undeclared)
-            big = [(k, v) for k, v in unique if len(v) > self._b.chunk_size]
-            small = [(k, v) for k, v in unique if len(v) <= self._b.chunk_size]
-            rows = []
-            for k, v in small:
-                rows.append(
-                    dict(
-                        fields,
-                        ns=self._ns,
-                        key=k,
-                        value=v,
-                        blob_id=None,
-                        size=len(v),
-                        sum=hashlib.sha256(v).hexdigest(),
-                        gen=state.generation,
+            small = [k for k in order if len(latest[k]) <= chunk_size]
+            upsert = self._scope.sql(SQL, "upsert")
+            # Rows are built and sent _PUT_MANY_BATCH at a time: memory stays flat however
+            # many keys one call writes (the whole batch's row dicts were ~950 bytes a key).
+            for start in range(0, len(small), _PUT_MANY_BATCH):
+                rows = []
+                for k in small[start : start + _PUT_MANY_BATCH]:
+                    v = latest[k]
+                    rows.append(
+                        dict(
+                            fields,
+                            ns=self._ns,
+                            key=k,
+                            value=v,
+                            blob_id=None,
+                            size=len(v),
+                            sum=hashlib.sha256(v).hexdigest(),
+                            gen=state.generation,
+                        )
                     )
-                )
-            index_rows = {k: state.rows_for(k, _const(v)) for k, v in small} if state.specs else {}
-            conn.executemany(self._scope.sql(SQL, "upsert"), rows)
-            for k, v in big:
-                self._put_stream_in(conn, k, v, fields)
+                conn.executemany(upsert, rows)
+            for k in order:
+                if len(latest[k]) > chunk_size:
+                    self._put_stream_in(conn, k, latest[k], fields)
             if state.specs:
-                for k in index_rows:
-                    conn.execute(
-                        self._scope.sql(SQL, "index_entries_delete"), {"ns": self._ns, "key": k}
+                # every old index entry goes before any new one is inserted: a unique value
+                # may move from one key of the batch to another
+                delete = self._scope.sql(SQL, "index_entries_delete")
+                for k in small:
+                    conn.execute(delete, {"ns": self._ns, "key": k})
+                for start in range(0, len(small), _PUT_MANY_BATCH):
+                    part = small[start : start + _PUT_MANY_BATCH]
+                    insert_entries(
+                        self._scope,
+                        conn,
+                        state,
+                        {k: state.rows_for(k, _const(latest[k])) for k in part},
                     )
-                insert_entries(self._scope, conn, state, index_rows)
 
         self._run_atomic(write_all)
-        return [k for k, _ in checked]
+        return keys
 
     def _put_stream_in(self, conn: Conn, key: str, data: bytes, fields: dict[str, Any]) -> None:
         size = self._b.chunk_size
