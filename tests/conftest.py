@@ -44,6 +44,11 @@ SHARED_BACKENDS = ["sqlite-file", "postgresql", "postgresql-psycopg2"]
 MARIADB_URL = os.environ.get("KVSTORE_TEST_MARIADB_URL")
 BACKENDS.append("mariadb")
 SHARED_BACKENDS.append("mariadb")
+# "mariadb-mariadbconnector" (issue 14): the same server through MariaDB Connector/Python (the
+# `mariadb` module over libmariadb: `?` parameters, the binary protocol); without the module
+# its tests are skipped with the reason (an error under CI=true).
+BACKENDS.append("mariadb-mariadbconnector")
+SHARED_BACKENDS.append("mariadb-mariadbconnector")
 # "galera" (issue 15): a three-node MariaDB Galera cluster on loopback (tests/clusters.py),
 # started once per session by the first test that needs it and torn down at session end. It
 # runs only in GALERA_MODULES and only with KVSTORE_TEST_GALERA=1 (the cluster takes ~12 s and
@@ -303,6 +308,40 @@ def maria_engine(maria_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+def _maria_driver(url: str, driver: str) -> str:
+    """The test MariaDB server's URL through another driver: PyMySQL's charset argument is
+    kept only where the driver takes one (Connector/Python speaks utf8mb4 always)."""
+    u = sa.make_url(url).set(drivername=f"mariadb+{driver}")
+    if driver == "mariadbconnector":
+        u = u.difference_update_query(["charset"])
+    return u.render_as_string(hide_password=False)
+
+
+def _require_module(module: str, what: str) -> None:
+    """Skip (an error under CI=true) when a driver module is not installed."""
+    try:
+        __import__(module)
+    except ImportError as exc:
+        reason = f"{what} tests need the {module!r} module ({exc})"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " - under CI=true this is an error", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def mdbc_url(maria_url: str) -> str:
+    """The test MariaDB server, through MariaDB Connector/Python."""
+    _require_module("mariadb", "MariaDB Connector/Python (pip install mariadb; needs libmariadb-dev)")
+    return _maria_driver(maria_url, "mariadbconnector")
+
+
+@pytest.fixture(scope="session")
+def mdbc_engine(mdbc_url: str, maria_engine: sa.Engine) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(mdbc_url, pool_size=10)
+    yield engine
+    engine.dispose()
+
+
 class GaleraNodes:
     """The session's Galera cluster and one engine per node (causal reads on every
     connection); ``next_node()`` hands the nodes out in turn."""
@@ -405,9 +444,14 @@ def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
                 name, f"sqlite:///{path}", namespace, None, f"sqlite+aiosqlite:///{path}"
             )
             return
-        engine = request.getfixturevalue("pg_engine")
-        url = request.getfixturevalue("pg_url")
-        async_url = _with_driver(url, "asyncpg") if name == "asyncpg" else url
+        if name == "asyncmy":
+            engine = request.getfixturevalue("maria_engine")
+            url = request.getfixturevalue("maria_url")
+            async_url = request.getfixturevalue("asyncmy_url")
+        else:
+            engine = request.getfixturevalue("pg_engine")
+            url = request.getfixturevalue("pg_url")
+            async_url = _with_driver(url, "asyncpg") if name == "asyncpg" else url
         try:
             yield AsyncContractBackend(name, url, namespace, engine, async_url)
         finally:
@@ -422,10 +466,12 @@ def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         finally:
             _cleanup_pg(engine, namespace)
         return
-    if name == "mariadb":
-        engine = request.getfixturevalue("maria_engine")
+    if name in ("mariadb", "mariadb-mariadbconnector"):
+        connector = name == "mariadb-mariadbconnector"
+        engine = request.getfixturevalue("mdbc_engine" if connector else "maria_engine")
+        url = request.getfixturevalue("mdbc_url" if connector else "maria_url")
         try:
-            yield Backend(name, request.getfixturevalue("maria_url"), namespace, engine)
+            yield Backend(name, url, namespace, engine)
         finally:
             _cleanup_pg(engine, namespace)
     elif name == "sqlite-file":
@@ -513,7 +559,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # -- the async API (kvstore.connect_async) ------------------------------------------------------
 #: the asyncio drivers the async API runs on: its own tests (tests/test_async.py), the cache's,
 #: and the key-value contract through tests/_async_adapter.py
-ASYNC_DRIVERS = ["aiosqlite", "asyncpg", "psycopg-async"]
+ASYNC_DRIVERS = ["aiosqlite", "asyncpg", "psycopg-async", "asyncmy"]
+
+
+@pytest.fixture(scope="session")
+def asyncmy_url(maria_url: str) -> str:
+    """The test MariaDB server, through asyncmy (for kvstore.connect_async)."""
+    _require_module("asyncmy", "asyncmy (pip install asyncmy)")
+    return _maria_driver(maria_url, "asyncmy")
 
 
 @dataclass
@@ -540,6 +593,16 @@ def abackend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AsyncBa
         yield AsyncBackend(
             request.param, f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}", namespace
         )
+        return
+    if request.param == "asyncmy":
+        maria_engine: sa.Engine = request.getfixturevalue("maria_engine")
+        sync_url: str = request.getfixturevalue("maria_url")
+        try:
+            yield AsyncBackend(
+                request.param, request.getfixturevalue("asyncmy_url"), sync_url, namespace
+            )
+        finally:
+            _cleanup_pg(maria_engine, namespace)
         return
     pg_url: str = request.getfixturevalue("pg_url")
     pg_engine: sa.Engine = request.getfixturevalue("pg_engine")

@@ -173,8 +173,9 @@ async def test_a_caught_database_error_never_loses_a_transaction_silently(
     astore: kvstore.AsyncStore,
 ) -> None:
     """As for the sync store (tests/test_robustness.py): after a statement fails inside a
-    transaction and the error is caught, the transaction commits everything (SQLite) or
-    raises at commit (PostgreSQL aborted it), on asyncpg too, whose adapter keeps no status."""
+    transaction and the error is caught, the transaction commits everything (SQLite, and
+    MariaDB, where a failed statement leaves the transaction open) or raises at commit
+    (PostgreSQL aborted it), on asyncpg too, whose adapter keeps no status."""
     committed = False
     try:
         async with astore.transaction() as tx:
@@ -184,7 +185,7 @@ async def test_a_caught_database_error_never_loses_a_transaction_silently(
         committed = True
     except kvstore.TransactionError:
         pass
-    assert committed == (astore.dialect_name == "sqlite")
+    assert committed == (astore.dialect_name in ("sqlite", "mariadb", "mysql"))
     assert await astore.keys() == (["a"] if committed else [])
 
 
@@ -460,6 +461,12 @@ async def test_unreachable_postgres_is_database_unavailable(pg_url: str) -> None
         url = sa.make_url(_with_driver(pg_url, driver)).set(host="127.0.0.1", port=1)
         with pytest.raises(kvstore.DatabaseUnavailableError):
             await kvstore.connect_async(url.render_as_string(hide_password=False))
+
+
+async def test_unreachable_mariadb_is_database_unavailable() -> None:
+    for url in ("mariadb+asyncmy://root@127.0.0.1:1/nowhere", "mysql://root@127.0.0.1:1/x"):
+        with pytest.raises(kvstore.DatabaseUnavailableError):
+            await kvstore.connect_async(url)
 
 
 async def test_an_async_engine_and_session(abackend: AsyncBackend) -> None:
