@@ -1360,6 +1360,15 @@ _DEFAULT_ASYNC_DRIVER = {
 }
 
 
+def _is_async_sa_driver(url: URL) -> bool:
+    """Whether SQLAlchemy's dialect for the URL is an asyncio one (its class only: the driver
+    is not imported)."""
+    try:
+        return bool(getattr(url.get_dialect(), "is_async", False))
+    except Exception:  # a driver SQLAlchemy does not know: not one either way
+        return False
+
+
 def async_engine_url(url: str) -> URL:
     """The URL of the engine an async store owns: the database's default asyncio driver when
     the URL names none (aiosqlite, asyncpg, asyncmy); ``postgresql+psycopg`` is psycopg 3 in
@@ -1376,6 +1385,13 @@ def async_engine_url(url: str) -> URL:
     if driver == "psycopg":
         return parsed.set(drivername="postgresql+psycopg_async")
     if not is_async_driver(parsed.get_backend_name(), driver):
+        works = _ASYNC_INSTALL.get(parsed.get_backend_name())
+        if works is not None and _is_async_sa_driver(parsed):
+            # an asyncio driver kvstore does not speak (aiomysql: docs/mariadb.md says why)
+            raise ValueError(
+                f"kvstore.connect_async cannot use the {driver!r} driver for "
+                f"{parsed.get_backend_name()}: it works with {works}"
+            )
         raise ValueError(
             f"kvstore.connect_async needs an asyncio driver, not {driver!r}: use "
             "sqlite+aiosqlite:///path, postgresql+asyncpg://..., postgresql+psycopg://... or "
