@@ -238,7 +238,7 @@ async def test_transactions_belong_to_their_task(astore: kvstore.AsyncStore) -> 
 # asyncpg itself can hang when a task is cancelled during executemany (a put_many): the task
 # never finishes, whatever the caller does (MagicStack/asyncpg#873, reproduced with asyncpg
 # alone); a cancelled single statement is tested on it below.
-@pytest.mark.parametrize("abackend", ["aiosqlite", "psycopg-async"], indirect=True)
+@pytest.mark.parametrize("abackend", ["aiosqlite", "psycopg-async", "asyncmy"], indirect=True)
 @pytest.mark.parametrize("delay", [0.001, 0.01, 0.05])
 async def test_a_cancelled_put_many_leaves_the_store_usable(
     abackend: AsyncBackend, delay: float
@@ -297,7 +297,7 @@ async def test_a_call_cancelled_while_it_waits_for_a_lock(astore: kvstore.AsyncS
     await _still_works(astore)
 
 
-@pytest.mark.parametrize("abackend", ["aiosqlite", "psycopg-async"], indirect=True)
+@pytest.mark.parametrize("abackend", ["aiosqlite", "psycopg-async", "asyncmy"], indirect=True)
 async def test_a_cancelled_transaction_rolls_back(astore: kvstore.AsyncStore) -> None:
     """(Not on asyncpg: the block's put_many is an executemany, see above.)"""
     started = asyncio.Event()
@@ -532,6 +532,17 @@ async def test_sync_connect_refuses_async_drivers(tmp_path: Path) -> None:
         await engine.dispose()
     with pytest.raises(ValueError, match="asyncio driver"):
         await kvstore.connect_async(f"sqlite+pysqlite:///{tmp_path}/kv.db")
+    with pytest.raises(ValueError, match="connect_async"):
+        kvstore.connect("mariadb+asyncmy://u@127.0.0.1:1/d")
+    with pytest.raises(ValueError, match="asyncio driver"):
+        await kvstore.connect_async("mariadb+mariadbconnector://u@127.0.0.1:1/d")
+
+
+async def test_connect_async_refuses_aiomysql_naming_asyncmy() -> None:
+    # aiomysql 0.3 fails on bytes parameters with PyMySQL 1.2 (docs/mariadb.md)
+    for url in ("mariadb+aiomysql://u@127.0.0.1:1/d", "mysql+aiomysql://u@127.0.0.1:1/d"):
+        with pytest.raises(ValueError, match=r"cannot use the 'aiomysql' driver.*asyncmy"):
+            await kvstore.connect_async(url)
 
 
 # -- the event loop keeps running --------------------------------------------------------------
@@ -697,7 +708,7 @@ def _docs_namespace() -> dict[str, Any]:
     return namespace
 
 
-@pytest.mark.parametrize("abackend", ["aiosqlite", "asyncpg"], indirect=True)
+@pytest.mark.parametrize("abackend", ["aiosqlite", "asyncpg", "asyncmy"], indirect=True)
 async def test_the_fastapi_example(abackend: AsyncBackend) -> None:
     """docs/async.md's FastAPI application, through httpx's AsyncClient: the ORM row and the
     kv entry commit together (and roll back together), the index endpoint finds the entry,
