@@ -469,6 +469,27 @@ async def test_unreachable_mariadb_is_database_unavailable() -> None:
             await kvstore.connect_async(url)
 
 
+async def test_an_asyncmy_store_replaces_a_connection_the_server_killed(
+    maria_url: str, asyncmy_url: str
+) -> None:
+    """As tests/test_robustness.py checks for the sync MariaDB drivers: a connection the server
+    killed between two calls is found dead and replaced, and the next call succeeds."""
+    store = await kvstore.connect_async(asyncmy_url, namespace="a-robust-kill")
+    admin = sa.create_engine(maria_url)
+    try:
+        await store.put("k", b"1")
+        for _ in range(2):
+            # the connection the store keeps between calls
+            cid = await greenlet_spawn(_sql.value, store.sync, "SELECT CONNECTION_ID()")
+            with admin.connect() as c:
+                c.exec_driver_sql(f"KILL {int(cid)}")
+            assert await store.get("k") == b"1"
+    finally:
+        admin.dispose()
+        await store.delete("k")
+        await store.close()
+
+
 async def test_an_async_engine_and_session(abackend: AsyncBackend) -> None:
     url = abackend.url
     if abackend.driver == "psycopg-async":
