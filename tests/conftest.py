@@ -49,6 +49,10 @@ SHARED_BACKENDS.append("mariadb")
 # its tests are skipped with the reason (an error under CI=true).
 BACKENDS.append("mariadb-mariadbconnector")
 SHARED_BACKENDS.append("mariadb-mariadbconnector")
+# Backends that are a second driver to a server another backend already covers: a test of the
+# server's query plans and costs, not of the driver, says so with
+# ``@pytest.mark.driver_variant_exclude(reason=...)`` and is not collected for them.
+DRIVER_VARIANTS = {"mariadb-mariadbconnector"}
 # "galera" (issue 15): a three-node MariaDB Galera cluster on loopback (tests/clusters.py),
 # started once per session by the first test that needs it and torn down at session end. It
 # runs only in GALERA_MODULES and only with KVSTORE_TEST_GALERA=1 (the cluster takes ~12 s and
@@ -104,6 +108,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "driver_variant_exclude(reason): do not run this test on DRIVER_VARIANTS (a second "
+        "driver to a server another backend covers): it tests the server, not the driver",
+    )
+    config.addinivalue_line(
+        "markers",
         "galera_exclude(reason): in GALERA_MODULES, do not run this test on the galera "
         "backend (the reason says why it does not apply to a multi-primary cluster)",
     )
@@ -118,6 +127,15 @@ def _galera_applies(metafunc: pytest.Metafunc) -> bool:
     return mark is None
 
 
+def _driver_variants_apply(metafunc: pytest.Metafunc) -> bool:
+    mark = metafunc.definition.get_closest_marker("driver_variant_exclude")
+    if mark is not None and not mark.kwargs.get("reason"):
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: driver_variant_exclude needs reason="
+        )
+    return mark is None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``kv_kind`` (behind the ``kv`` fixture) by the test's kv_only/kv_exclude
     markers: a kind a test does not apply to is never collected, rather than skipped (under
@@ -125,6 +143,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames and not _parametrized(metafunc, "backend"):
         # a module may run on fewer backends, saying why (KVSTORE_BACKENDS)
         names = list(getattr(metafunc.module, "KVSTORE_BACKENDS", BACKENDS))
+        if not _driver_variants_apply(metafunc):
+            names = [n for n in names if n not in DRIVER_VARIANTS]
         mark = metafunc.definition.get_closest_marker("async_exclude")
         if metafunc.module.__name__ in ASYNC_CONTRACT_MODULES and mark is None:
             names += ASYNC_DRIVERS
@@ -135,6 +155,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", names, indirect=True)
     if "shared_backend" in metafunc.fixturenames and not _parametrized(metafunc, "shared_backend"):
         shared = list(SHARED_BACKENDS)
+        if not _driver_variants_apply(metafunc):
+            shared = [n for n in shared if n not in DRIVER_VARIANTS]
         if _galera_applies(metafunc):
             shared.append("galera")
         metafunc.parametrize("shared_backend", shared, indirect=True)
