@@ -1,13 +1,14 @@
 """The shared conformance fixtures: every test that takes ``store`` runs on each backend.
 
 Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3),
-``postgresql-psycopg2`` and ``mariadb`` (PyMySQL, from ``KVSTORE_TEST_MARIADB_URL``: unset is a
-visible skip, an error under ``CI=true``), and in GALERA_MODULES ``galera`` (a 3-node
-MariaDB Galera cluster on loopback, with ``KVSTORE_TEST_GALERA=1``; see GALERA below); for the
-async API (``abackend``/``astore``), aiosqlite, asyncpg and psycopg 3 in async mode. In ASYNC_CONTRACT_MODULES (tests/test_kv.py,
-tests/test_ttl.py, tests/test_indexes.py) the ``store`` and ``kv`` fixtures also run on those
-three, as async stores behind tests/_async_adapter.py's sync face (about 3 minutes more on a
-2-core machine).
+``postgresql-psycopg2``, ``mariadb`` (PyMySQL, from ``KVSTORE_TEST_MARIADB_URL``: unset is a
+visible skip, an error under ``CI=true``) and ``mariadb-mariadbconnector`` (the same server
+through MariaDB Connector/Python), and in GALERA_MODULES ``galera`` (a 3-node MariaDB Galera
+cluster on loopback, with ``KVSTORE_TEST_GALERA=1``; see GALERA below); for the async API
+(``abackend``/``astore``), aiosqlite, asyncpg, psycopg 3 in async mode and asyncmy (MariaDB).
+In ASYNC_CONTRACT_MODULES (tests/test_kv.py, tests/test_ttl.py, tests/test_indexes.py) the
+``store`` and ``kv`` fixtures also run on those four, as async stores behind
+tests/_async_adapter.py's sync face (about 3 minutes more on a 2-core machine).
 PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
 PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
 visible reason (except under ``CI=true``, where that is an error). A URL that is set but
