@@ -88,7 +88,6 @@ _KEY_BATCH = 500
 _PUT_BATCH = 1000
 
 
-#: the asyncio driver a URL naming only the database means
 class AsyncStore:
     """A key-value store with ``async`` methods, over the sync :class:`kvstore.Store` (each
     call runs it in SQLAlchemy's greenlet bridge). Open it with :func:`connect_async`."""
