@@ -995,9 +995,8 @@ class MariaDBDialect(MySQLDialect):
 
 class _ConnectorPython(MySQLDialect):
     """MariaDB Connector/Python (the ``mariadb`` module, over the C client library): ``?``
-    parameters sent with the binary protocol (SQLAlchemy renders them), ``autocommit`` a
-    property, the error number in ``errno`` (see _mysql_errno), and a connection that raises
-    on any use once closed."""
+    parameters (SQLAlchemy renders them), ``autocommit`` a property, the error number in
+    ``errno`` (see _mysql_errno), and a connection that raises on any use once closed."""
 
     driver = "mariadbconnector"
 
