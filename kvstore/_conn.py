@@ -360,7 +360,7 @@ class SAConn(_OwnedConn):
         if not params:
             return
         try:
-            self.sa.exec_driver_sql(stmt.sql, [stmt.bind(p) for p in params])
+            self.dialect.executemany_on(self.sa, stmt.sql, [stmt.bind(p) for p in params])
         except Exception as exc:
             raise self._failed(exc) from exc
         except BaseException:
@@ -422,7 +422,8 @@ class ExternalConn(Conn):
     def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
         if params:
             try:
-                self._connection().exec_driver_sql(stmt.sql, [stmt.bind(p) for p in params])
+                rows = [stmt.bind(p) for p in params]
+                self.dialect.executemany_on(self._connection(), stmt.sql, rows)
             except KVStoreError:
                 raise
             except Exception as exc:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import DDL, create_engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import await_only
@@ -38,7 +38,15 @@ from .errors import (
     TransactionError,
 )
 
-__all__ = ["Dialect", "Rendered", "engine_from_url", "for_name", "render", "trigger_ddl"]
+__all__ = [
+    "Dialect",
+    "Rendered",
+    "async_engine_url",
+    "engine_from_url",
+    "for_name",
+    "render",
+    "trigger_ddl",
+]
 
 
 #: modules whose exceptions are a driver's (DBAPI) errors
@@ -52,6 +60,9 @@ _DRIVER_MODULES = frozenset(
         "aiosqlite",
         "asyncpg",
         "pymysql",
+        # MariaDB Connector/Python (mariadb+mariadbconnector://) and asyncmy (connect_async)
+        "mariadb",
+        "asyncmy",
     }
 )
 
@@ -300,6 +311,11 @@ class Dialect:
             cur.executemany(sql, rows)
         finally:
             cur.close()
+
+    def executemany_on(self, conn: Any, sql: str, rows: list[Any]) -> None:
+        """``executemany`` through a SQLAlchemy Connection (a listened engine, the caller's
+        Connection or Session), so its events see the statement."""
+        conn.exec_driver_sql(sql, rows)
 
     def set_autocommit(self, dbapi_conn: Any, on: bool) -> Any:
         """Switch the driver's implicit transactions off (or back); return the old setting."""
@@ -718,7 +734,8 @@ _MYSQL_DO_NOTHING = re.compile(r"ON CONFLICT \((\w+)[^)]*\) DO NOTHING")
 _MYSQL_EXCLUDED = re.compile(r"\bexcluded\.(\w+)")
 # what the statements' CASTs say for each type: MySQL's CAST knows none of the column types
 _MYSQL_CASTS = {"bytea": "BINARY", "bigint": "SIGNED", "text": "CHAR", "json": "CHAR"}
-# pymysql error numbers (the first of an error's args)
+# the server's (and the client library's) error numbers: the first of a PyMySQL or asyncmy
+# error's args, a Connector/Python error's ``errno``
 _ER_DUP_ENTRY = 1062
 _ER_LOCK_WAIT_TIMEOUT = 1205
 _ER_LOCK_DEADLOCK = 1213
@@ -729,7 +746,13 @@ _ER_UNAVAILABLE = (2002, 2003, 2005, 2006, 2013, 2055, 1053, 1040, 1927, 4031)
 
 
 def _mysql_errno(exc: BaseException) -> int | None:
-    args = getattr(_orig(exc), "args", ())
+    orig = _orig(exc)
+    # Connector/Python keeps only the message in args; its errno is 0 when the client library
+    # raised without a server error (an argument it cannot convert, a closed cursor)
+    errno = getattr(orig, "errno", None)
+    if isinstance(errno, int) and errno:
+        return errno
+    args = getattr(orig, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
 
 
@@ -853,13 +876,15 @@ class MySQLDialect(Dialect):
         # DDL commits as it goes here: without a lock a second process sees half-created
         # tables, takes them for an old schema and "upgrades" them under the first one.
         # GET_LOCK is the server's named lock: held by this session until released.
-        got = conn.exec_driver_sql("SELECT GET_LOCK(%s, 60)", (name[:64],)).scalar()
+        # sa.text: compiled for the driver's parameter style (PyMySQL's %s, Connector/Python's ?)
+        lock = {"name": name[:64]}
+        got = conn.execute(sa.text("SELECT GET_LOCK(:name, 60)"), lock).scalar()
         if got != 1:
             raise TransactionError(f"timed out waiting for the schema lock {name!r}")
         try:
             yield
         finally:
-            conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (name[:64],))
+            conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), lock)
 
     def adapt_sql(self, text: str) -> str:
         text = _MYSQL_ON_CONFLICT.sub("ON DUPLICATE KEY UPDATE", text)
@@ -1016,6 +1041,140 @@ class MariaDBDialect(MySQLDialect):
     name = "mariadb"
 
 
+class _ConnectorPython(MySQLDialect):
+    """MariaDB Connector/Python (the ``mariadb`` module, over the C client library): ``?``
+    parameters (SQLAlchemy renders them), ``autocommit`` a property, the error number in
+    ``errno`` (see _mysql_errno), and a connection that raises on any use once closed."""
+
+    driver = "mariadbconnector"
+
+    def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
+        cursor = dbapi_conn.cursor
+
+        def execute(sql: str, params: Any = None) -> Any:
+            # A cursor holds its statement's buffers (a 256 KiB chunk's parameter, a result)
+            # until close(), and one dropped unclosed lives on in a reference cycle until the
+            # garbage collector runs: streaming a 256 MiB value kept all of it. The rows are
+            # on the client already (its cursors are buffered), so they are taken and the
+            # cursor closed at once.
+            cur = cursor()
+            try:
+                if params is None and "; " in sql:
+                    for part in sql.split("; "):  # SET TRANSACTION ...; START TRANSACTION
+                        cur.execute(part)
+                else:
+                    cur.execute(sql, params)
+                return _FetchedCursor(cur)
+            finally:
+                cur.close()
+
+        return execute
+
+    def executemany(self, dbapi_conn: Any, sql: str, rows: list[Any]) -> None:
+        # Its executemany is the server's bulk protocol, which takes INSERT ... VALUES but not
+        # kvstore's INSERT ... SELECT ("not supported in the prepared statement protocol"):
+        # one execute per row on one cursor, what PyMySQL's executemany does for it too.
+        cur = dbapi_conn.cursor()
+        try:
+            for row in rows:
+                cur.execute(sql, row)
+        finally:
+            cur.close()
+
+    def executemany_on(self, conn: Any, sql: str, rows: list[Any]) -> None:
+        # SQLAlchemy's executemany is the driver's too (see executemany)
+        for row in rows:
+            conn.exec_driver_sql(sql, row)
+
+    def set_autocommit(self, dbapi_conn: Any, on: bool) -> Any:
+        old = dbapi_conn.autocommit
+        dbapi_conn.autocommit = on
+        return old
+
+    def restore_autocommit(self, dbapi_conn: Any, old: Any) -> None:
+        dbapi_conn.autocommit = old
+
+    def is_closed(self, dbapi_conn: Any) -> bool:
+        try:
+            return not dbapi_conn.open
+        except Exception:  # ProgrammingError once close() has been called
+            return True
+
+
+class _FetchedCursor:
+    """A closed Connector/Python cursor's outcome: its rows, row count and description."""
+
+    __slots__ = ("_i", "_rows", "description", "lastrowid", "rowcount")
+
+    def __init__(self, cur: Any) -> None:
+        self.description = cur.description
+        self._rows: list[Any] = cur.fetchall() if self.description is not None else []
+        self._i = 0
+        self.rowcount = cur.rowcount
+        self.lastrowid = cur.lastrowid
+
+    def fetchone(self) -> Any:
+        if self._i < len(self._rows):
+            self._i += 1
+            return self._rows[self._i - 1]
+        return None
+
+    def fetchmany(self, size: int = 1) -> list[Any]:
+        out = self._rows[self._i : self._i + size]
+        self._i += len(out)
+        return out
+
+    def fetchall(self) -> list[Any]:
+        out = self._rows[self._i :]
+        self._i = len(self._rows)
+        return out
+
+    def __iter__(self) -> Any:
+        return iter(self.fetchall())
+
+    def close(self) -> None:
+        pass
+
+
+class MariaDBConnectorDialect(_ConnectorPython, MariaDBDialect):
+    """``mariadb+mariadbconnector://``."""
+
+
+class MySQLConnectorPythonDialect(_ConnectorPython):
+    """``mysql+mariadbconnector://`` (SQLAlchemy's "mysql" dialect, the same driver)."""
+
+
+class _Asyncmy(MySQLDialect):
+    """asyncmy, via SQLAlchemy's sync adapter (kvstore.connect_async): the adapter's cursors
+    execute (``%s`` parameters) and buffer the rows, its ``autocommit``/``get_autocommit``
+    are PyMySQL's, errors are asyncmy's own classes with PyMySQL's args (errno, message)."""
+
+    driver = "asyncmy"
+    is_async = True
+
+    def dbapi_of(self, fairy: Any) -> Any:
+        return fairy.dbapi_connection
+
+    def in_driver_transaction(self, dbapi_conn: Any) -> bool:
+        # the adapter does not expose it; asyncmy's connection keeps the server's status
+        return bool(dbapi_conn.driver_connection.server_status & 1)
+
+    def is_closed(self, dbapi_conn: Any) -> bool:
+        return not dbapi_conn.driver_connection.connected
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        # asyncmy lets OSError through on connect (refused, unknown host) and a dropped socket
+        return isinstance(_orig(exc), OSError) or super().is_unavailable(exc)
+
+
+class AsyncmyMariaDBDialect(_Asyncmy, MariaDBDialect):
+    """``mariadb+asyncmy://``."""
+
+
+class AsyncmyMySQLDialect(_Asyncmy):
+    """``mysql+asyncmy://``."""
+
+
 def _switch_to_wal(cur: Any, timeout: float) -> None:
     """Put a SQLite file in WAL mode (it persists in the file, so once is enough).
 
@@ -1069,6 +1228,8 @@ _DRIVERS: dict[tuple[str, str], Dialect] = {
     ("postgresql", "psycopg2"): Psycopg2Dialect(),
     ("mysql", "pymysql"): _DIALECTS["mysql"],
     ("mariadb", "pymysql"): _DIALECTS["mariadb"],
+    ("mysql", "mariadbconnector"): MySQLConnectorPythonDialect(),
+    ("mariadb", "mariadbconnector"): MariaDBConnectorDialect(),
 }
 #: the asyncio drivers kvstore.connect_async speaks to, by (database, SQLAlchemy driver name);
 #: SQLAlchemy names psycopg 3's async dialect "psycopg" too, told apart by ``is_async``
@@ -1077,11 +1238,17 @@ _ASYNC_DRIVERS: dict[tuple[str, str], Dialect] = {
     ("postgresql", "asyncpg"): AsyncpgDialect(),
     ("postgresql", "psycopg"): PsycopgAsyncDialect(),
     ("postgresql", "psycopg_async"): PsycopgAsyncDialect(),
+    ("mysql", "asyncmy"): AsyncmyMySQLDialect(),
+    ("mariadb", "asyncmy"): AsyncmyMariaDBDialect(),
 }
 _ASYNC_INSTALL = {
     "sqlite": "aiosqlite (URL sqlite+aiosqlite:///path)",
     "postgresql": "asyncpg (URL postgresql+asyncpg://...) or psycopg 3 "
     "(URL postgresql+psycopg://...)",
+    "mysql": "asyncmy (pip install 'sqlalchemy-kvstore[asyncmy]', URL mysql+asyncmy://... or "
+    "mariadb+asyncmy://...)",
+    "mariadb": "asyncmy (pip install 'sqlalchemy-kvstore[asyncmy]', URL mariadb+asyncmy://... "
+    "or mysql+asyncmy://...)",
 }
 _INSTALL = {
     "sqlite": "the standard library's sqlite3 (sqlite:///path or sqlite+pysqlite:///path)",
@@ -1089,9 +1256,11 @@ _INSTALL = {
     "postgresql+psycopg://...) or psycopg2 (pip install psycopg2-binary, URL "
     "postgresql+psycopg2://...)",
     "mysql": "PyMySQL (pip install 'sqlalchemy-kvstore[mysql]', URL mysql+pymysql://... or "
-    "mariadb+pymysql://...)",
+    "mariadb+pymysql://...) or MariaDB Connector/Python (pip install "
+    "'sqlalchemy-kvstore[mariadbconnector]', URL mysql+mariadbconnector://...)",
     "mariadb": "PyMySQL (pip install 'sqlalchemy-kvstore[mysql]', URL mariadb+pymysql://... or "
-    "mysql+pymysql://...)",
+    "mysql+pymysql://...) or MariaDB Connector/Python (pip install "
+    "'sqlalchemy-kvstore[mariadbconnector]', URL mariadb+mariadbconnector://...)",
 }
 
 
@@ -1228,6 +1397,58 @@ def _default_pg_driver() -> str:
     return "psycopg"  # neither: SQLAlchemy's import error names psycopg, what to install
 
 
+#: the asyncio driver connect_async uses for a URL that names none
+_DEFAULT_ASYNC_DRIVER = {
+    "sqlite": "aiosqlite",
+    "postgresql": "asyncpg",
+    "postgres": "asyncpg",
+    "mysql": "asyncmy",
+    "mariadb": "asyncmy",
+}
+
+
+def _is_async_sa_driver(url: URL) -> bool:
+    """Whether SQLAlchemy's dialect for the URL is an asyncio one (its class only: the driver
+    is not imported)."""
+    try:
+        return bool(getattr(url.get_dialect(), "is_async", False))
+    except Exception:  # a driver SQLAlchemy does not know: not one either way
+        return False
+
+
+def async_engine_url(url: str) -> URL:
+    """The URL of the engine an async store owns: the database's default asyncio driver when
+    the URL names none (aiosqlite, asyncpg, asyncmy); ``postgresql+psycopg`` is psycopg 3 in
+    async mode; any other driver is refused with the ones that work."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ValueError(f"not a database URL: {url!r} ({exc})") from None
+    backend = parsed.get_backend_name()
+    for_name("postgresql" if backend == "postgres" else backend)
+    if "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=f"{backend}+{_DEFAULT_ASYNC_DRIVER[backend]}")
+    driver = parsed.get_driver_name()
+    if driver == "psycopg":
+        return parsed.set(drivername="postgresql+psycopg_async")
+    if not is_async_driver(parsed.get_backend_name(), driver):
+        works = _ASYNC_INSTALL.get(parsed.get_backend_name())
+        if works is not None and _is_async_sa_driver(parsed):
+            # an asyncio driver kvstore does not speak (aiomysql: docs/mariadb.md says why)
+            raise ValueError(
+                f"kvstore.connect_async cannot use the {driver!r} driver for "
+                f"{parsed.get_backend_name()}: it works with {works}"
+            )
+        raise ValueError(
+            f"kvstore.connect_async needs an asyncio driver, not {driver!r}: use "
+            "sqlite+aiosqlite:///path, postgresql+asyncpg://..., postgresql+psycopg://... or "
+            "mariadb+asyncmy://... (kvstore.connect opens the sync drivers)"
+        )
+    if driver == "asyncmy" and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})  # as for PyMySQL, below
+    return parsed
+
+
 def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
     """The engine a store owns for a URL: ``postgresql://`` means psycopg 3; SQLite files
     may be used from any thread, and an in-memory database is one shared connection."""
@@ -1262,7 +1483,8 @@ def engine_from_url(url: str, options: dict[str, Any]) -> Engine:
         options.setdefault("paramstyle", "named")
         if parsed.database in (None, "", ":memory:"):
             options.setdefault("poolclass", StaticPool)
-    if backend in ("mysql", "mariadb") and "charset" not in parsed.query:
+    # Connector/Python takes no charset argument: it always speaks utf8mb4
+    if driver == "pymysql" and "charset" not in parsed.query:
         # utf8mb4: every code point (MySQL's "utf8" is three bytes at most)
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     try:

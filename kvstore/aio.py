@@ -25,7 +25,6 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, BinaryIO, Protocol, TypeAlias, TypeVar, cast
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -37,7 +36,7 @@ from sqlalchemy.ext.asyncio import (
 # sqlalchemy.ext.asyncio runs every sync call through).
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from ._dialect import for_name, is_async_driver
+from ._dialect import async_engine_url
 from ._indexing import IndexInfo
 from ._validate import NOT_SET, TTL
 from .base import EntryInfo
@@ -87,8 +86,6 @@ _KEY_BATCH = 500
 #: two visits to the event loop (about 5 ms here), where a 100,000-entry call at once would
 #: hold the loop for half a second
 _PUT_BATCH = 1000
-#: the asyncio driver a URL naming only the database means
-_DEFAULT_ASYNC_DRIVER = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "postgres": "asyncpg"}
 
 
 class AsyncStore:
@@ -637,25 +634,10 @@ def _all(it: Iterable[T]) -> list[T]:
 
 
 def _async_engine(url: str, options: dict[str, Any]) -> AsyncEngine:
-    """The engine an async store owns for a URL: the database's default asyncio driver when
-    the URL names none (aiosqlite, asyncpg); ``postgresql+psycopg`` is psycopg 3 in async mode."""
-    try:
-        parsed = make_url(url)
-    except Exception as exc:
-        raise ValueError(f"not a database URL: {url!r} ({exc})") from None
-    backend = parsed.get_backend_name()
-    for_name("postgresql" if backend == "postgres" else backend)
-    if "+" not in parsed.drivername:
-        parsed = parsed.set(drivername=f"{backend}+{_DEFAULT_ASYNC_DRIVER[backend]}")
+    """The engine an async store owns for a URL (kvstore._dialect.async_engine_url says which
+    driver a URL means)."""
+    parsed = async_engine_url(url)
     driver = parsed.get_driver_name()
-    if driver == "psycopg":
-        parsed = parsed.set(drivername="postgresql+psycopg_async")
-    elif not is_async_driver(parsed.get_backend_name(), driver):
-        raise ValueError(
-            f"kvstore.connect_async needs an asyncio driver, not {driver!r}: use "
-            "sqlite+aiosqlite:///path, postgresql+asyncpg://... or postgresql+psycopg://... "
-            "(kvstore.connect opens the sync drivers)"
-        )
     try:
         return create_async_engine(parsed, **options)
     except ImportError as exc:

@@ -66,7 +66,15 @@ R = TypeVar("R")
 # ``scheme://user:password@host``: the password is whatever lies between the user's colon and
 # the last ``@`` before the host, so a password containing ``@`` or ``:`` is masked whole.
 _URL_PASSWORD_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s]*)@")
-_DRIVER_MODULES = {"sqlite3", "_sqlite3", "psycopg", "psycopg2", "psycopg_binary", "pymysql"}
+_DRIVER_MODULES = {
+    "sqlite3",
+    "_sqlite3",
+    "psycopg",
+    "psycopg2",
+    "psycopg_binary",
+    "pymysql",
+    "mariadb",
+}
 
 
 # -- errors and exit codes ---------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """The shared conformance fixtures: every test that takes ``store`` runs on each backend.
 
 Backends: ``sqlite-file`` (a fresh file per test), ``sqlite-memory``, ``postgresql`` (psycopg 3),
-``postgresql-psycopg2`` and ``mariadb`` (PyMySQL, from ``KVSTORE_TEST_MARIADB_URL``: unset is a
-visible skip, an error under ``CI=true``), and in GALERA_MODULES ``galera`` (a 3-node
-MariaDB Galera cluster on loopback, with ``KVSTORE_TEST_GALERA=1``; see GALERA below); for the
-async API (``abackend``/``astore``), aiosqlite, asyncpg and psycopg 3 in async mode. In ASYNC_CONTRACT_MODULES (tests/test_kv.py,
-tests/test_ttl.py, tests/test_indexes.py) the ``store`` and ``kv`` fixtures also run on those
-three, as async stores behind tests/_async_adapter.py's sync face (about 3 minutes more on a
-2-core machine).
+``postgresql-psycopg2``, ``mariadb`` (PyMySQL, from ``KVSTORE_TEST_MARIADB_URL``: unset is a
+visible skip, an error under ``CI=true``) and ``mariadb-mariadbconnector`` (the same server
+through MariaDB Connector/Python), and in GALERA_MODULES ``galera`` (a 3-node MariaDB Galera
+cluster on loopback, with ``KVSTORE_TEST_GALERA=1``; see GALERA below); for the async API
+(``abackend``/``astore``), aiosqlite, asyncpg, psycopg 3 in async mode and asyncmy (MariaDB).
+In ASYNC_CONTRACT_MODULES (tests/test_kv.py, tests/test_ttl.py, tests/test_indexes.py) the
+``store`` and ``kv`` fixtures also run on those four, as async stores behind
+tests/_async_adapter.py's sync face (about 3 minutes more on a 2-core machine).
 PostgreSQL comes from ``KVSTORE_TEST_POSTGRES_URL``; when it is unset, a testcontainers
 PostgreSQL is started if Docker works, and otherwise the PostgreSQL tests are skipped with a
 visible reason (except under ``CI=true``, where that is an error). A URL that is set but
@@ -44,6 +45,15 @@ SHARED_BACKENDS = ["sqlite-file", "postgresql", "postgresql-psycopg2"]
 MARIADB_URL = os.environ.get("KVSTORE_TEST_MARIADB_URL")
 BACKENDS.append("mariadb")
 SHARED_BACKENDS.append("mariadb")
+# "mariadb-mariadbconnector" (issue 14): the same server through MariaDB Connector/Python (the
+# `mariadb` module over libmariadb: `?` parameters, the binary protocol); without the module
+# its tests are skipped with the reason (an error under CI=true).
+BACKENDS.append("mariadb-mariadbconnector")
+SHARED_BACKENDS.append("mariadb-mariadbconnector")
+# Backends that are a second driver to a server another backend already covers: a test of the
+# server's query plans and costs, not of the driver, says so with
+# ``@pytest.mark.driver_variant_exclude(reason=...)`` and is not collected for them.
+DRIVER_VARIANTS = {"mariadb-mariadbconnector"}
 # "galera" (issue 15): a three-node MariaDB Galera cluster on loopback (tests/clusters.py),
 # started once per session by the first test that needs it and torn down at session end. It
 # runs only in GALERA_MODULES and only with KVSTORE_TEST_GALERA=1 (the cluster takes ~12 s and
@@ -99,6 +109,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "driver_variant_exclude(reason): do not run this test on DRIVER_VARIANTS (a second "
+        "driver to a server another backend covers): it tests the server, not the driver",
+    )
+    config.addinivalue_line(
+        "markers",
         "galera_exclude(reason): in GALERA_MODULES, do not run this test on the galera "
         "backend (the reason says why it does not apply to a multi-primary cluster)",
     )
@@ -113,6 +128,15 @@ def _galera_applies(metafunc: pytest.Metafunc) -> bool:
     return mark is None
 
 
+def _driver_variants_apply(metafunc: pytest.Metafunc) -> bool:
+    mark = metafunc.definition.get_closest_marker("driver_variant_exclude")
+    if mark is not None and not mark.kwargs.get("reason"):
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: driver_variant_exclude needs reason="
+        )
+    return mark is None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``kv_kind`` (behind the ``kv`` fixture) by the test's kv_only/kv_exclude
     markers: a kind a test does not apply to is never collected, rather than skipped (under
@@ -120,6 +144,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames and not _parametrized(metafunc, "backend"):
         # a module may run on fewer backends, saying why (KVSTORE_BACKENDS)
         names = list(getattr(metafunc.module, "KVSTORE_BACKENDS", BACKENDS))
+        if not _driver_variants_apply(metafunc):
+            names = [n for n in names if n not in DRIVER_VARIANTS]
         mark = metafunc.definition.get_closest_marker("async_exclude")
         if metafunc.module.__name__ in ASYNC_CONTRACT_MODULES and mark is None:
             names += ASYNC_DRIVERS
@@ -130,6 +156,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", names, indirect=True)
     if "shared_backend" in metafunc.fixturenames and not _parametrized(metafunc, "shared_backend"):
         shared = list(SHARED_BACKENDS)
+        if not _driver_variants_apply(metafunc):
+            shared = [n for n in shared if n not in DRIVER_VARIANTS]
         if _galera_applies(metafunc):
             shared.append("galera")
         metafunc.parametrize("shared_backend", shared, indirect=True)
@@ -303,6 +331,40 @@ def maria_engine(maria_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+def _maria_driver(url: str, driver: str) -> str:
+    """The test MariaDB server's URL through another driver: PyMySQL's charset argument is
+    kept only where the driver takes one (Connector/Python speaks utf8mb4 always)."""
+    u = sa.make_url(url).set(drivername=f"mariadb+{driver}")
+    if driver == "mariadbconnector":
+        u = u.difference_update_query(["charset"])
+    return u.render_as_string(hide_password=False)
+
+
+def _require_module(module: str, what: str) -> None:
+    """Skip (an error under CI=true) when a driver module is not installed."""
+    try:
+        __import__(module)
+    except ImportError as exc:
+        reason = f"{what} tests need the {module!r} module ({exc})"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " - under CI=true this is an error", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def mdbc_url(maria_url: str) -> str:
+    """The test MariaDB server, through MariaDB Connector/Python."""
+    _require_module("mariadb", "MariaDB Connector/Python (pip install mariadb; needs libmariadb-dev)")
+    return _maria_driver(maria_url, "mariadbconnector")
+
+
+@pytest.fixture(scope="session")
+def mdbc_engine(mdbc_url: str, maria_engine: sa.Engine) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(mdbc_url, pool_size=10)
+    yield engine
+    engine.dispose()
+
+
 class GaleraNodes:
     """The session's Galera cluster and one engine per node (causal reads on every
     connection); ``next_node()`` hands the nodes out in turn."""
@@ -405,9 +467,14 @@ def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
                 name, f"sqlite:///{path}", namespace, None, f"sqlite+aiosqlite:///{path}"
             )
             return
-        engine = request.getfixturevalue("pg_engine")
-        url = request.getfixturevalue("pg_url")
-        async_url = _with_driver(url, "asyncpg") if name == "asyncpg" else url
+        if name == "asyncmy":
+            engine = request.getfixturevalue("maria_engine")
+            url = request.getfixturevalue("maria_url")
+            async_url = request.getfixturevalue("asyncmy_url")
+        else:
+            engine = request.getfixturevalue("pg_engine")
+            url = request.getfixturevalue("pg_url")
+            async_url = _with_driver(url, "asyncpg") if name == "asyncpg" else url
         try:
             yield AsyncContractBackend(name, url, namespace, engine, async_url)
         finally:
@@ -422,10 +489,12 @@ def _make_backend(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
         finally:
             _cleanup_pg(engine, namespace)
         return
-    if name == "mariadb":
-        engine = request.getfixturevalue("maria_engine")
+    if name in ("mariadb", "mariadb-mariadbconnector"):
+        connector = name == "mariadb-mariadbconnector"
+        engine = request.getfixturevalue("mdbc_engine" if connector else "maria_engine")
+        url = request.getfixturevalue("mdbc_url" if connector else "maria_url")
         try:
-            yield Backend(name, request.getfixturevalue("maria_url"), namespace, engine)
+            yield Backend(name, url, namespace, engine)
         finally:
             _cleanup_pg(engine, namespace)
     elif name == "sqlite-file":
@@ -513,7 +582,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # -- the async API (kvstore.connect_async) ------------------------------------------------------
 #: the asyncio drivers the async API runs on: its own tests (tests/test_async.py), the cache's,
 #: and the key-value contract through tests/_async_adapter.py
-ASYNC_DRIVERS = ["aiosqlite", "asyncpg", "psycopg-async"]
+ASYNC_DRIVERS = ["aiosqlite", "asyncpg", "psycopg-async", "asyncmy"]
+
+
+@pytest.fixture(scope="session")
+def asyncmy_url(maria_url: str) -> str:
+    """The test MariaDB server, through asyncmy (for kvstore.connect_async)."""
+    _require_module("asyncmy", "asyncmy (pip install asyncmy)")
+    return _maria_driver(maria_url, "asyncmy")
 
 
 @dataclass
@@ -540,6 +616,16 @@ def abackend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AsyncBa
         yield AsyncBackend(
             request.param, f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}", namespace
         )
+        return
+    if request.param == "asyncmy":
+        maria_engine: sa.Engine = request.getfixturevalue("maria_engine")
+        sync_url: str = request.getfixturevalue("maria_url")
+        try:
+            yield AsyncBackend(
+                request.param, request.getfixturevalue("asyncmy_url"), sync_url, namespace
+            )
+        finally:
+            _cleanup_pg(maria_engine, namespace)
         return
     pg_url: str = request.getfixturevalue("pg_url")
     pg_engine: sa.Engine = request.getfixturevalue("pg_engine")

@@ -173,8 +173,9 @@ async def test_a_caught_database_error_never_loses_a_transaction_silently(
     astore: kvstore.AsyncStore,
 ) -> None:
     """As for the sync store (tests/test_robustness.py): after a statement fails inside a
-    transaction and the error is caught, the transaction commits everything (SQLite) or
-    raises at commit (PostgreSQL aborted it), on asyncpg too, whose adapter keeps no status."""
+    transaction and the error is caught, the transaction commits everything (SQLite, and
+    MariaDB, where a failed statement leaves the transaction open) or raises at commit
+    (PostgreSQL aborted it), on asyncpg too, whose adapter keeps no status."""
     committed = False
     try:
         async with astore.transaction() as tx:
@@ -184,7 +185,7 @@ async def test_a_caught_database_error_never_loses_a_transaction_silently(
         committed = True
     except kvstore.TransactionError:
         pass
-    assert committed == (astore.dialect_name == "sqlite")
+    assert committed == (astore.dialect_name in ("sqlite", "mariadb", "mysql"))
     assert await astore.keys() == (["a"] if committed else [])
 
 
@@ -237,7 +238,7 @@ async def test_transactions_belong_to_their_task(astore: kvstore.AsyncStore) -> 
 # asyncpg itself can hang when a task is cancelled during executemany (a put_many): the task
 # never finishes, whatever the caller does (MagicStack/asyncpg#873, reproduced with asyncpg
 # alone); a cancelled single statement is tested on it below.
-@pytest.mark.parametrize("abackend", ["aiosqlite", "psycopg-async"], indirect=True)
+@pytest.mark.parametrize("abackend", ["aiosqlite", "psycopg-async", "asyncmy"], indirect=True)
 @pytest.mark.parametrize("delay", [0.001, 0.01, 0.05])
 async def test_a_cancelled_put_many_leaves_the_store_usable(
     abackend: AsyncBackend, delay: float
@@ -296,7 +297,7 @@ async def test_a_call_cancelled_while_it_waits_for_a_lock(astore: kvstore.AsyncS
     await _still_works(astore)
 
 
-@pytest.mark.parametrize("abackend", ["aiosqlite", "psycopg-async"], indirect=True)
+@pytest.mark.parametrize("abackend", ["aiosqlite", "psycopg-async", "asyncmy"], indirect=True)
 async def test_a_cancelled_transaction_rolls_back(astore: kvstore.AsyncStore) -> None:
     """(Not on asyncpg: the block's put_many is an executemany, see above.)"""
     started = asyncio.Event()
@@ -462,6 +463,33 @@ async def test_unreachable_postgres_is_database_unavailable(pg_url: str) -> None
             await kvstore.connect_async(url.render_as_string(hide_password=False))
 
 
+async def test_unreachable_mariadb_is_database_unavailable() -> None:
+    for url in ("mariadb+asyncmy://root@127.0.0.1:1/nowhere", "mysql://root@127.0.0.1:1/x"):
+        with pytest.raises(kvstore.DatabaseUnavailableError):
+            await kvstore.connect_async(url)
+
+
+async def test_an_asyncmy_store_replaces_a_connection_the_server_killed(
+    maria_url: str, asyncmy_url: str
+) -> None:
+    """As tests/test_robustness.py checks for the sync MariaDB drivers: a connection the server
+    killed between two calls is found dead and replaced, and the next call succeeds."""
+    store = await kvstore.connect_async(asyncmy_url, namespace="a-robust-kill")
+    admin = sa.create_engine(maria_url)
+    try:
+        await store.put("k", b"1")
+        for _ in range(2):
+            # the connection the store keeps between calls
+            cid = await greenlet_spawn(_sql.value, store.sync, "SELECT CONNECTION_ID()")
+            with admin.connect() as c:
+                c.exec_driver_sql(f"KILL {int(cid)}")
+            assert await store.get("k") == b"1"
+    finally:
+        admin.dispose()
+        await store.delete("k")
+        await store.close()
+
+
 async def test_an_async_engine_and_session(abackend: AsyncBackend) -> None:
     url = abackend.url
     if abackend.driver == "psycopg-async":
@@ -525,6 +553,17 @@ async def test_sync_connect_refuses_async_drivers(tmp_path: Path) -> None:
         await engine.dispose()
     with pytest.raises(ValueError, match="asyncio driver"):
         await kvstore.connect_async(f"sqlite+pysqlite:///{tmp_path}/kv.db")
+    with pytest.raises(ValueError, match="connect_async"):
+        kvstore.connect("mariadb+asyncmy://u@127.0.0.1:1/d")
+    with pytest.raises(ValueError, match="asyncio driver"):
+        await kvstore.connect_async("mariadb+mariadbconnector://u@127.0.0.1:1/d")
+
+
+async def test_connect_async_refuses_aiomysql_naming_asyncmy() -> None:
+    # aiomysql 0.3 fails on bytes parameters with PyMySQL 1.2 (docs/mariadb.md)
+    for url in ("mariadb+aiomysql://u@127.0.0.1:1/d", "mysql+aiomysql://u@127.0.0.1:1/d"):
+        with pytest.raises(ValueError, match=r"cannot use the 'aiomysql' driver.*asyncmy"):
+            await kvstore.connect_async(url)
 
 
 # -- the event loop keeps running --------------------------------------------------------------
@@ -690,7 +729,7 @@ def _docs_namespace() -> dict[str, Any]:
     return namespace
 
 
-@pytest.mark.parametrize("abackend", ["aiosqlite", "asyncpg"], indirect=True)
+@pytest.mark.parametrize("abackend", ["aiosqlite", "asyncpg", "asyncmy"], indirect=True)
 async def test_the_fastapi_example(abackend: AsyncBackend) -> None:
     """docs/async.md's FastAPI application, through httpx's AsyncClient: the ORM row and the
     kv entry commit together (and roll back together), the index endpoint finds the entry,

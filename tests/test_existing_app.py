@@ -30,8 +30,9 @@ pytest_plugins = ["clusters"]
         ("postgresql+pg8000://u@127.0.0.1/db", "pg8000"),
         ("postgresql+asyncpg://u@127.0.0.1/db", "asyncpg"),
         ("sqlite+aiosqlite:///x.db", "aiosqlite"),
-        ("mariadb+mariadbconnector://u@127.0.0.1/db", "mariadbconnector"),
+        ("mysql+mysqlconnector://u@127.0.0.1/db", "mysqlconnector"),
         ("mysql+mysqldb://u@127.0.0.1/db", "mysqldb"),
+        ("mariadb+aiomysql://u@127.0.0.1/db", "aiomysql"),
     ],
 )
 def test_a_driver_kvstore_cannot_use_is_refused_naming_it(url: str, driver: str) -> None:

@@ -1029,6 +1029,9 @@ def test_every_query_shape_uses_the_index(store: kvstore.Store, explainer: Expla
 
 # -- cost --------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.driver_variant_exclude(
+    reason="the server's plan for a range scan; 40 s more on a second MariaDB driver"
+)
 def test_range_queries_cost_linear_in_the_matches(shared_store: kvstore.Store) -> None:
     """find and count over a range of a multi-valued index: 4x the matches cost about 4x the
     time, not 16x (the "first matching value" check once scanned the range per result row)."""

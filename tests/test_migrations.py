@@ -58,6 +58,9 @@ _TRIGGERS = {
     "sqlite-file": "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t",
     "postgresql": "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:t) AND NOT tgisinternal",
 }
+# the same server through Connector/Python
+_CATALOG["mariadb-mariadbconnector"] = _CATALOG["mariadb"]
+_TRIGGERS["mariadb-mariadbconnector"] = _TRIGGERS["mariadb"]
 
 
 @dataclass
@@ -108,8 +111,9 @@ class DB:
                     conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {p}entries_cleanup()")
 
 
-# MariaDB as the shared suite has it (tests/conftest.py)
-DB_BACKENDS = ["sqlite-file", "postgresql", *(["mariadb"] if "mariadb" in BACKENDS else [])]
+# MariaDB as the shared suite has it (tests/conftest.py), through PyMySQL and Connector/Python
+_MARIADB = [b for b in BACKENDS if b.startswith("mariadb")]
+DB_BACKENDS = ["sqlite-file", "postgresql", *_MARIADB]
 
 
 @pytest.fixture(params=DB_BACKENDS)
@@ -121,7 +125,8 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DB]:
         yield DB(request.param, url, engine, "kv_")
         engine.dispose()
         return
-    url = request.getfixturevalue("maria_url" if request.param == "mariadb" else "pg_url")
+    fixture = {"mariadb": "maria_url", "mariadb-mariadbconnector": "mdbc_url"}
+    url = request.getfixturevalue(fixture.get(request.param, "pg_url"))
     engine = sa.create_engine(url, poolclass=NullPool)
     d = DB(request.param, url, engine, "")
     d.prefix = d.new_prefix()
@@ -182,7 +187,7 @@ def test_0002_upgrades_a_populated_0001_database_in_place(db: DB) -> None:
     migrations.upgrade(db.url, "0001", table_prefix=db.prefix)
     # 0001's PostgreSQL column is jsonb: a row written then keeps what jsonb made of it
     with db.engine.begin() as conn:
-        key = "`key`" if db.name == "mariadb" else "key"  # a reserved word there
+        key = "`key`" if db.name in _MARIADB else "key"  # a reserved word there
         conn.execute(
             sa.text(
                 f"INSERT INTO {db.prefix}entries (namespace, {key}, value, size, version, "
@@ -363,7 +368,7 @@ def test_two_prefixes_migrate_independently(db: DB) -> None:
 def _refuses_ddl_on_callers_connection(db: DB, run: Callable[[Any], None]) -> bool:
     """On MariaDB, where DDL commits the open transaction, schema work on the caller's
     Connection or Session is refused (and nothing is created); whether that was checked."""
-    if db.name != "mariadb":
+    if db.name not in _MARIADB:
         return False
     with db.engine.connect() as conn, pytest.raises(kvstore.TransactionError, match="DDL"):
         run(conn)
@@ -430,7 +435,7 @@ def test_check_reports_what_is_missing(db: DB) -> None:
         for stmt in _sql.drop_trigger_sql(db.engine.dialect.name, db.prefix):
             conn.exec_driver_sql(stmt)
         conn.exec_driver_sql(f"DROP TABLE {t.list_items.name}")
-        on = f" ON {t.entries.name}" if db.name == "mariadb" else ""
+        on = f" ON {t.entries.name}" if db.name in _MARIADB else ""
         conn.exec_driver_sql(f"DROP INDEX ix_{db.prefix}entries_expiry{on}")
         conn.exec_driver_sql(
             f"CREATE INDEX ix_{db.prefix}entries_expiry ON {t.entries.name} (namespace, expires_at)"
@@ -438,7 +443,7 @@ def test_check_reports_what_is_missing(db: DB) -> None:
     problems = migrations.check(db.engine, table_prefix=db.prefix)
     assert f"table {t.list_items.name} is missing" in problems
     assert any(p.startswith("trigger ") and "is missing" in p for p in problems)
-    if db.name != "mariadb":  # which has no partial indexes: the expiry index covers every row
+    if db.name not in _MARIADB:  # which has no partial indexes: the expiry index covers every row
         assert any(f"ix_{db.prefix}entries_expiry" in p and "partial" in p for p in problems)
     assert not any(HEAD in p for p in problems)  # the stamp itself is fine
 

@@ -139,12 +139,14 @@ def test_wheel_is_named_and_described_as_sqlalchemy_kvstore(installed: Installed
     assert re.search(r"^\[console_scripts\]\s*^kvstore = kvstore\.cli:main$", entry_points, re.M)
     # the extras are there, and the ones that name the project itself use its new name
     extras = set(headers["Provides-Extra"])
-    assert {"postgres", "psycopg2", "mysql", "test"} <= extras
+    assert {"postgres", "psycopg2", "mysql", "mariadbconnector", "asyncmy", "test"} <= extras
     requires = headers["Requires-Dist"]
     assert [r for r in requires if re.match(r"kvstore\b", r)] == []
     assert any(r.startswith("psycopg[binary]") and 'extra == "postgres"' in r for r in requires)
     assert any(r.startswith("psycopg2-binary") and 'extra == "psycopg2"' in r for r in requires)
     assert any(r.lower().startswith("pymysql") and 'extra == "mysql"' in r for r in requires)
+    assert any(r.startswith("mariadb") and 'extra == "mariadbconnector"' in r for r in requires)
+    assert any(r.startswith("asyncmy") and 'extra == "asyncmy"' in r for r in requires)
     own = [r for r in requires if r.startswith(f"{DIST}[")]
     assert own and all(re.match(rf"{DIST}\[[\w,-]+\]", r) for r in own), own
 

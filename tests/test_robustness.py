@@ -87,6 +87,35 @@ def test_a_store_recovers_when_the_server_drops_its_connections(pg_url: str) -> 
         store.close()
 
 
+def _kill_mariadb_session(url: str, connection_id: int) -> None:
+    admin = sa.create_engine(url)
+    try:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"KILL {int(connection_id)}")
+    finally:
+        admin.dispose()
+
+
+@pytest.mark.parametrize("driver", ["pymysql", "mariadbconnector"])
+def test_a_mariadb_store_replaces_a_connection_the_server_killed(
+    request: pytest.FixtureRequest, maria_url: str, driver: str
+) -> None:
+    """On each MariaDB driver, a connection the server killed between two calls is found dead
+    (its error is "server gone away"/"lost connection", 2006/2013) and replaced: the next
+    call succeeds on a fresh one (asyncmy: tests/test_async.py)."""
+    url = request.getfixturevalue("mdbc_url" if driver == "mariadbconnector" else "maria_url")
+    store = kvstore.connect(url, namespace="robust-kill-" + driver)
+    try:
+        store.put("k", b"1")
+        for _ in range(2):
+            # the connection the store keeps between calls
+            _kill_mariadb_session(maria_url, _sql.value(store, "SELECT CONNECTION_ID()"))
+            assert store.get("k") == b"1"
+    finally:
+        store.delete("k")
+        store.close()
+
+
 def test_writing_through_another_engine_inside_a_transaction_is_an_error(tmp_path: Any) -> None:
     """Two stores (two engines) on one SQLite file: inside one's (write-locking) transaction,
     a write through the other would wait for the transaction's own lock until the busy

@@ -55,8 +55,9 @@ SNAPSHOT_LEVEL["postgresql-psycopg2"] = SNAPSHOT_LEVEL["postgresql"]
 # (1213, retried); REPEATABLE READ reads one snapshot without locking
 CONFLICT_LEVEL["mariadb"] = "SERIALIZABLE"
 SNAPSHOT_LEVEL["mariadb"] = "REPEATABLE READ"
-for _table in (OFFERED, CONFLICT_LEVEL, SNAPSHOT_LEVEL):  # Galera nodes are MariaDB servers
-    _table["galera"] = _table["mariadb"]
+# Galera nodes are MariaDB servers, and Connector/Python speaks to the same server
+for _table in (OFFERED, CONFLICT_LEVEL, SNAPSHOT_LEVEL):
+    _table["galera"] = _table["mariadb-mariadbconnector"] = _table["mariadb"]
 
 
 class Boom(Exception):
@@ -1107,7 +1108,9 @@ def test_an_engine_store_gives_idle_connections_back_to_the_apps_pool(shared_bac
 
 # Servers whose deadlock detector picks a victim (SQLite has one writer at a time: no deadlock);
 # on Galera the two stores are on two nodes and certification picks the loser at its COMMIT.
-_DEADLOCKING = [b for b in SHARED_BACKENDS if b in ("postgresql", "mariadb")] + ["galera"]
+_DEADLOCKING = [
+    b for b in SHARED_BACKENDS if b in ("postgresql", "mariadb", "mariadb-mariadbconnector")
+] + ["galera"]
 
 
 @pytest.mark.parametrize("shared_backend", _DEADLOCKING, indirect=True)
@@ -1150,6 +1153,32 @@ def test_a_deadlock_victim_caught_inside_the_block_cannot_commit(shared_backend:
         assert f"after-{failed[0]}" not in a
         winner = "b" if failed[0] == "a" else "a"
         assert a.get("x") == a.get("y") == winner.encode()
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize(
+    "shared_backend", [b for b in SHARED_BACKENDS if b.startswith("mariadb")], indirect=True
+)
+def test_a_row_lock_wait_past_busy_timeout_is_a_lock_timeout_error(shared_backend: Any) -> None:
+    """InnoDB's lock-wait timeout (1205) through either MariaDB driver is a LockTimeoutError
+    chained to the driver's error, after busy_timeout (innodb_lock_wait_timeout), and the row
+    keeps the holder's value."""
+    a = shared_backend.connect()
+    b = shared_backend.connect(busy_timeout=1, own_engine=True)  # its own connections' setting
+    try:
+        a.put("k", b"0")
+        with a.transaction() as held:
+            held.put("k", b"1")  # the row lock is held until this block ends
+            start = time.monotonic()
+            with pytest.raises(kvstore.LockTimeoutError) as info, b.transaction() as tx:
+                tx.put("k", b"2")
+            waited = time.monotonic() - start
+            assert 0.9 < waited < 10, waited
+            assert isinstance(info.value, TimeoutError) and info.value.orig is not None
+            assert "innodb_lock_wait_timeout" in str(info.value)
+        assert b.get("k") == b"1"
     finally:
         a.close()
         b.close()
