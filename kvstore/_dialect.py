@@ -16,7 +16,7 @@ import importlib.util
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -945,23 +945,41 @@ class MySQLDialect(Dialect):
         return self.executor(dbapi_conn)(sql, params)
 
     def executemany(self, dbapi_conn: Any, sql: str, rows: list[Any]) -> None:
-        # PyMySQL folds only "INSERT ... VALUES" into multi-row statements; kvstore's guarded
-        # upserts are "INSERT ... SELECT ... WHERE guard", which it sends a round trip per row
-        # (87 µs a key for put_many). Their SELECTs go as one UNION ALL per batch instead,
-        # each row keeping its own guard, so the statement means what the rows one by one do.
-        m = _INSERT_SELECT.match(sql)
-        if m is None or len(rows) < 2 or type(rows[0]) is not dict:
+        if not self._insert_select_many(dbapi_conn, sql, rows):
             super().executemany(dbapi_conn, sql, rows)
-            return
+
+    def _insert_select_many(self, dbapi_conn: Any, sql: str, rows: list[Any]) -> bool:
+        """Run an ``INSERT ... SELECT`` for many rows as one ``UNION ALL`` of their SELECTs
+        per batch; False (nothing run) for any other statement.
+
+        PyMySQL folds only "INSERT ... VALUES" into multi-row statements, and Connector/
+        Python's bulk protocol refuses INSERT ... SELECT: kvstore's guarded upserts went a
+        round trip per row (87 µs a key for put_many). Each row keeps its own guard, so the
+        statement means what the rows one by one do."""
+        m = _INSERT_SELECT.match(sql)
+        if m is None or len(rows) < 2:
+            return False
         head, select, tail = m.group(1), m.group(2), m.group(3) or ""
-        names = _PYFORMAT.findall(select)
-        select = _PYFORMAT.sub("%s", select)
+        in_order = type(rows[0]) is tuple and any(
+            mark not in head + tail and select.count(mark) == len(rows[0]) for mark in ("?", "%s")
+        )
+        if type(rows[0]) is dict:  # PyMySQL: %(name)s
+            names = _PYFORMAT.findall(select)
+            select = _PYFORMAT.sub("%s", select)
+
+            def values(row: Any) -> Iterable[Any]:
+                return [row[n] for n in names]
+        elif in_order:  # rows in the statement's order: Connector/Python's ?, asyncmy's %s
+
+            def values(row: Any) -> Iterable[Any]:
+                return row  # type: ignore[no-any-return]
+        else:
+            return False
         cur = dbapi_conn.cursor()
         try:
             count, size, args = 0, 0, []
             for row in rows:
-                for n in names:
-                    v = row[n]
+                for v in values(row):
                     args.append(v)
                     if isinstance(v, bytes | str):
                         size += len(v)
@@ -974,6 +992,7 @@ class MySQLDialect(Dialect):
                 cur.execute(f"{head} {' UNION ALL '.join([select] * count)}{tail}", args)
         finally:
             cur.close()
+        return True
 
     def set_autocommit(self, dbapi_conn: Any, on: bool) -> Any:
         old = dbapi_conn.get_autocommit()
@@ -1073,7 +1092,9 @@ class _ConnectorPython(MySQLDialect):
     def executemany(self, dbapi_conn: Any, sql: str, rows: list[Any]) -> None:
         # Its executemany is the server's bulk protocol, which takes INSERT ... VALUES but not
         # kvstore's INSERT ... SELECT ("not supported in the prepared statement protocol"):
-        # one execute per row on one cursor, what PyMySQL's executemany does for it too.
+        # those go as UNION ALL batches, anything else one execute per row on one cursor.
+        if self._insert_select_many(dbapi_conn, sql, rows):
+            return
         cur = dbapi_conn.cursor()
         try:
             for row in rows:
