@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from greenlet import getcurrent, greenlet  # type: ignore[import-untyped]
+from greenlet import GreenletExit, getcurrent, greenlet  # type: ignore[import-untyped]
 
 __all__ = ["MAX_IDLE", "spawn"]
 
@@ -66,6 +66,10 @@ def _work(call: _Call) -> None:
         try:
             call.value = call.fn(*call.args, **call.kwargs)
             call.ok = True
+        except GreenletExit:
+            # (garbage-collected in the middle of a call, or thrown in from an awaited call)
+            # it ends the worker, as it ends greenlet_spawn's greenlet; see spawn
+            raise
         except BaseException as exc:  # the caller raises it, as greenlet_spawn's would
             call.value = exc
         del call  # nothing of a call stays referenced by an idle worker
@@ -96,7 +100,7 @@ async def spawn(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     worker.gr_context = current.gr_context
     call = _Call(fn, args, kwargs)
     result = worker.switch(call)
-    while result is not _DONE:
+    while result is not _DONE and not worker.dead:
         try:
             value = await result  # an await_only in fn: the awaitable it waits for
         except BaseException:
@@ -104,8 +108,11 @@ async def spawn(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             result = worker.throw(*sys.exc_info())
         else:
             result = worker.switch(value)
+    if worker.dead:
+        # ended by GreenletExit: greenlet_spawn returns what its dead greenlet returned
+        return result  # type: ignore[no-any-return]
     worker.gr_context = None  # an idle worker keeps no task's context alive
-    if len(idle) < MAX_IDLE and not worker.dead:
+    if len(idle) < MAX_IDLE:
         idle.append(worker)
     if call.ok:
         return call.value  # type: ignore[no-any-return]

@@ -14,10 +14,11 @@ import contextlib
 import functools
 import importlib.util
 import json
+import operator
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -63,13 +64,27 @@ class Rendered:
 
     sql: str
     names: tuple[str, ...] | None = None
+    #: the positional parameters of a mapping, in C (on every statement's path)
+    _take: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        names = self.names
+        if names:
+            get = operator.itemgetter(*names)
+            take = get if len(names) > 1 else lambda params: (get(params),)
+            object.__setattr__(self, "_take", take)
 
     def bind(self, params: Mapping[str, Any] | None) -> Any:
         if params is None:
             return () if self.names is not None else {}
+        take = self._take
+        if take is not None:
+            return take(params)
         if self.names is None:
             return params
-        return tuple([params[n] for n in self.names])
+        return ()  # positional, with no parameters
 
 
 def render(sa_dialect: sa.engine.Dialect, text: str) -> Rendered:

@@ -2,9 +2,10 @@
 
 Each case runs on both and compares: results and arguments, exceptions (not chained to the
 one the caller handles), contextvars (the task's, shared), nested bridges, an awaitable's
-exception thrown in at the ``await_only``, cancellation (the sync code's ``except`` and
-``finally`` run before the caller sees it), tasks interleaving on the bridge at once. Then
-what is spawn's own: its workers are reused, an idle one keeps nothing of its last call.
+exception thrown in at the ``await_only`` (``GreenletExit`` too), cancellation (the sync
+code's ``except`` and ``finally`` run before the caller sees it), tasks interleaving on the
+bridge at once. Then what is spawn's own: its workers are reused, an idle one keeps nothing of
+its last call, and at most ``MAX_IDLE`` are kept.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from greenlet import GreenletExit
 from sqlalchemy.util import await_only, greenlet_spawn
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -75,6 +77,12 @@ async def _behaviour(sp: Callable[..., Any]) -> dict[str, Any]:
 
     out["thrown in"] = await sp(catches)
 
+    async def exits() -> None:
+        raise GreenletExit("ends the greenlet")
+
+    # a GreenletExit ends the greenlet, whose last value (the exception) is returned
+    out["greenlet exit"] = repr(await sp(lambda: await_only(exits())))
+
     log: list[str] = []
 
     def waits() -> None:
@@ -117,6 +125,7 @@ async def test_spawn_behaves_as_greenlet_spawn() -> None:
     assert got == expected
     assert got["chained"] == "None"
     assert got["cancelled"] == ["CancelledError", "finally"]
+    assert got["greenlet exit"] == "GreenletExit('ends the greenlet')"
 
 
 async def test_workers_are_reused_and_keep_nothing() -> None:
