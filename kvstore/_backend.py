@@ -131,6 +131,16 @@ _open_anywhere: dict[str, int] = {}
 _open_anywhere_lock = threading.Lock()
 
 
+def _new_open_anywhere_lock() -> None:
+    """In a forked child: another thread of the parent may have held the lock at the fork."""
+    global _open_anywhere_lock
+    _open_anywhere_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_open_anywhere_lock)
+
+
 def _count_open(db_key: str, delta: int) -> None:
     with _open_anywhere_lock:
         n = _open_anywhere.get(db_key, 0) + delta
