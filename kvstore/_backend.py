@@ -137,6 +137,33 @@ def _open_in_thread(backend: Backend) -> dict[str, int]:
     return d
 
 
+# The same transactions counted for the whole process: while none is open on a database, no
+# thread's (task's) own count can be above zero, and a write need not look its count up (a
+# task-local lookup, on the hot path of every async write). Changed under the lock; read
+# without it, as a thread's own increments are always visible to that thread.
+_open_anywhere: dict[str, int] = {}
+_open_anywhere_lock = threading.Lock()
+
+
+def _new_open_anywhere_lock() -> None:
+    """In a forked child: another thread of the parent may have held the lock at the fork."""
+    global _open_anywhere_lock
+    _open_anywhere_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_open_anywhere_lock)
+
+
+def _count_open(db_key: str, delta: int) -> None:
+    with _open_anywhere_lock:
+        n = _open_anywhere.get(db_key, 0) + delta
+        if n:
+            _open_anywhere[db_key] = n
+        else:
+            _open_anywhere.pop(db_key, None)
+
+
 @dataclass
 class Options:
     sqlite_synchronous: str = "FULL"
@@ -764,13 +791,17 @@ class Scope:
         attempt = 0
         start = time.monotonic()
         while True:
-            with self.connection() as conn:
-                try:
-                    return fn(conn)
-                except Exception as exc:
-                    attempt += 1
-                    if conn.in_tx or self._give_up(conn, exc, attempt, start):
-                        raise
+            # self.connection(), inlined: this is the hot path of every write
+            conn, release = self.acquire()
+            try:
+                return fn(conn)
+            except Exception as exc:
+                attempt += 1
+                if conn.in_tx or self._give_up(conn, exc, attempt, start):
+                    raise
+            finally:
+                if release:
+                    self.backend.checkin(conn)
             backoff_sleep(CONTENTION, attempt - 1)
 
     def _give_up(self, conn: Conn, exc: BaseException, attempt: int, start: float) -> bool:
@@ -785,7 +816,11 @@ class Scope:
 
     def check_not_mixing(self) -> None:
         b = self.backend
-        if b.db_key is None or self.tx is not None or b.active() is not None:
+        if b.db_key is None or self.tx is not None:
+            return
+        if b.app_checkouts is None and not _open_anywhere.get(b.db_key):
+            return  # neither check below can fail
+        if b.active() is not None:
             return
         self.check_app_not_writing()
         if _open_in_thread(b).get(b.db_key):
@@ -858,6 +893,7 @@ class Scope:
             locks_db = db_key is not None and b.dialect.begin_locks_database(begin_sql)
             if db_key is not None and locks_db:
                 _open_in_thread(b)[db_key] = _open_in_thread(b).get(db_key, 0) + 1
+                _count_open(db_key, 1)
             try:
                 yield Scope(b, self.namespace, self.key_rule, state)
             except BaseException:
@@ -868,6 +904,7 @@ class Scope:
             state.closed = True
             if locks_db and b.db_key is not None:
                 _open_in_thread(b)[b.db_key] -= 1
+                _count_open(b.db_key, -1)
             b.local.conn = None
             b.checkin(conn)
 

@@ -14,10 +14,11 @@ import contextlib
 import functools
 import importlib.util
 import json
+import operator
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -74,13 +75,27 @@ class Rendered:
 
     sql: str
     names: tuple[str, ...] | None = None
+    #: the positional parameters of a mapping, in C (on every statement's path)
+    _take: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        names = self.names
+        if names:
+            get = operator.itemgetter(*names)
+            take = get if len(names) > 1 else lambda params: (get(params),)
+            object.__setattr__(self, "_take", take)
 
     def bind(self, params: Mapping[str, Any] | None) -> Any:
         if params is None:
             return () if self.names is not None else {}
+        take = self._take
+        if take is not None:
+            return take(params)
         if self.names is None:
             return params
-        return tuple([params[n] for n in self.names])
+        return ()  # positional, with no parameters
 
 
 def render(sa_dialect: sa.engine.Dialect, text: str) -> Rendered:
@@ -563,6 +578,47 @@ class AiosqliteDialect(Dialect):
     def dbapi_of(self, fairy: Any) -> Any:
         return fairy.dbapi_connection
 
+    def executor(self, dbapi_conn: Any) -> Callable[..., Any]:
+        # One trip to aiosqlite's thread per statement: execute, fetch every row and close
+        # the cursor there, in one function. The adapter's cursor makes a trip for each
+        # (create, execute, fetchall, close: four for a get, three for a put), and every trip
+        # is a wake-up of that thread and then of the event loop. (aiosqlite's _execute is
+        # how its own methods queue work for the thread; SQLAlchemy's adapter uses the same
+        # queue to set isolation_level.)
+        raw = dbapi_conn.driver_connection
+        submit = getattr(raw, "_execute", None)
+        if submit is None:  # an aiosqlite without it: the adapter's cursor
+            return dbapi_conn.execute  # type: ignore[no-any-return]
+
+        def run(sql: str, params: Any = None) -> Any:
+            try:
+                return await_only(submit(_sqlite_buffered, raw, sql, params))
+            except Exception as exc:
+                # the adapter's translation (aiosqlite's "no active connection" ValueError
+                # becomes sqlite3's OperationalError); sqlite3's errors pass as they are
+                dbapi_conn._handle_exception(exc)
+                raise
+
+        return run
+
+    def executemany(self, dbapi_conn: Any, sql: str, rows: list[Any]) -> None:
+        raw = dbapi_conn.driver_connection
+        submit = getattr(raw, "_execute", None)
+        if submit is None:
+            super().executemany(dbapi_conn, sql, rows)
+            return
+        if rows and type(rows[0]) is dict:  # as Dialect.executemany: tuples and "?"
+            sql, names = _positional(sql)
+            rows = [tuple([row[n] for n in names]) for row in rows]
+        try:
+            await_only(submit(_sqlite_executemany, raw, sql, rows))
+        except Exception as exc:
+            dbapi_conn._handle_exception(exc)
+            raise
+
+    def execute_bytes(self, dbapi_conn: Any, sql: str, params: Any) -> Any:
+        return self.executor(dbapi_conn)(sql, params)
+
     def in_driver_transaction(self, dbapi_conn: Any) -> bool:
         # the adapter does not expose it; aiosqlite's connection does
         return bool(dbapi_conn.driver_connection.in_transaction)
@@ -628,6 +684,62 @@ class AsyncpgDialect(PostgresDialect):
 
     def is_unavailable(self, exc: BaseException) -> bool:
         return isinstance(_orig(exc), OSError) or super().is_unavailable(exc)
+
+
+def _sqlite_buffered(raw: Any, sql: str, params: Any) -> _BufferedCursor:
+    """On aiosqlite's thread: one statement on its sqlite3 connection, its rows fetched and
+    its cursor closed."""
+    conn = raw._conn  # ValueError("no active connection") once closed, as aiosqlite says
+    cur = conn.execute(sql) if params is None else conn.execute(sql, params)
+    try:
+        description = cur.description
+        rows = cur.fetchall() if description is not None else []
+        return _BufferedCursor(rows, cur.rowcount, description, cur.lastrowid)
+    finally:
+        cur.close()
+
+
+def _sqlite_executemany(raw: Any, sql: str, rows: list[Any]) -> None:
+    """On aiosqlite's thread: ``executemany`` on its sqlite3 connection."""
+    raw._conn.executemany(sql, rows).close()
+
+
+class _BufferedCursor:
+    """A statement's result read on aiosqlite's thread, as a DBAPI cursor: its rows, and the
+    ``rowcount``, ``description`` and ``lastrowid`` sqlite3's cursor gave."""
+
+    __slots__ = ("_i", "_rows", "description", "lastrowid", "rowcount")
+
+    def __init__(
+        self, rows: list[Any], rowcount: int, description: Any, lastrowid: int | None
+    ) -> None:
+        self._rows = rows
+        self._i = 0
+        self.rowcount = rowcount
+        self.description = description
+        self.lastrowid = lastrowid
+
+    def fetchone(self) -> Any:
+        if self._i < len(self._rows):
+            self._i += 1
+            return self._rows[self._i - 1]
+        return None
+
+    def fetchmany(self, size: int = 1) -> list[Any]:
+        out = self._rows[self._i : self._i + size]
+        self._i += len(out)
+        return out
+
+    def fetchall(self) -> list[Any]:
+        out = self._rows[self._i :]
+        self._i = len(self._rows)
+        return out
+
+    def __iter__(self) -> Any:
+        return iter(self.fetchall())
+
+    def close(self) -> None:
+        pass
 
 
 class _RecordCursor:

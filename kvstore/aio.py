@@ -1,12 +1,12 @@
 """The async API: :func:`connect_async` and :class:`AsyncStore`, an adapter over the sync store.
 
 There is one implementation of kvstore's rules, the sync one (``kvstore.store`` and the layers
-below it). An async store runs each call of it through SQLAlchemy's own greenlet bridge
-(``sqlalchemy.util.greenlet_spawn``, the mechanism behind ``AsyncConnection.run_sync``): the
-sync code runs in a greenlet on the event loop's thread, talks to the database through
-SQLAlchemy's sync adapter of the asyncio driver (aiosqlite, asyncpg, psycopg 3's
-AsyncConnection), and every time the driver waits for I/O the greenlet switches back to the
-event loop, which keeps running other tasks. No SQL, retry rule or error mapping is written a
+below it). An async store runs each call of it through SQLAlchemy's greenlet bridge
+(``sqlalchemy.util.greenlet_spawn``, the mechanism behind ``AsyncConnection.run_sync``; here
+``kvstore._bridge.spawn``, the same on reused greenlets): the sync code runs in a greenlet on
+the event loop's thread, talks to the database through SQLAlchemy's sync adapter of the
+asyncio driver (aiosqlite, asyncpg, psycopg 3's AsyncConnection), and every time the driver
+waits for I/O the greenlet switches back to the event loop, which keeps running other tasks. No SQL, retry rule or error mapping is written a
 second time here.
 
 What is "per thread" for a sync store (the transaction a ``with store.transaction()`` block
@@ -32,10 +32,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-# greenlet_spawn/await_only are exported by sqlalchemy.util (the same functions
-# sqlalchemy.ext.asyncio runs every sync call through).
-from sqlalchemy.util import await_only, greenlet_spawn
+# await_only is exported by sqlalchemy.util (what SQLAlchemy's sync adapters of the asyncio
+# drivers wait with); kvstore._bridge.spawn is its greenlet_spawn, on reused greenlets.
+from sqlalchemy.util import await_only
 
+from ._bridge import spawn
 from ._dialect import async_engine_url
 from ._indexing import IndexInfo
 from ._validate import NOT_SET, TTL
@@ -129,7 +130,7 @@ class AsyncStore:
     async def close(self) -> None:
         """Release the store's connections (and its engine, if it created it)."""
         if self._root:
-            await greenlet_spawn(self._sync.close)
+            await spawn(self._sync.close)
 
     async def __aenter__(self) -> AsyncStore:
         return self
@@ -140,34 +141,32 @@ class AsyncStore:
     # -- reading -------------------------------------------------------------------------------
     async def get(self, key: str) -> bytes:
         """The value of ``key``; ``KeyError`` (``NotFoundError``) when missing or expired."""
-        return await greenlet_spawn(self._sync.get, key)
+        return await spawn(self._sync.get, key)
 
     async def contains(self, key: str) -> bool:
-        return await greenlet_spawn(self._sync.__contains__, key)
+        return await spawn(self._sync.__contains__, key)
 
     async def len(self) -> int:
-        return await greenlet_spawn(self._sync.__len__)
+        return await spawn(self._sync.__len__)
 
     async def stat(self, key: str) -> EntryInfo:
-        return await greenlet_spawn(self._sync.stat, key)
+        return await spawn(self._sync.stat, key)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
-        return await greenlet_spawn(
-            self._sync.get_many, keys
-        )  # as given: the sync call refuses a str
+        return await spawn(self._sync.get_many, keys)  # as given: the sync call refuses a str
 
     async def keys(self, prefix: str = "") -> list[str]:
-        return await greenlet_spawn(self._sync.keys, prefix)
+        return await spawn(self._sync.keys, prefix)
 
     async def count_keys(self, prefix: str = "") -> int:
-        return await greenlet_spawn(self._sync.count_keys, prefix)
+        return await spawn(self._sync.count_keys, prefix)
 
     async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Keys starting with ``prefix`` in code-point order, fetched in batches (as the sync
         ``iter_keys``): no connection is held between batches."""
         it = self._sync.iter_keys(prefix)
         while True:
-            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            batch = await spawn(_take, it, _KEY_BATCH)
             for key in batch:
                 yield key
             if len(batch) < _KEY_BATCH:
@@ -177,12 +176,12 @@ class AsyncStore:
         """A readable, seekable reader over the value of ``key`` (the sync ``open()``: a
         large value is streamed chunk by chunk from one snapshot, holding a connection and
         one of ``max_open_readers`` slots until it is closed; use ``async with``)."""
-        return AsyncReader(await greenlet_spawn(self._sync.open, key))
+        return AsyncReader(await spawn(self._sync.open, key))
 
     async def get_file(self, key: str, file: Destination) -> str:
         """Write the value of ``key`` to a path, a binary file object (whose writes happen on
         the loop's thread, as any sync file's) or an async one (``await file.write(b)``)."""
-        return await greenlet_spawn(self._sync.get_file, key, _bridged(file, "write"))
+        return await spawn(self._sync.get_file, key, _bridged(file, "write"))
 
     # -- writing -------------------------------------------------------------------------------
     async def put(
@@ -195,7 +194,7 @@ class AsyncStore:
         content_type: str | None = None,
         expected_version: int | None = None,
     ) -> str:
-        return await greenlet_spawn(
+        return await spawn(
             self._sync.put,
             key,
             data,
@@ -216,7 +215,7 @@ class AsyncStore:
     ) -> str:
         """Store a file's contents in chunks: a path, a binary file object, or an async one
         (``await file.read(n)``, e.g. aiofiles), read one chunk at a time."""
-        return await greenlet_spawn(
+        return await spawn(
             self._sync.put_file,
             key,
             _bridged(file, "read"),
@@ -226,7 +225,7 @@ class AsyncStore:
         )
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> None:
-        await greenlet_spawn(self._sync.delete, key, expected_version=expected_version)
+        await spawn(self._sync.delete, key, expected_version=expected_version)
 
     async def put_many(
         self,
@@ -243,7 +242,7 @@ class AsyncStore:
         # holds the event loop for tens of milliseconds.
         if isinstance(items, Mapping):
             if len(items) <= _PUT_BATCH:
-                return await greenlet_spawn(self._sync.put_many, items, ttl_secs)
+                return await spawn(self._sync.put_many, items, ttl_secs)
             keys, values = list(items.keys()), list(items.values())
             total = len(keys)
 
@@ -257,7 +256,7 @@ class AsyncStore:
                 with contextlib.suppress(TypeError):  # not iterable: the sync call says so
                     pairs = list(items)
             if not isinstance(pairs, list | tuple) or len(pairs) <= _PUT_BATCH:
-                return await greenlet_spawn(self._sync.put_many, pairs, ttl_secs)
+                return await spawn(self._sync.put_many, pairs, ttl_secs)
             total = len(pairs)
 
             def batch(i: int) -> Any:
@@ -266,25 +265,25 @@ class AsyncStore:
         async def in_batches(tx: AsyncTransaction) -> list[str]:
             written: list[str] = []
             for i in range(0, total, _PUT_BATCH):
-                written += await greenlet_spawn(tx.sync.put_many, batch(i), ttl_secs)
+                written += await spawn(tx.sync.put_many, batch(i), ttl_secs)
             return written
 
         return await self.run_in_transaction(in_batches)
 
     async def delete_many(self, keys: Iterable[str]) -> None:
-        await greenlet_spawn(self._sync.delete_many, keys)
+        await spawn(self._sync.delete_many, keys)
 
     async def copy(self, source: str, dest: str) -> str:
-        return await greenlet_spawn(self._sync.copy, source, dest)
+        return await spawn(self._sync.copy, source, dest)
 
     async def move(self, source: str, dest: str) -> str:
-        return await greenlet_spawn(self._sync.move, source, dest)
+        return await spawn(self._sync.move, source, dest)
 
     async def incr(self, key: str, delta: int = 1, initial: int = 0) -> int:
-        return await greenlet_spawn(self._sync.incr, key, delta, initial)
+        return await spawn(self._sync.incr, key, delta, initial)
 
     async def purge_expired(self) -> int:
-        return await greenlet_spawn(self._sync.purge_expired)
+        return await spawn(self._sync.purge_expired)
 
     # -- transactions ----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -294,14 +293,14 @@ class AsyncStore:
         transaction's ``with`` block is entered and left in two greenlets on the same thread
         (and task), the only ones that touch its connection besides ``tx``'s calls."""
         cm = self._sync.transaction(isolation)
-        tx: Transaction = await greenlet_spawn(cm.__enter__)
+        tx: Transaction = await spawn(cm.__enter__)
         try:
             yield AsyncTransaction(tx)
         except BaseException as exc:
-            if not await greenlet_spawn(cm.__exit__, type(exc), exc, exc.__traceback__):
+            if not await spawn(cm.__exit__, type(exc), exc, exc.__traceback__):
                 raise
         else:
-            await greenlet_spawn(cm.__exit__, None, None, None)
+            await spawn(cm.__exit__, None, None, None)
 
     async def run_in_transaction(
         self,
@@ -316,7 +315,7 @@ class AsyncStore:
         def run(tx: Transaction) -> T:
             return await_only(fn(AsyncTransaction(tx)))
 
-        return await greenlet_spawn(self._sync.run_in_transaction, run, retries, isolation, backoff)
+        return await spawn(self._sync.run_in_transaction, run, retries, isolation, backoff)
 
     # -- indexes -------------------------------------------------------------------------------
     async def create_index(
@@ -327,31 +326,29 @@ class AsyncStore:
         *,
         progress: Callable[[int, int], None] | None = None,
     ) -> IndexInfo:
-        return await greenlet_spawn(
-            self._sync.create_index, name, extractor, unique, progress=progress
-        )
+        return await spawn(self._sync.create_index, name, extractor, unique, progress=progress)
 
     async def drop_index(self, name: str) -> None:
-        await greenlet_spawn(self._sync.drop_index, name)
+        await spawn(self._sync.drop_index, name)
 
     async def rebuild_index(
         self, name: str, *, progress: Callable[[int, int], None] | None = None
     ) -> IndexInfo:
-        return await greenlet_spawn(self._sync.rebuild_index, name, progress=progress)
+        return await spawn(self._sync.rebuild_index, name, progress=progress)
 
     async def indexes(self) -> list[IndexInfo]:
-        return await greenlet_spawn(self._sync.indexes)
+        return await spawn(self._sync.indexes)
 
     async def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[str]:
-        return await greenlet_spawn(self._sync.find, index, value, **query)
+        return await spawn(self._sync.find, index, value, **query)
 
     async def find_items(
         self, index: str, value: Any = NOT_SET, **query: Any
     ) -> list[tuple[str, bytes]]:
-        return await greenlet_spawn(self._sync.find_items, index, value, **query)
+        return await spawn(self._sync.find_items, index, value, **query)
 
     async def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
-        return await greenlet_spawn(self._sync.count, index, value, **query)
+        return await spawn(self._sync.count, index, value, **query)
 
     # -- collections -----------------------------------------------------------------------------
     def dict(self, name: str, serializer: Any = "json") -> AsyncPersistentDict:
@@ -374,17 +371,17 @@ class AsyncReader:
         self._sync = sync
 
     async def read(self, size: int = -1) -> bytes:
-        return await greenlet_spawn(self._sync.read, size)
+        return await spawn(self._sync.read, size)
 
     async def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return await greenlet_spawn(self._sync.seek, offset, whence)
+        return await spawn(self._sync.seek, offset, whence)
 
     async def tell(self) -> int:
         return self._sync.tell()
 
     async def close(self) -> None:
         """Give back the connection (and reader slot) a large value's reader holds."""
-        await greenlet_spawn(self._sync.close)
+        await spawn(self._sync.close)
 
     @property
     def closed(self) -> bool:
@@ -413,56 +410,56 @@ class AsyncPersistentDict:
         return self._sync
 
     async def set(self, key: Any, value: Any) -> None:
-        await greenlet_spawn(self._sync.__setitem__, key, value)
+        await spawn(self._sync.__setitem__, key, value)
 
     async def get(self, key: Any, default: Any = None) -> Any:
-        return await greenlet_spawn(self._sync.get, key, default)
+        return await spawn(self._sync.get, key, default)
 
     async def getitem(self, key: Any) -> Any:
         """The value of ``key``; ``KeyError`` when it is missing."""
-        return await greenlet_spawn(self._sync.__getitem__, key)
+        return await spawn(self._sync.__getitem__, key)
 
     async def delete(self, key: Any) -> None:
         """Remove ``key``; ``KeyError`` when it is missing."""
-        await greenlet_spawn(self._sync.__delitem__, key)
+        await spawn(self._sync.__delitem__, key)
 
     async def pop(self, key: Any, *default: Any) -> Any:
-        return await greenlet_spawn(self._sync.pop, key, *default)
+        return await spawn(self._sync.pop, key, *default)
 
     async def setdefault(self, key: Any, default: Any = None) -> Any:
-        return await greenlet_spawn(self._sync.setdefault, key, default)
+        return await spawn(self._sync.setdefault, key, default)
 
     async def update(self, *args: Any, **kwargs: Any) -> None:
-        await greenlet_spawn(self._sync.update, *args, **kwargs)
+        await spawn(self._sync.update, *args, **kwargs)
 
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
-        return await greenlet_spawn(self._sync.get_many, list(keys))
+        return await spawn(self._sync.get_many, list(keys))
 
     async def len(self) -> int:
-        return await greenlet_spawn(self._sync.__len__)
+        return await spawn(self._sync.__len__)
 
     async def contains(self, key: Any) -> bool:
-        return await greenlet_spawn(self._sync.__contains__, key)
+        return await spawn(self._sync.__contains__, key)
 
     async def keys(self) -> list[Any]:
-        return await greenlet_spawn(_all, self._sync.keys())
+        return await spawn(_all, self._sync.keys())
 
     async def values(self) -> list[Any]:
-        return await greenlet_spawn(_all, self._sync.values())
+        return await spawn(_all, self._sync.values())
 
     async def items(self) -> list[tuple[Any, Any]]:
-        return await greenlet_spawn(_all, self._sync.items())
+        return await spawn(_all, self._sync.items())
 
     async def to_dict(self) -> dict[Any, Any]:
-        return await greenlet_spawn(self._sync.copy)
+        return await spawn(self._sync.copy)
 
     async def clear(self) -> None:
-        await greenlet_spawn(self._sync.clear)
+        await spawn(self._sync.clear)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         it = iter(self._sync)
         while True:
-            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            batch = await spawn(_take, it, _KEY_BATCH)
             for key in batch:
                 yield key
             if len(batch) < _KEY_BATCH:
@@ -487,46 +484,46 @@ class AsyncPersistentList:
         return self._sync
 
     async def append(self, value: Any) -> None:
-        await greenlet_spawn(self._sync.append, value)
+        await spawn(self._sync.append, value)
 
     async def extend(self, values: Iterable[Any]) -> None:
-        await greenlet_spawn(self._sync.extend, list(values))
+        await spawn(self._sync.extend, list(values))
 
     async def insert(self, index: int, value: Any) -> None:
-        await greenlet_spawn(self._sync.insert, index, value)
+        await spawn(self._sync.insert, index, value)
 
     async def getitem(self, index: int | slice) -> Any:
         """``l[index]`` (a list for a slice); ``IndexError`` out of range."""
-        return await greenlet_spawn(self._sync.__getitem__, index)
+        return await spawn(self._sync.__getitem__, index)
 
     async def setitem(self, index: int, value: Any) -> None:
-        await greenlet_spawn(self._sync.__setitem__, index, value)
+        await spawn(self._sync.__setitem__, index, value)
 
     async def delitem(self, index: int | slice) -> None:
-        await greenlet_spawn(self._sync.__delitem__, index)
+        await spawn(self._sync.__delitem__, index)
 
     async def pop(self, index: int = -1) -> Any:
-        return await greenlet_spawn(self._sync.pop, index)
+        return await spawn(self._sync.pop, index)
 
     async def remove(self, value: Any) -> None:
-        await greenlet_spawn(self._sync.remove, value)
+        await spawn(self._sync.remove, value)
 
     async def clear(self) -> None:
-        await greenlet_spawn(self._sync.clear)
+        await spawn(self._sync.clear)
 
     async def len(self) -> int:
-        return await greenlet_spawn(self._sync.__len__)
+        return await spawn(self._sync.__len__)
 
     async def contains(self, value: Any) -> bool:
-        return await greenlet_spawn(self._sync.__contains__, value)
+        return await spawn(self._sync.__contains__, value)
 
     async def to_list(self) -> list[Any]:
-        return await greenlet_spawn(self._sync.copy)
+        return await spawn(self._sync.copy)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         it = iter(self._sync)
         while True:
-            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            batch = await spawn(_take, it, _KEY_BATCH)
             for value in batch:
                 yield value
             if len(batch) < _KEY_BATCH:
@@ -551,34 +548,34 @@ class AsyncPersistentSet:
         return self._sync
 
     async def add(self, elem: Any) -> None:
-        await greenlet_spawn(self._sync.add, elem)
+        await spawn(self._sync.add, elem)
 
     async def discard(self, elem: Any) -> None:
-        await greenlet_spawn(self._sync.discard, elem)
+        await spawn(self._sync.discard, elem)
 
     async def remove(self, elem: Any) -> None:
         """Remove ``elem``; ``KeyError`` when it is not a member."""
-        await greenlet_spawn(self._sync.remove, elem)
+        await spawn(self._sync.remove, elem)
 
     async def update(self, *others: Iterable[Any]) -> None:
-        await greenlet_spawn(self._sync.update, *[list(o) for o in others])
+        await spawn(self._sync.update, *[list(o) for o in others])
 
     async def clear(self) -> None:
-        await greenlet_spawn(self._sync.clear)
+        await spawn(self._sync.clear)
 
     async def contains(self, elem: Any) -> bool:
-        return await greenlet_spawn(self._sync.__contains__, elem)
+        return await spawn(self._sync.__contains__, elem)
 
     async def len(self) -> int:
-        return await greenlet_spawn(self._sync.__len__)
+        return await spawn(self._sync.__len__)
 
     async def to_set(self) -> set[Any]:
-        return await greenlet_spawn(self._sync.copy)
+        return await spawn(self._sync.copy)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         it = iter(self._sync)
         while True:
-            batch = await greenlet_spawn(_take, it, _KEY_BATCH)
+            batch = await spawn(_take, it, _KEY_BATCH)
             for elem in batch:
                 yield elem
             if len(batch) < _KEY_BATCH:
@@ -693,7 +690,7 @@ async def connect_async(
             f"AsyncSession, not {type(bind).__name__}"
         )
     try:
-        sync = await greenlet_spawn(
+        sync = await spawn(
             connect_bound,
             sync_bind,
             owns_engine=owned is not None,

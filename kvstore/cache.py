@@ -39,9 +39,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Generic, ParamSpec, Self, TypeAlias, TypeVar, cast, overload
 
-from sqlalchemy.util import greenlet_spawn
-
 from ._backend import facade
+from ._bridge import spawn
 from ._entries import clear_namespace, delete_if_checksum
 from ._retry import LOCK_POLL
 from ._validate import NOT_SET, TTL, ttl_to_seconds
@@ -617,7 +616,7 @@ class AsyncCachedFunction(_CachedBase[P, R]):
             # In this task, so that a call inside the task's `async with store.transaction()`
             # joins it (as the async store's own calls do); the driver's waits go back to the
             # event loop.
-            return await greenlet_spawn(fn, *args)
+            return await spawn(fn, *args)
         # A worker thread would escape this thread's open transaction, or share the caller's
         # Connection or Session unsafely: then the (short) store call runs here.
         if core.autocommit():
@@ -679,7 +678,7 @@ class AsyncCachedFunction(_CachedBase[P, R]):
 
     def _now_or_awaited(self, core: _Core, fn: Callable[..., None], *args: Any) -> Awaitable[None]:
         if core.aio is not None:
-            return greenlet_spawn(fn, *args)
+            return spawn(fn, *args)
         # A sync store: done now, as these calls always were (plain calls, not awaited).
         fn(*args)
         return _DONE

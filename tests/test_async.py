@@ -785,3 +785,30 @@ async def test_the_async_docs_examples_run(tmp_path: Path, monkeypatch: pytest.M
         assert await store.count_keys("row-") == 5_000
     finally:
         await store.close()
+
+
+async def test_writing_through_another_engine_inside_a_transaction_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Two async stores (two engines) on one SQLite file: inside one task's write-locking
+    transaction, a write through the other store in the same task is refused at once (it
+    would wait for the task's own lock), as for sync stores in one thread; another task's write
+    through it waits for the transaction to commit and then succeeds."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/two.db"
+    a = await kvstore.connect_async(url)
+    b = await kvstore.connect_async(url, busy_timeout=60)
+    try:
+        await b.put("k", b"0")
+        async with a.transaction() as tx:
+            await tx.put("k", b"1")
+            with pytest.raises(kvstore.TransactionError, match="another store"):
+                await b.put("k", b"2")
+            other = asyncio.ensure_future(b.put("k", b"3"))  # another task: not refused
+            await asyncio.sleep(0.1)
+            assert not other.done()  # it waits for the lock
+        await other
+        assert await a.get("k") == b"3"
+        await b.put("k", b"4")  # nothing open any more
+    finally:
+        await a.close()
+        await b.close()
