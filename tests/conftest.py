@@ -53,7 +53,7 @@ SHARED_BACKENDS.append("mariadb-mariadbconnector")
 # Backends that are a second driver to a server another backend already covers: a test of the
 # server's query plans and costs, not of the driver, says so with
 # ``@pytest.mark.driver_variant_exclude(reason=...)`` and is not collected for them.
-DRIVER_VARIANTS = {"mariadb-mariadbconnector"}
+DRIVER_VARIANTS = {"postgresql-psycopg2", "mariadb-mariadbconnector"}
 # "galera" (issue 15): a three-node MariaDB Galera cluster on loopback (tests/clusters.py),
 # started once per session by the first test that needs it and torn down at session end. It
 # runs only in GALERA_MODULES and only with KVSTORE_TEST_GALERA=1 (the cluster takes ~12 s and
