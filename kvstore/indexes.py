@@ -12,6 +12,7 @@ exactly what ``find`` returns. Every function takes a :class:`~kvstore._backend.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from ._indexing import (
     parse_filter,
 )
 from ._validate import NOT_SET
-from .errors import IndexDefinitionError, IndexNotDeclaredError, UnknownIndexError
+from .errors import DatabaseError, IndexDefinitionError, IndexNotDeclaredError, UnknownIndexError
 
 # encode_value, decode_value, JsonField, json_field, IndexInfo and IndexDefinitionError have
 # always been importable from here: kvstore.indexes is the public home of the index API.
@@ -138,18 +139,36 @@ def create_index(
         ).fetchone()[0]
         _bump_generation(scope, conn)
         spec = IndexSpec(int(iid), name, kind, definition, unique, extractor)
-        _backfill(scope, conn, spec, progress)
+        written[0] = _backfill(scope, conn, spec, progress)
         return info_of(spec)
 
+    written = [0]
     try:
         info = scope.atomic(run, write=False)
     finally:
         forget_index_state(scope)
+    _analyze_after(scope, written[0])
     if kind == "callable":
         # Only once the definition is known to match: a refused redefinition must not swap
         # the extractor this process maintains the existing index with.
         b.declared[(scope.namespace, name)] = extractor
     return info
+
+
+#: entries an index build writes before it gathers statistics on the index entries
+ANALYZE_AFTER = 1000
+
+
+def _analyze_after(scope: Scope, written: int) -> None:
+    """Statistics on the index entries after a build that wrote many (see the dialect's
+    ``analyze_index_entries``). Best effort: the index is built whatever this does, and a
+    role that does not own the table gets a warning from the server, not an error."""
+    sql = scope.backend.dialect.analyze_index_entries
+    if sql is None or written < ANALYZE_AFTER:
+        return
+    text = sql.format(index_entries=scope.backend.tables.index_entries.name)
+    with contextlib.suppress(DatabaseError):
+        scope.single(lambda conn: conn.run(text))
 
 
 def _lock_for_build(scope: Scope, conn: Conn) -> None:
@@ -164,8 +183,9 @@ def _bump_generation(scope: Scope, conn: Conn) -> None:
 
 def _backfill(
     scope: Scope, conn: Conn, spec: IndexSpec, progress: Callable[[int, int], None] | None
-) -> None:
-    """Index every live entry, in key order, ``_BATCH`` keys per round trip."""
+) -> int:
+    """Index every live entry, in key order, ``_BATCH`` keys per round trip; return how
+    many entries it read."""
     now = now_us()
     total = count_live(scope, conn)
     done = 0
@@ -185,7 +205,7 @@ def _backfill(
         if progress is not None:
             progress(done, total)
         if len(rows) < _BATCH:
-            return
+            return done
         after = rows[-1][0]
 
 
@@ -240,10 +260,13 @@ def rebuild_index(
         if spec.extractor is None:
             raise IndexNotDeclaredError(scope.namespace, [name])
         conn.execute(scope.sql(ENTRY_SQL, "ie_drop"), {"ns": scope.namespace, "iid": spec.id})
-        _backfill(scope, conn, spec, progress)
+        written[0] = _backfill(scope, conn, spec, progress)
         return info_of(spec)
 
-    return scope.atomic(run, write=False)
+    written = [0]
+    info = scope.atomic(run, write=False)
+    _analyze_after(scope, written[0])
+    return info
 
 
 def list_indexes(scope: Scope) -> list[IndexInfo]:
