@@ -57,7 +57,7 @@ DRIVER_VARIANTS = {"postgresql-psycopg2", "mariadb-mariadbconnector"}
 # "galera" (issue 15): a three-node MariaDB Galera cluster on loopback (tests/clusters.py),
 # started once per session by the first test that needs it and torn down at session end. It
 # runs only in GALERA_MODULES and only with KVSTORE_TEST_GALERA=1 (the cluster takes ~12 s and
-# the modules ~3 minutes on a 2-core machine); without it the tests are skipped with the reason
+# the modules ~4 minutes on a 2-core machine); without it the tests are skipped with the reason
 # (an error under CI=true). Each test's stores go to one node, the next test's to the next one;
 # a second store of the test (``backend.connect()`` again, ``other``) goes to the following
 # node, so writes through one node are read through another. Every connection runs
@@ -73,6 +73,15 @@ GALERA_MODULES = {
     "test_list",
     "test_set",
     "test_len",
+    "test_scans",
+    "test_blobs",
+    "test_cache",
+    "test_concurrency",
+    "test_cli",
+    "test_robustness",
+    "test_transfer",
+    "test_decorators",
+    "test_client_contract",
 }
 
 # The KeyValueStore implementations the key-value contract runs on (the ``kv`` fixture), each
@@ -308,7 +317,9 @@ def maria_url() -> str:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
     except Exception as exc:
-        pytest.fail(f"KVSTORE_TEST_MARIADB_URL={MARIADB_URL!r} is set but unreachable: {exc}", pytrace=False)
+        pytest.fail(
+            f"KVSTORE_TEST_MARIADB_URL={MARIADB_URL!r} is set but unreachable: {exc}", pytrace=False
+        )
     finally:
         engine.dispose()
     return url
@@ -354,7 +365,9 @@ def _require_module(module: str, what: str) -> None:
 @pytest.fixture(scope="session")
 def mdbc_url(maria_url: str) -> str:
     """The test MariaDB server, through MariaDB Connector/Python."""
-    _require_module("mariadb", "MariaDB Connector/Python (pip install mariadb; needs libmariadb-dev)")
+    _require_module(
+        "mariadb", "MariaDB Connector/Python (pip install mariadb; needs libmariadb-dev)"
+    )
     return _maria_driver(maria_url, "mariadbconnector")
 
 

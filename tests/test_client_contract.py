@@ -170,7 +170,7 @@ def test_metadata_numbers_come_back_exactly(store: kvstore.Store) -> None:
 # -- table prefixes the database reserves ------------------------------------------------------
 def test_reserved_table_prefix_is_refused(backend: Backend) -> None:
     # (MariaDB's own tables live in its mysql schema; kvstore keeps clear of the name)
-    reserved = {"sqlite": "sqlite_", "postgresql": "pg_", "mariadb": "mysql_"}[
+    reserved = {"sqlite": "sqlite_", "postgresql": "pg_", "mariadb": "mysql_", "galera": "mysql_"}[
         backend.name.split("-")[0]
     ]
     with pytest.raises(ValueError, match="reserved"):

@@ -33,6 +33,7 @@ SNAPSHOT_LEVEL = {"sqlite-file": "DEFERRED", "postgresql": "REPEATABLE READ"}
 SNAPSHOT_LEVEL["postgresql-psycopg2"] = SNAPSHOT_LEVEL["postgresql"]
 SNAPSHOT_LEVEL["mariadb"] = "REPEATABLE READ"  # InnoDB: one snapshot, no locks
 SNAPSHOT_LEVEL["mariadb-mariadbconnector"] = SNAPSHOT_LEVEL["mariadb"]
+SNAPSHOT_LEVEL["galera"] = SNAPSHOT_LEVEL["mariadb"]
 
 
 # -- worker side (module level, so that spawned processes can import them) --------------------
