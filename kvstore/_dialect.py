@@ -700,9 +700,7 @@ def _sqlite_buffered(raw: Any, sql: str, params: Any) -> _BufferedCursor:
     conn = raw._conn  # ValueError("no active connection") once closed, as aiosqlite says
     cur = conn.execute(sql) if params is None else conn.execute(sql, params)
     try:
-        description = cur.description
-        rows = cur.fetchall() if description is not None else []
-        return _BufferedCursor(rows, cur.rowcount, description, cur.lastrowid)
+        return _BufferedCursor.of(cur)
     finally:
         cur.close()
 
@@ -712,20 +710,14 @@ def _sqlite_executemany(raw: Any, sql: str, rows: list[Any]) -> None:
     raw._conn.executemany(sql, rows).close()
 
 
-class _BufferedCursor:
-    """A statement's result read on aiosqlite's thread, as a DBAPI cursor: its rows, and the
-    ``rowcount``, ``description`` and ``lastrowid`` sqlite3's cursor gave."""
+class _Rows:
+    """A statement's rows, all on the client already, read as a DBAPI cursor reads them."""
 
-    __slots__ = ("_i", "_rows", "description", "lastrowid", "rowcount")
+    __slots__ = ("_i", "_rows")
 
-    def __init__(
-        self, rows: list[Any], rowcount: int, description: Any, lastrowid: int | None
-    ) -> None:
+    def __init__(self, rows: list[Any]) -> None:
         self._rows = rows
         self._i = 0
-        self.rowcount = rowcount
-        self.description = description
-        self.lastrowid = lastrowid
 
     def fetchone(self) -> Any:
         if self._i < len(self._rows):
@@ -750,13 +742,36 @@ class _BufferedCursor:
         pass
 
 
-class _RecordCursor:
+class _BufferedCursor(_Rows):
+    """A finished statement's outcome (aiosqlite's, read on its thread; Connector/Python's,
+    whose cursor is closed at once): its rows, ``rowcount``, ``description``, ``lastrowid``."""
+
+    __slots__ = ("description", "lastrowid", "rowcount")
+
+    def __init__(
+        self, rows: list[Any], rowcount: int, description: Any, lastrowid: int | None
+    ) -> None:
+        super().__init__(rows)
+        self.rowcount = rowcount
+        self.description = description
+        self.lastrowid = lastrowid
+
+    @classmethod
+    def of(cls, cur: Any) -> _BufferedCursor:
+        """Everything a DBAPI cursor has to give, taken from it (it may be closed after)."""
+        description = cur.description
+        rows = cur.fetchall() if description is not None else []
+        return cls(rows, cur.rowcount, description, cur.lastrowid)
+
+
+class _RecordCursor(_Rows):
     """The result of one asyncpg prepared statement, read as a DBAPI cursor (as SQLAlchemy's
     adapter presents it: the records, ``rowcount`` from the status message, ``description``)."""
 
+    __slots__ = ("_stmt",)
+
     def __init__(self, rows: list[Any], stmt: Any) -> None:
-        self._rows = rows
-        self._i = 0
+        super().__init__(rows)
         # read only when asked (most callers want just the rows), before the connection runs
         # its next statement: the prepared statement is reused, its status is the last run's
         self._stmt = stmt
@@ -772,28 +787,6 @@ class _RecordCursor:
         if not attributes:
             return None
         return [(a.name, a.type.oid, None, None, None, None, None) for a in attributes]
-
-    def fetchone(self) -> Any:
-        if self._i < len(self._rows):
-            self._i += 1
-            return self._rows[self._i - 1]
-        return None
-
-    def fetchmany(self, size: int = 1) -> list[Any]:
-        out = self._rows[self._i : self._i + size]
-        self._i += len(out)
-        return out
-
-    def fetchall(self) -> list[Any]:
-        out = self._rows[self._i :]
-        self._i = len(self._rows)
-        return out
-
-    def __iter__(self) -> Any:
-        return iter(self.fetchall())
-
-    def close(self) -> None:
-        pass
 
 
 _ROWCOUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|INSERT \d+|MERGE) (\d+)")
@@ -1263,7 +1256,7 @@ class _ConnectorPython(MySQLDialect):
                         cur.execute(part)
                 else:
                     cur.execute(sql, params)
-                return _FetchedCursor(cur)
+                return _BufferedCursor.of(cur)
             finally:
                 cur.close()
 
@@ -1300,41 +1293,6 @@ class _ConnectorPython(MySQLDialect):
             return not dbapi_conn.open
         except Exception:  # ProgrammingError once close() has been called
             return True
-
-
-class _FetchedCursor:
-    """A closed Connector/Python cursor's outcome: its rows, row count and description."""
-
-    __slots__ = ("_i", "_rows", "description", "lastrowid", "rowcount")
-
-    def __init__(self, cur: Any) -> None:
-        self.description = cur.description
-        self._rows: list[Any] = cur.fetchall() if self.description is not None else []
-        self._i = 0
-        self.rowcount = cur.rowcount
-        self.lastrowid = cur.lastrowid
-
-    def fetchone(self) -> Any:
-        if self._i < len(self._rows):
-            self._i += 1
-            return self._rows[self._i - 1]
-        return None
-
-    def fetchmany(self, size: int = 1) -> list[Any]:
-        out = self._rows[self._i : self._i + size]
-        self._i += len(out)
-        return out
-
-    def fetchall(self) -> list[Any]:
-        out = self._rows[self._i :]
-        self._i = len(self._rows)
-        return out
-
-    def __iter__(self) -> Any:
-        return iter(self.fetchall())
-
-    def close(self) -> None:
-        pass
 
 
 class MariaDBConnectorDialect(_ConnectorPython, MariaDBDialect):
