@@ -628,12 +628,25 @@ def _watched(engine: Engine) -> bool:
     return bool(engine.logger.isEnabledFor(logging.INFO))
 
 
+def transaction_owner(is_async: bool) -> tuple[int, int]:
+    """Who may use a transaction opened now: its thread, and for the async API (whose calls
+    all run in the event loop's thread) its asyncio task too. Two tasks taking turns on one
+    transaction would interleave their statements on its connection, as two threads would."""
+    if not is_async:
+        return threading.get_ident(), 0
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        task = None
+    return threading.get_ident(), 0 if task is None else id(task)
+
+
 @dataclass
 class TxState:
     """One open transaction (or savepoint) as the stores bound to it see it."""
 
     conn: Conn
-    thread: int = field(default_factory=threading.get_ident)
+    owner: tuple[int, int] = field(default_factory=lambda: (threading.get_ident(), 0))
     parent: TxState | None = None
     closed: bool = False
 
@@ -679,7 +692,7 @@ class Scope:
     def _child_tx(self) -> TxState | None:
         if self.tx is None:
             return None
-        return TxState(self.tx.conn, self.tx.thread, self.tx)
+        return TxState(self.tx.conn, self.tx.owner, self.tx)
 
     @property
     def in_transaction(self) -> bool:
@@ -704,9 +717,10 @@ class Scope:
                 raise TransactionError(
                     "this transaction has ended; use it only inside its with block"
                 )
-            if threading.get_ident() != tx.thread:
+            if transaction_owner(self.backend.dialect.is_async) != tx.owner:
                 raise TransactionError(
-                    "a transaction can only be used by the thread that opened it"
+                    "a transaction can only be used by the thread (the asyncio task, for an "
+                    "async store) that opened it"
                 )
             return tx.conn, False
         b = self.backend
@@ -881,7 +895,7 @@ class Scope:
         if b.db_key is not None and b.dialect.begin_locks_database(begin_sql):
             self.check_app_not_writing()
         conn = b.checkout()
-        state = TxState(conn)
+        state = TxState(conn, transaction_owner(b.dialect.is_async))
         locks_db = False
         try:
             conn.begin(begin_sql)
@@ -909,7 +923,8 @@ class Scope:
             b.checkin(conn)
 
     def _savepoint(self, conn: Conn, parent: TxState | None) -> Iterator[Scope]:
-        state = TxState(conn, parent=parent) if parent is not None else TxState(conn)
+        owner = transaction_owner(self.backend.dialect.is_async)
+        state = TxState(conn, owner, parent)
         try:
             with conn.savepoint():
                 yield Scope(self.backend, self.namespace, self.key_rule, state)

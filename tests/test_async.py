@@ -269,6 +269,25 @@ async def _still_works(astore: kvstore.AsyncStore) -> None:
     assert await astore.get("tx") == b"1"
 
 
+async def test_a_transaction_belongs_to_the_task_that_opened_it(
+    astore: kvstore.AsyncStore,
+) -> None:
+    """Another task (create_task, gather) using the transaction object is refused before it
+    touches the connection; the owner's calls go on, and only they commit."""
+    async with astore.transaction() as tx:
+        await tx.put("a", b"1")
+
+        async def other() -> None:
+            await tx.put("b", b"2")
+
+        with pytest.raises(kvstore.TransactionError, match="task"):
+            await asyncio.create_task(other())
+        with pytest.raises(kvstore.TransactionError, match="task"):
+            await asyncio.gather(tx.get("a"))
+        await tx.put("c", b"3")
+    assert await astore.keys() == ["a", "c"]
+
+
 async def test_a_call_cancelled_while_it_waits_for_a_lock(abackend: AsyncBackend) -> None:
     """A statement waiting for another transaction's lock (PostgreSQL's row lock, SQLite's
     write lock in aiosqlite's thread) is cancelled; the lock holder commits, the store works.

@@ -91,6 +91,9 @@ def test_expired_entries_are_never_counted_before_or_after_a_purge(store: kvstor
     assert _exact(store) == 8
 
 
+@pytest.mark.async_exclude(
+    reason="the async API's collections have coroutine methods this sync face does not wrap"
+)
 def test_collections_and_namespaces_count_only_their_own(store: kvstore.Store) -> None:
     d = store.dict("d")
     s = store.set("s")
@@ -151,6 +154,9 @@ def test_len_is_exact_under_concurrent_writers(shared_backend: Any) -> None:
     store.close()
 
 
+@pytest.mark.async_exclude(
+    reason="writes rows with its own SQL through the sync store's connection (tests/_sql.py)"
+)
 def test_an_applications_own_sql_keeps_len_exact(store: kvstore.Store) -> None:
     """The counter is kept by triggers in the database, so rows an application deletes with
     its own SQL are counted too."""
