@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from ._dialect import Dialect, Rendered
@@ -54,8 +54,22 @@ class Conn:
         """Like :meth:`execute`, for statements returning large binary columns."""
         return self.execute(stmt, params)
 
-    def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
+    def executemany(
+        self, stmt: Rendered, params: Sequence[Any], common: Mapping[str, Any] | None = None
+    ) -> None:
+        """Run ``stmt`` once per mapping in ``params``; ``common`` holds the parameters every
+        row shares (a dialect may bind them once per batch instead of once per row)."""
         raise NotImplementedError
+
+    def _rows(
+        self, stmt: Rendered, params: Sequence[Any], common: Mapping[str, Any] | None
+    ) -> tuple[list[Any], Mapping[str, Any] | None]:
+        """The rows to hand the dialect, and what is left of ``common`` for it to bind."""
+        if common is None:
+            return [stmt.bind(p) for p in params], None
+        if self.dialect.binds_common and stmt.names is None:
+            return list(params), common
+        return [stmt.bind({**common, **p}) for p in params], None
 
     def run(self, sql: str) -> Cursor:
         """A statement without parameters (BEGIN, SAVEPOINT, LOCK TABLE ...)."""
@@ -281,11 +295,14 @@ class RawConn(_OwnedConn):
             raise
         return cur
 
-    def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
+    def executemany(
+        self, stmt: Rendered, params: Sequence[Any], common: Mapping[str, Any] | None = None
+    ) -> None:
         if not params:
             return
         try:
-            self.dialect.executemany(self.dbapi, stmt.sql, [stmt.bind(p) for p in params])
+            rows, left = self._rows(stmt, params, common)
+            self.dialect.executemany(self.dbapi, stmt.sql, rows, left)
         except Exception as exc:
             raise self._failed(exc) from exc
         except BaseException:
@@ -356,11 +373,14 @@ class SAConn(_OwnedConn):
             raise
         return cur
 
-    def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
+    def executemany(
+        self, stmt: Rendered, params: Sequence[Any], common: Mapping[str, Any] | None = None
+    ) -> None:
         if not params:
             return
         try:
-            self.dialect.executemany_on(self.sa, stmt.sql, [stmt.bind(p) for p in params])
+            rows, left = self._rows(stmt, params, common)
+            self.dialect.executemany_on(self.sa, stmt.sql, rows, left)
         except Exception as exc:
             raise self._failed(exc) from exc
         except BaseException:
@@ -419,11 +439,13 @@ class ExternalConn(Conn):
             raise self.dialect.error(exc) from exc
         return cur
 
-    def executemany(self, stmt: Rendered, params: Sequence[Any]) -> None:
+    def executemany(
+        self, stmt: Rendered, params: Sequence[Any], common: Mapping[str, Any] | None = None
+    ) -> None:
         if params:
             try:
-                rows = [stmt.bind(p) for p in params]
-                self.dialect.executemany_on(self._connection(), stmt.sql, rows)
+                rows, left = self._rows(stmt, params, common)
+                self.dialect.executemany_on(self._connection(), stmt.sql, rows, left)
             except KVStoreError:
                 raise
             except Exception as exc:

@@ -83,6 +83,47 @@ def test_an_app_session_on_either_driver_gets_savepoints_and_its_commit(
         engine.dispose()
 
 
+def test_bulk_writes_in_an_app_session_commit_and_roll_back_with_it(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """put_many, an indexed put_many, list.extend and set.update through the app's Session
+    (the path where kvstore's statements go through SQLAlchemy's Connection): one rollback
+    drops them all, one commit keeps them all; on SQLite and on PostgreSQL."""
+    urls = [f"sqlite:///{tmp_path}/app.db"]
+    if os.environ.get("KVSTORE_TEST_POSTGRES_URL") or os.environ.get("CI") == "true":
+        urls.append(request.getfixturevalue("pg_url"))
+    for url in urls:
+        engine = sa.create_engine(url)
+        ns = f"bulk-{os.getpid()}"
+        kvstore.connect(engine, namespace=ns).create_index("by_n", kvstore.json_field("n"))
+        items = {f"k{i:04d}": f'{{"n": {i % 10}}}'.encode() for i in range(1200)}
+        try:
+            for commit in (False, True):
+                with Session(engine) as session:
+                    store = kvstore.connect(session, namespace=ns)
+                    store.put_many(items)
+                    store.list("log").extend(["x"] * 700)
+                    store.set("seen").update(range(600))
+                    assert len(store) == 1200 and store.count("by_n", 3) == 120
+                    session.commit() if commit else session.rollback()
+                after = kvstore.connect(engine, namespace=ns)
+                if commit:
+                    assert after.get_many(list(items)) == items
+                    assert after.count("by_n", 3) == 120
+                    assert len(after.list("log")) == 700 and len(after.set("seen")) == 600
+                else:
+                    assert len(after) == 0 and len(after.list("log")) == 0
+                    assert len(after.set("seen")) == 0
+                after.close()
+        finally:
+            with kvstore.connect(engine, namespace=ns) as s:
+                s.delete_many(s.keys())
+                s.drop_index("by_n")
+                s.list("log").clear()
+                s.set("seen").clear()
+            engine.dispose()
+
+
 # -- the application's SQLite connections --------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import time
 import string
 from typing import Any
 
@@ -455,6 +456,47 @@ def test_many_operations_scale_past_parameter_limits(kv: kvstore.KeyValueStore) 
     assert len(got) == 3000 and got["k2999"] == b"k2999"
     kv.delete_many(keys[:2500])
     assert len(kv) == 500
+
+
+def test_put_many_across_statement_batches_keeps_each_rows_own_state(
+    store: kvstore.Store,
+) -> None:
+    """1,234 keys, more than one statement's worth on every dialect (SQLite and MariaDB send
+    up to 500 rows a statement): new keys start at version 1, a live or expired key's version
+    goes on counting, a live one keeps its created_at, an expired one starts it again; len()
+    counts each key once."""
+    keys = [f"k{i:04d}" for i in range(1234)]
+    live = keys[::3]
+    expired = [k for k in keys[1::7] if k not in set(live)]
+    store.put_many((k, b"old") for k in live)
+    for k in expired:
+        store.put(k, b"gone", ttl_secs=0)
+    before = {k: store.stat(k) for k in live[::50]}
+    time.sleep(0.01)
+    # bytearray values and a str subclass key take the checked path, not the inline one
+    items = [
+        (k, bytearray(b"new-" + k.encode()) if i % 5 == 0 else b"new-" + k.encode())
+        for i, k in enumerate(keys)
+    ]
+    items[7] = (_Key(keys[7]), b"new-" + keys[7].encode())
+    assert store.put_many(items, ttl_secs=3600) == keys
+    assert len(store) == 1234
+    got = store.get_many(keys)
+    assert got == {k: b"new-" + k.encode() for k in keys}
+    live_set, expired_set = set(live), set(expired)
+    for k in keys[::13] + live[::50] + expired[:20]:
+        info = store.stat(k)
+        assert info.version == (2 if k in live_set or k in expired_set else 1), k
+        assert info.expires_at is not None and info.size == len(got[k]), k
+        if k in before:
+            assert info.created_at == before[k].created_at, k
+            assert info.updated_at > before[k].updated_at, k
+        elif k not in live_set:
+            assert info.created_at == info.updated_at, k
+
+
+class _Key(str):
+    pass
 
 
 def test_put_many_of_large_inline_values_writes_every_row(kv: kvstore.KeyValueStore) -> None:
