@@ -345,6 +345,8 @@ class Dialect:
         """``executemany`` through a SQLAlchemy Connection (a listened engine, the caller's
         Connection or Session), so its events see the statement."""
         if self.name != "sqlite" or not rows:
+            if common is not None:
+                rows = [{**common, **row} for row in rows]
             conn.exec_driver_sql(sql, rows)
             return
         for text, args, many in _sqlite_many(sql, rows, common):
@@ -450,7 +452,8 @@ class Dialect:
 
 class PostgresDialect(Dialect):
     name = "postgresql"
-    binds_common = False
+    # psycopg 3: put_many's rows go by COPY (see _PgCopyPlan)
+    binds_common = True
     for_update = " FOR UPDATE"
     # Taken first by every multi-statement write: it conflicts with the SHARE lock that
     # create_index/rebuild_index hold while back-filling, so no write can slip between the
@@ -490,6 +493,17 @@ class PostgresDialect(Dialect):
 
     def begin_locks_database(self, begin_sql: str) -> bool:
         return False  # row locks only
+
+    def executemany(
+        self, dbapi_conn: Any, sql: str, rows: list[Any], common: _Common = None
+    ) -> None:
+        if common is not None:
+            plan = _pg_copy_plan(sql, frozenset(common)) if len(rows) >= _COPY_MIN_ROWS else None
+            if plan is not None:
+                plan.run(dbapi_conn, rows, common)
+                return
+            rows = [{**common, **row} for row in rows]
+        super().executemany(dbapi_conn, sql, rows)
 
     def prepare_connection(self, dbapi_conn: Any, options: dict[str, Any]) -> None:
         pass
@@ -555,6 +569,8 @@ class PostgresDialect(Dialect):
 class Psycopg2Dialect(PostgresDialect):
     """PostgreSQL through psycopg2: cursors execute (connections cannot), no binary results,
     and a connection says it is dead through ``closed`` alone."""
+
+    binds_common = False  # (no COPY path: the rows are merged and sent as they are)
 
     driver = "psycopg2"
 
@@ -657,6 +673,8 @@ class AsyncpgDialect(PostgresDialect):
     """PostgreSQL through asyncpg, via SQLAlchemy's sync adapter: cursors execute (with
     asyncpg's prepared statements), ``autocommit`` is the adapter's, errors are SQLAlchemy's
     emulated DBAPI errors carrying the SQLSTATE."""
+
+    binds_common = False  # (no COPY path: the rows are merged and sent as they are)
 
     driver = "asyncpg"
     is_async = True
@@ -841,6 +859,91 @@ def _sqlite_hoist_plan(sql: str, common: frozenset[str]) -> _HoistPlan | None:
     )
 
 
+#: fewer rows than this go by executemany (a COPY's temporary table costs ~1 ms)
+_COPY_MIN_ROWS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class _PgCopyPlan:
+    """An ``INSERT ... SELECT`` of many rows as a COPY of their own columns into a temporary
+    table shaped like the target's, then one ``INSERT ... SELECT`` from it with the shared
+    parameters bound once.
+
+    psycopg 3's pipelined executemany of put_many's guarded upsert cost 13 µs a row; this,
+    6 to 9 µs, below the raw driver's executemany of a narrower row (8.4). The rows must not
+    repeat a conflict target (PostgreSQL refuses to update a row twice in one statement):
+    only put_many passes shared parameters, and its keys are distinct."""
+
+    create: str
+    copy: str
+    row_names: tuple[str, ...]
+    insert: str
+    drop: str
+
+    def run(self, dbapi_conn: Any, rows: list[Any], common: Mapping[str, Any]) -> None:
+        take = operator.itemgetter(*self.row_names)
+        one = len(self.row_names) == 1
+        with dbapi_conn.cursor() as cur:
+            cur.execute(self.create)
+            with cur.copy(self.copy) as copy:
+                for row in rows:
+                    copy.write_row((take(row),) if one else take(row))
+            cur.execute(self.insert, common)
+            cur.execute(self.drop)
+
+
+@functools.lru_cache(maxsize=64)
+def _pg_copy_plan(sql: str, common: frozenset[str]) -> _PgCopyPlan | None:
+    """How to run ``sql`` (``%(name)s`` form) for many rows by COPY; None unless it is
+    ``INSERT INTO t (columns) SELECT exprs WHERE guard [ON CONFLICT ...]`` whose exprs are
+    each shared or one row parameter (cast or not), and whose guard takes shared ones."""
+    m = _PG_INSERT_SELECT.match(sql)
+    if m is None or "'" in sql:
+        return None
+    table, columns, exprs, guard, tail = m.groups()
+    tail = tail or ""
+    if _PYFORMAT.search(tail) or _NOT_ONE_ROW.search(exprs) or _NOT_ONE_GUARD.search(guard):
+        return None
+    cols = [c.strip() for c in columns.split(",")]
+    parts = _split_top(exprs)
+    if len(cols) != len(parts) or any(n not in common for n in _PYFORMAT.findall(guard)):
+        return None
+    outer: list[str] = []
+    own: list[str] = []
+    names: list[str] = []
+    for col, e in zip(cols, parts, strict=True):
+        found = _PYFORMAT.findall(e)
+        if all(n in common for n in found):
+            outer.append(e)
+            continue
+        one = _PG_ROW_PARAM.match(e)
+        if one is None:
+            return None
+        outer.append(f"kv_rows.{col}")
+        own.append(col)
+        names.append(one.group(1))
+    if not own:
+        return None
+    temp = f"kv_rows_{abs(hash((table, tuple(own)))) % 10**12}"
+    listed = ", ".join(own)
+    return _PgCopyPlan(
+        f"CREATE TEMPORARY TABLE {temp} ON COMMIT DROP AS "
+        f"SELECT {listed} FROM {table} WITH NO DATA",
+        f"COPY {temp} ({listed}) FROM STDIN",
+        tuple(names),
+        f"INSERT INTO {table} ({columns}) SELECT {', '.join(outer)} FROM {temp} AS kv_rows "
+        f"WHERE {guard}{tail}",
+        f"DROP TABLE {temp}",
+    )
+
+
+_PG_INSERT_SELECT = re.compile(
+    r"(?s)\AINSERT INTO (\S+) \(([^()]*)\)\s+SELECT (.*?) WHERE (.*?)(\s+ON CONFLICT\b.*)?\Z"
+)
+#: one row's own parameter, as it is or cast
+_PG_ROW_PARAM = re.compile(r"\A(?:CAST\()?%\(([A-Za-z_]\w*)\)s(?: AS \w+\))?\Z")
+
+
 #: what makes "SELECT exprs WHERE guard" other than one row of values, or a condition on it
 _NOT_ONE_ROW = re.compile(r"\b(FROM|UNION|WHERE)\b")
 _NOT_ONE_GUARD = re.compile(r"\b(ORDER BY|LIMIT|GROUP BY|HAVING|UNION)\b")
@@ -1014,6 +1117,8 @@ class _StatusCursor:
 
 class PsycopgAsyncDialect(PostgresDialect):
     """PostgreSQL through psycopg 3's AsyncConnection, via SQLAlchemy's sync adapter."""
+
+    binds_common = False  # (no COPY path: the rows are merged and sent as they are)
 
     driver = "psycopg_async"
     is_async = True

@@ -97,7 +97,7 @@ T = TypeVar("T")
 # buffers (libpq keeps its largest message buffer) and allocator slack stay a few MiB.
 DEFAULT_CHUNK_SIZE = 256 << 10
 #: rows put_many builds and sends at a time (its memory per call is bounded by this)
-_PUT_MANY_BATCH = 1000
+_PUT_MANY_BATCH = 5000
 _BATCH = 1000
 _MAX_BIGINT = 1 << 63
 #: values of at most this many chunks are read whole by open(), holding no connection

@@ -393,9 +393,10 @@ def _patched() -> dict[str, Callable[..., Any]]:
         cur = orig["execute_bytes"](self, stmt, params)
         return _CountingCursor(cur, statement) if seen else cur
 
-    def executemany(self: Any, stmt: Any, params: Sequence[Any]) -> None:
-        _note(self, Statement(stmt.sql, [stmt.bind(p) for p in params], many=True))
-        orig["executemany"](self, stmt, params)
+    def executemany(self: Any, stmt: Any, params: Sequence[Any], common: Any = None) -> None:
+        rows = [stmt.bind(p if common is None else {**common, **p}) for p in params]
+        _note(self, Statement(stmt.sql, rows, many=True))
+        orig["executemany"](self, stmt, params, common)
 
     def run(self: Any, sql: str) -> Any:
         _note(self, Statement(sql, ()))

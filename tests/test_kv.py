@@ -499,6 +499,28 @@ class _Key(str):
     pass
 
 
+def test_bulk_put_many_twice_in_a_transaction_and_in_a_rolled_back_savepoint(
+    store: kvstore.Store,
+) -> None:
+    """Each big put_many (PostgreSQL: a COPY through a temporary table) in one transaction,
+    and one in a savepoint that rolls back, which takes its rows with it."""
+    first = {f"a{i:04d}": b"1" for i in range(300)}
+    second = {f"b{i:04d}": b"2" for i in range(300)}
+    with store.transaction() as tx:
+        tx.put_many(first)
+        tx.put_many(second)
+        with pytest.raises(RuntimeError), tx.transaction() as inner:
+            inner.put_many({f"c{i:04d}": b"3" for i in range(300)})
+            inner.put_many({k: b"changed" for k in first})
+            raise RuntimeError("roll the savepoint back")
+        tx.put_many({k: b"again" for k in list(second)[:250]})
+    assert len(store) == 600 and store.keys("c") == []
+    got = store.get_many(list(first) + list(second))
+    assert all(got[k] == b"1" for k in first)
+    assert [k for k in second if got[k] == b"again"] == list(second)[:250]
+    assert store.stat("b0000").version == 2 and store.stat("a0000").version == 1
+
+
 def test_put_many_of_large_inline_values_writes_every_row(kv: kvstore.KeyValueStore) -> None:
     """6 MiB of 40 KiB values in one call: a dialect that sends rows in batches by size
     (MariaDB's, about 4 MiB a statement) must split and send them all, each with its own."""
