@@ -186,6 +186,9 @@ class Dialect:
     #: each row's expiry, so it reads the primary key's index alone (a rowid table's expiry
     #: column is a second B-tree lookup per row)
     scans_keys_by_exclusion = True
+    #: iter_prefixes as one recursive statement per page of prefixes (SQLite's instr/substr
+    #: and ``||``), instead of a statement per prefix
+    walks_prefixes_in_sql = True
 
     #: the names of the triggers on table ``:table``
     trigger_catalog = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table"
@@ -487,6 +490,7 @@ class PostgresDialect(Dialect):
     counts_entries = False
     writes_in_ctes = True
     scans_keys_by_exclusion = False  # its key scan already runs at the raw driver's speed
+    walks_prefixes_in_sql = False
     trigger_catalog = (
         "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND NOT tgisinternal"
     )
@@ -1242,6 +1246,7 @@ class MySQLDialect(Dialect):
     # row's expiry (InnoDB's clustered primary key holds it: no second lookup to save)
     counts_entries = False
     scans_keys_by_exclusion = False
+    walks_prefixes_in_sql = False  # (|| is OR)
     watches_app_write_locks = False  # row locks, as on PostgreSQL
     # An index build reads the entries with shared locks: a locking read sees the newest
     # committed rows, not the snapshot its transaction took at its first read (before it

@@ -1000,12 +1000,7 @@ def key_batch(
     # The NOT EXISTS is one probe of the expiry index, evaluated once per statement (it is
     # not correlated): a namespace with nothing expired skips the per-row NOT IN test (12% of
     # a 500-key prefix scan's time), and in one statement, so it is one snapshot.
-    live = (
-        "(NOT EXISTS (SELECT 1 FROM {e} WHERE namespace = :ns AND expires_at <= :now)"
-        " OR key NOT IN (SELECT key FROM {e} WHERE namespace = :ns AND expires_at <= :now))"
-        if scope.backend.dialect.scans_keys_by_exclusion
-        else LIVE
-    )
+    live = _SCAN_LIVE if scope.backend.dialect.scans_keys_by_exclusion else LIVE
     conds = ["namespace = :ns", live]
     params: dict[str, Any] = {"ns": scope.namespace, "now": now_us(), "limit": limit}
     if after is not None:
@@ -1021,6 +1016,68 @@ def key_batch(
     text = "SELECT key FROM {e} WHERE " + " AND ".join(conds) + " ORDER BY key LIMIT :limit"
     stmt = scope.sql(SQL, name, text)
     return scope.read(lambda conn: [r[0] for r in conn.execute(stmt, params).fetchall()])
+
+
+def common_prefixes(scope: Scope, prefix: str, delimiter: str) -> Iterator[str]:
+    """minimalkv's ``iter_prefixes`` as a skip scan inside the database: each page is one
+    recursive statement whose every step seeks the first live key past the common prefix
+    of the step before (or past the plain key), so SQLite does in one statement what took
+    a statement per prefix (10 against 2.8 µs a prefix, the raw driver's loop 6.5).
+
+    Only where ``walks_prefixes_in_sql`` (SQLite's ``instr``, ``substr`` and ``||``), and
+    for a delimiter whose last character has a successor."""
+    hi = prefix_upper(prefix) if prefix else None
+    # past every key starting with "<...><delimiter>": "<...>" + the delimiter's successor
+    dup = delimiter[:-1] + chr(ord(delimiter[-1]) + 1)
+    bound = " AND key < :hi" if hi is not None else ""
+    seek = f"SELECT key FROM {{e}} WHERE namespace = :ns AND key >= START{bound} AND {_SCAN_LIVE}"
+    first = seek.replace("START", ":start")
+    # after a key holding the delimiter (at 1-based position i of what follows the prefix):
+    # its first plen + i - 1 characters and the successor; after a plain key: the key and a
+    # NUL, the least string greater than it
+    step = seek.replace(
+        "START",
+        "(CASE WHEN instr(substr(p.k, :plen + 1), :delim) > 0 "
+        "THEN substr(p.k, 1, :plen + instr(substr(p.k, :plen + 1), :delim) - 1) || :dup "
+        "ELSE p.k || :nul END)",
+    )
+    text = (
+        f"WITH RECURSIVE p(k) AS (SELECT ({first} ORDER BY key LIMIT 1) "
+        f"UNION ALL SELECT ({step} ORDER BY key LIMIT 1) FROM p WHERE p.k IS NOT NULL) "
+        "SELECT k FROM p WHERE k IS NOT NULL LIMIT :limit"
+    )
+    stmt = scope.sql(SQL, f"prefixes:{hi is not None}", text)
+    params: dict[str, Any] = {
+        "ns": scope.namespace,
+        "plen": len(prefix),
+        "delim": delimiter,
+        "dup": dup,
+        "nul": "\x00",
+        "start": prefix,
+    }
+    if hi is not None:
+        params["hi"] = hi
+    limit = 16  # a caller after the first few prefixes pays for few seeks
+    while True:
+        params["now"], params["limit"] = now_us(), limit
+        keys = scope.read(lambda conn: [r[0] for r in conn.execute(stmt, params).fetchall()])
+        for key in keys:
+            pos = key.find(delimiter, len(prefix))
+            yield key if pos == -1 else key[: pos + len(delimiter)]
+        if len(keys) < limit:
+            return
+        last = keys[-1]
+        pos = last.find(delimiter, len(prefix))
+        params["start"] = last + "\x00" if pos == -1 else last[:pos] + dup
+        limit = min(limit * 4, 1024)
+
+
+# a key scan's liveness test on SQLite (see key_batch): one probe of the expiry index per
+# statement when nothing is expired, else the expired keys left out
+_SCAN_LIVE = (
+    "(NOT EXISTS (SELECT 1 FROM {e} WHERE namespace = :ns AND expires_at <= :now)"
+    " OR key NOT IN (SELECT key FROM {e} WHERE namespace = :ns AND expires_at <= :now))"
+)
 
 
 def get_many(scope: Scope, keys: list[str]) -> dict[str, bytes]:

@@ -19,6 +19,7 @@ from ._conn import Conn
 from ._dialect import engine_from_url
 from ._entries import (
     SQL,
+    common_prefixes,
     count_keys,
     count_live,
     delete_keys_in,
@@ -271,6 +272,9 @@ class Store(KeyValueStore):
         check_prefix(prefix)
         if not isinstance(delimiter, str) or not delimiter:
             raise ValueError("delimiter must be a non-empty string")
+        if self._scope.backend.dialect.walks_prefixes_in_sql and delimiter[-1] != "\U0010ffff":
+            yield from common_prefixes(self._scope, prefix, delimiter)
+            return
         after: str | None = None
         inclusive = False
         # One key is all a seek past a common prefix needs, and usually the next one starts
