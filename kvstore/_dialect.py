@@ -186,9 +186,13 @@ class Dialect:
     #: each row's expiry, so it reads the primary key's index alone (a rowid table's expiry
     #: column is a second B-tree lookup per row)
     scans_keys_by_exclusion = True
-    #: iter_prefixes as one recursive statement per page of prefixes (SQLite's instr/substr
-    #: and ``||``), instead of a statement per prefix
+    #: iter_prefixes as one recursive statement per page of prefixes, instead of a statement
+    #: per prefix: the position of ``{sub}`` in ``{s}`` (1-based, 0 when absent), and the
+    #: least key past a plain key ``{k}`` (SQLite: the key and a NUL, since a seek's one
+    #: lower bound is its index range; PostgreSQL, whose text holds no NUL: two bounds)
     walks_prefixes_in_sql = True
+    position_sql = "instr({s}, {sub})"
+    past_plain_key = "key >= (CASE WHEN {found} THEN {skip} ELSE {k} || :nul END)"
 
     #: the names of the triggers on table ``:table``
     trigger_catalog = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :table"
@@ -490,7 +494,9 @@ class PostgresDialect(Dialect):
     counts_entries = False
     writes_in_ctes = True
     scans_keys_by_exclusion = False  # its key scan already runs at the raw driver's speed
-    walks_prefixes_in_sql = False
+    position_sql = "strpos({s}, {sub})"
+    # (the B-tree scan starts at the greater of the two lower bounds, known at its start)
+    past_plain_key = "key >= (CASE WHEN {found} THEN {skip} ELSE {k} END) AND key > {k}"
     trigger_catalog = (
         "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:table) AND NOT tgisinternal"
     )
