@@ -467,7 +467,7 @@ _TTL_TYPE = click.FloatRange(min=0.0)
     show_default=True,
     show_envvar=True,
     metavar="URL",
-    help="Database URL (SQLite or PostgreSQL), e.g. postgresql://user@host/db.",
+    help="Database URL (SQLite, PostgreSQL or MySQL/MariaDB), e.g. postgresql://user@host/db.",
 )
 @click.option(
     "--namespace",
@@ -485,7 +485,7 @@ _TTL_TYPE = click.FloatRange(min=0.0)
 @click.version_option(__version__, "-V", "--version", prog_name="kvstore")
 @click.pass_context
 def cli(ctx: click.Context, url: str, namespace: str, table_prefix: str) -> None:
-    """Key-value storage in the SQL database you already have (SQLite or PostgreSQL).
+    """Key-value storage in the SQL database you already have (SQLite, PostgreSQL, MariaDB).
 
     Exit status: 0 success, 1 missing key or index (or a refused write, or `db check`
     differences), 2 bad usage (bad option, invalid key, bad URL, bad JSON).
