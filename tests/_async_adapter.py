@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import io
 import queue
+import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
@@ -105,6 +106,10 @@ class _Worker:
             try:
                 result = await payload()
             except BaseException as exc:  # handed to the calling thread
+                # without this frame: unittest's assertRaises clears the frames of the
+                # traceback it catches, and clearing this suspended one would close the task
+                if exc.__traceback__ is not None and exc.__traceback__.tb_frame is sys._getframe():
+                    exc.__traceback__ = exc.__traceback__.tb_next
                 self.replies.put(("error", exc, None))
             else:
                 self.replies.put(("result", result, None))
