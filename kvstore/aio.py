@@ -456,14 +456,8 @@ class AsyncPersistentDict:
     async def clear(self) -> None:
         await spawn(self._sync.clear)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        it = iter(self._sync)
-        while True:
-            batch = await spawn(_take, it, _KEY_BATCH)
-            for key in batch:
-                yield key
-            if len(batch) < _KEY_BATCH:
-                return
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return _iterate(self._sync)
 
     def __repr__(self) -> str:
         return f"<kvstore.AsyncPersistentDict {self.name!r}>"
@@ -520,14 +514,8 @@ class AsyncPersistentList:
     async def to_list(self) -> list[Any]:
         return await spawn(self._sync.copy)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        it = iter(self._sync)
-        while True:
-            batch = await spawn(_take, it, _KEY_BATCH)
-            for value in batch:
-                yield value
-            if len(batch) < _KEY_BATCH:
-                return
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return _iterate(self._sync)
 
     def __repr__(self) -> str:
         return f"<kvstore.AsyncPersistentList {self.name!r}>"
@@ -572,14 +560,8 @@ class AsyncPersistentSet:
     async def to_set(self) -> set[Any]:
         return await spawn(self._sync.copy)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        it = iter(self._sync)
-        while True:
-            batch = await spawn(_take, it, _KEY_BATCH)
-            for elem in batch:
-                yield elem
-            if len(batch) < _KEY_BATCH:
-                return
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return _iterate(self._sync)
 
     def __repr__(self) -> str:
         return f"<kvstore.AsyncPersistentSet {self.name!r}>"
@@ -620,6 +602,21 @@ def _bridged(file: Any, method: str) -> Any:
     if inspect.iscoroutinefunction(getattr(file, method, None)):
         return cast(IO[bytes], _AwaitedFile(file))
     return file
+
+
+async def _iterate(sync: Any) -> AsyncIterator[Any]:
+    """``iter(sync)`` of a sync collection, one statement's batch (``batch_size`` items) per
+    greenlet switch. More per switch would read statements ahead of the items handed out, so
+    the async iteration would not follow the sync one's documented semantics under concurrent
+    writes (docs/lists.md: each batch is read when the iteration reaches it)."""
+    it = iter(sync)
+    while True:
+        n = max(1, int(sync.batch_size))
+        batch = await spawn(_take, it, n)
+        for item in batch:
+            yield item
+        if len(batch) < n:
+            return
 
 
 def _take(it: Iterator[T], n: int) -> list[T]:
