@@ -22,6 +22,7 @@ import inspect
 import io
 import itertools
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, BinaryIO, Protocol, TypeAlias, TypeVar, cast
 
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_DONE = object()
 
 
 class AsyncReadable(Protocol):
@@ -81,7 +83,8 @@ class AsyncWritable(Protocol):
 Source: TypeAlias = "str | os.PathLike[str] | IO[bytes] | AsyncReadable"
 Destination: TypeAlias = "str | os.PathLike[str] | IO[bytes] | AsyncWritable"
 
-#: keys ``iter_keys`` hands over from the sync generator per greenlet switch
+#: keys (or entries) ``iter_keys`` (``iter_stat``, ...) hands over from the sync generator per
+#: greenlet switch
 _KEY_BATCH = 500
 #: entries one greenlet of a large ``put_many`` validates and writes: the Python work between
 #: two visits to the event loop (about 5 ms here), where a 100,000-entry call at once would
@@ -164,13 +167,25 @@ class AsyncStore:
     async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Keys starting with ``prefix`` in code-point order, fetched in batches (as the sync
         ``iter_keys``): no connection is held between batches."""
-        it = self._sync.iter_keys(prefix)
-        while True:
-            batch = await spawn(_take, it, _KEY_BATCH)
-            for key in batch:
-                yield key
-            if len(batch) < _KEY_BATCH:
-                return
+        async for key in _batched(self._sync.iter_keys(prefix)):
+            yield key
+
+    async def iter_stat(self, prefix: str = "") -> AsyncIterator[EntryInfo]:
+        """:meth:`stat` of every live key starting with ``prefix``, in key order: the sync
+        ``iter_stat``'s batches (no connection held between them)."""
+        async for info in _batched(self._sync.iter_stat(prefix)):
+            yield info
+
+    async def iter_items(self, prefix: str = "") -> AsyncIterator[tuple[str, bytes]]:
+        """``(key, value)`` of every live key starting with ``prefix``, in key order."""
+        async for item in _batched(self._sync.iter_items(prefix)):
+            yield item
+
+    async def iter_entries(self, prefix: str = "") -> AsyncIterator[tuple[EntryInfo, bytes]]:
+        """``(stat, value)`` of every live key starting with ``prefix``, in key order, each
+        pair read together (the sync ``iter_entries``)."""
+        async for entry in _batched(self._sync.iter_entries(prefix)):
+            yield entry
 
     async def open(self, key: str) -> AsyncReader:
         """A readable, seekable reader over the value of ``key`` (the sync ``open()``: a
@@ -426,14 +441,27 @@ class AsyncPersistentDict:
     async def pop(self, key: Any, *default: Any) -> Any:
         return await spawn(self._sync.pop, key, *default)
 
+    async def popitem(self) -> tuple[Any, Any]:
+        """Remove and return the last ``(key, value)`` in iteration order; ``KeyError`` when
+        the dict is empty."""
+        return await spawn(self._sync.popitem)
+
     async def setdefault(self, key: Any, default: Any = None) -> Any:
         return await spawn(self._sync.setdefault, key, default)
 
     async def update(self, *args: Any, **kwargs: Any) -> None:
         await spawn(self._sync.update, *args, **kwargs)
 
+    async def set_many(
+        self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]] = (), **kwargs: Any
+    ) -> None:
+        """Write many keys in one transaction: all of them, or none (``update``, under the
+        store API's name)."""
+        await spawn(self._sync.set_many, items, **kwargs)
+
     async def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
-        return await spawn(self._sync.get_many, list(keys))
+        # as given: the sync call refuses a str (a list of its characters would be a query)
+        return await spawn(self._sync.get_many, keys)
 
     async def len(self) -> int:
         return await spawn(self._sync.__len__)
@@ -456,14 +484,41 @@ class AsyncPersistentDict:
     async def clear(self) -> None:
         await spawn(self._sync.clear)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        it = iter(self._sync)
-        while True:
-            batch = await spawn(_take, it, _KEY_BATCH)
-            for key in batch:
-                yield key
-            if len(batch) < _KEY_BATCH:
-                return
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return _iterate(self._sync)
+
+    # -- indexes on the values (the sync dict's, docs/indexes.md) -------------------------------
+    async def create_index(
+        self,
+        name: str,
+        extractor: Any,
+        unique: bool = False,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> IndexInfo:
+        return await spawn(self._sync.create_index, name, extractor, unique, progress=progress)
+
+    async def drop_index(self, name: str) -> None:
+        await spawn(self._sync.drop_index, name)
+
+    async def rebuild_index(
+        self, name: str, *, progress: Callable[[int, int], None] | None = None
+    ) -> IndexInfo:
+        return await spawn(self._sync.rebuild_index, name, progress=progress)
+
+    async def indexes(self) -> list[IndexInfo]:
+        return await spawn(self._sync.indexes)
+
+    async def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[Any]:
+        return await spawn(self._sync.find, index, value, **query)
+
+    async def find_items(
+        self, index: str, value: Any = NOT_SET, **query: Any
+    ) -> list[tuple[Any, Any]]:
+        return await spawn(self._sync.find_items, index, value, **query)
+
+    async def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
+        return await spawn(self._sync.count, index, value, **query)
 
     def __repr__(self) -> str:
         return f"<kvstore.AsyncPersistentDict {self.name!r}>"
@@ -496,7 +551,9 @@ class AsyncPersistentList:
         """``l[index]`` (a list for a slice); ``IndexError`` out of range."""
         return await spawn(self._sync.__getitem__, index)
 
-    async def setitem(self, index: int, value: Any) -> None:
+    async def setitem(self, index: int | slice, value: Any) -> None:
+        """``l[index] = value``; for a slice, ``value`` is an iterable of items (as for a
+        list: the same lengths for an extended slice)."""
         await spawn(self._sync.__setitem__, index, value)
 
     async def delitem(self, index: int | slice) -> None:
@@ -517,17 +574,27 @@ class AsyncPersistentList:
     async def contains(self, value: Any) -> bool:
         return await spawn(self._sync.__contains__, value)
 
+    async def index(self, value: Any, start: int = 0, stop: int = sys.maxsize) -> int:
+        """The position of the first item equal to ``value`` in ``[start:stop]``;
+        ``ValueError`` when there is none."""
+        return await spawn(self._sync.index, value, start, stop)
+
+    async def count(self, value: Any) -> int:
+        return await spawn(self._sync.count, value)
+
+    async def reverse(self) -> None:
+        await spawn(self._sync.reverse)
+
+    async def sort(self, *, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> None:
+        """Sort in place, stably (the sync ``sort``: ``ValueError`` if the list changed while
+        its items were sorted)."""
+        await spawn(self._sync.sort, key=key, reverse=reverse)
+
     async def to_list(self) -> list[Any]:
         return await spawn(self._sync.copy)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        it = iter(self._sync)
-        while True:
-            batch = await spawn(_take, it, _KEY_BATCH)
-            for value in batch:
-                yield value
-            if len(batch) < _KEY_BATCH:
-                return
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return _iterate(self._sync)
 
     def __repr__(self) -> str:
         return f"<kvstore.AsyncPersistentList {self.name!r}>"
@@ -557,8 +624,23 @@ class AsyncPersistentSet:
         """Remove ``elem``; ``KeyError`` when it is not a member."""
         await spawn(self._sync.remove, elem)
 
+    async def pop(self) -> Any:
+        """Remove and return an element; ``KeyError`` when the set is empty."""
+        return await spawn(self._sync.pop)
+
     async def update(self, *others: Iterable[Any]) -> None:
         await spawn(self._sync.update, *[list(o) for o in others])
+
+    # The in-place updates are one transaction each, as the sync set's; the others are
+    # iterated in the greenlet, so a TypeError for one that is not iterable comes from there.
+    async def intersection_update(self, *others: Iterable[Any]) -> None:
+        await spawn(self._sync.intersection_update, *others)
+
+    async def difference_update(self, *others: Iterable[Any]) -> None:
+        await spawn(self._sync.difference_update, *others)
+
+    async def symmetric_difference_update(self, other: Iterable[Any]) -> None:
+        await spawn(self._sync.symmetric_difference_update, other)
 
     async def clear(self) -> None:
         await spawn(self._sync.clear)
@@ -572,14 +654,31 @@ class AsyncPersistentSet:
     async def to_set(self) -> set[Any]:
         return await spawn(self._sync.copy)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        it = iter(self._sync)
-        while True:
-            batch = await spawn(_take, it, _KEY_BATCH)
-            for elem in batch:
-                yield elem
-            if len(batch) < _KEY_BATCH:
-                return
+    # -- new sets (plain built-in ones) and comparisons, with any iterables -------------------
+    async def union(self, *others: Iterable[Any]) -> set[Any]:
+        return await spawn(self._sync.union, *others)
+
+    async def intersection(self, *others: Iterable[Any]) -> set[Any]:
+        """Membership of ``others``' elements is asked in batches, without loading the set."""
+        return await spawn(self._sync.intersection, *others)
+
+    async def difference(self, *others: Iterable[Any]) -> set[Any]:
+        return await spawn(self._sync.difference, *others)
+
+    async def symmetric_difference(self, other: Iterable[Any]) -> set[Any]:
+        return await spawn(self._sync.symmetric_difference, other)
+
+    async def isdisjoint(self, other: Iterable[Any]) -> bool:
+        return await spawn(self._sync.isdisjoint, other)
+
+    async def issubset(self, other: Iterable[Any]) -> bool:
+        return await spawn(self._sync.issubset, other)
+
+    async def issuperset(self, other: Iterable[Any]) -> bool:
+        return await spawn(self._sync.issuperset, other)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return _iterate(self._sync)
 
     def __repr__(self) -> str:
         return f"<kvstore.AsyncPersistentSet {self.name!r}>"
@@ -620,6 +719,30 @@ def _bridged(file: Any, method: str) -> Any:
     if inspect.iscoroutinefunction(getattr(file, method, None)):
         return cast(IO[bytes], _AwaitedFile(file))
     return file
+
+
+async def _batched(it: Iterator[T]) -> AsyncIterator[T]:
+    """A sync store generator's items, ``_KEY_BATCH`` per greenlet switch."""
+    while True:
+        batch = await spawn(_take, it, _KEY_BATCH)
+        for item in batch:
+            yield item
+        if len(batch) < _KEY_BATCH:
+            return
+
+
+async def _iterate(sync: Any) -> AsyncIterator[Any]:
+    """``iter(sync)`` of a sync collection, item by item in the bridge. The sync iterator reads
+    ``batch_size`` items per statement and the next batch only when the caller asks past the
+    last one, so a concurrent write shows as docs/lists.md says; taking several items per
+    switch reads ahead (after a short batch, the empty one that ends the iteration), and an
+    item appended meanwhile is missed. A switch without I/O costs about a microsecond."""
+    it = iter(sync)
+    while True:
+        item = await spawn(next, it, _DONE)
+        if item is _DONE:
+            return
+        yield item
 
 
 def _take(it: Iterator[T], n: int) -> list[T]:

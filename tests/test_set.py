@@ -12,6 +12,7 @@ from typing import Any
 import _sql
 import pytest
 import sqlalchemy as sa
+from _async_adapter import white_box
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -384,7 +385,7 @@ def test_json_elements_are_scalars(store: kvstore.Store) -> None:
 def test_element_limits(store: kvstore.Store) -> None:
     s = store.set("seen")
     # stored as its JSON text: 1000 bytes with the quotes (MariaDB: 500 characters)
-    n = min(1000, _sql.collection_key_chars(store) or 1000) - 2
+    n = min(1000, white_box(store, _sql.collection_key_chars) or 1000) - 2
     s.add("x" * n)
     with pytest.raises(ValueError, match="too long"):
         s.add("x" * (n + 1))
@@ -619,7 +620,8 @@ def test_namespaces_and_serializers_isolate(store: kvstore.Store) -> None:
     assert "k" not in other.set("a")
     other.set("a").add("z")
     assert store.set("a") == {"k"}
-    assert PersistentSet(store, "a", namespace=store.namespace_name + "x") == {"z"}
+    if isinstance(store, kvstore.Store):  # the sync constructor (the async API has store.set)
+        assert PersistentSet(store, "a", namespace=store.namespace_name + "x") == {"z"}
     p = store.set("p", serializer="pickle")
     p.update([(1, "a"), frozenset({2}), b"raw", 1.0])
     assert p == {(1, "a"), frozenset({2}), b"raw", 1}
@@ -634,7 +636,7 @@ def test_raw_serializer_holds_bytes(store: kvstore.Store) -> None:
     # they are bytes (a dict's raw serializer is for its values; its keys stay str)
     s = store.set("blobs", serializer="raw")
     # (600 bytes are 800 characters of base64, past MariaDB's 500)
-    long = 600 if _sql.collection_key_chars(store) is None else 300
+    long = 600 if white_box(store, _sql.collection_key_chars) is None else 300
     model = {b"\x00\x01", b"", b"a" * long, "é".encode()}
     s.update(model)
     s.add(b"\x00\x01")
@@ -673,6 +675,7 @@ def test_copy_module_gives_snapshots(store: kvstore.Store, serializer: str) -> N
         assert ("t", 1) in copy.deepcopy(s)
 
 
+@pytest.mark.async_exclude(reason="pickles sync PersistentSets (the async ones do not pickle)")
 def test_pickling_reopens_on_the_parent_store(backend: Any) -> None:
     import pickle
 
@@ -701,6 +704,7 @@ def test_pickling_reopens_on_the_parent_store(backend: Any) -> None:
         store.close()
 
 
+@pytest.mark.async_exclude(reason="pickles sync PersistentSets (the async ones do not pickle)")
 def test_pickling_needs_a_store_opened_from_a_url(store: kvstore.Store) -> None:
     import pickle
 
