@@ -91,9 +91,6 @@ def test_expired_entries_are_never_counted_before_or_after_a_purge(store: kvstor
     assert _exact(store) == 8
 
 
-@pytest.mark.async_exclude(
-    reason="the async API's collections have coroutine methods this sync face does not wrap"
-)
 def test_collections_and_namespaces_count_only_their_own(store: kvstore.Store) -> None:
     d = store.dict("d")
     s = store.set("s")
