@@ -4,6 +4,7 @@
     python benchmarks/bench_scale.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
     python benchmarks/bench_scale.py --full --postgres URL --json before.json   # adds 1M keys
     python benchmarks/bench_scale.py --synchronous NORMAL    # SQLite durability (default FULL)
+    python benchmarks/bench_scale.py --postgres URL --mariadb mariadb+pymysql://root@127.0.0.1/test
 
 One process, one run. Every system does the same work on its own storage:
 
@@ -22,6 +23,9 @@ One process, one run. Every system does the same work on its own storage:
   ``iter_prefixes`` a full scan that filters in Python (marked ``scan`` in the tables);
 * ``sqlitedict`` (WAL, raw bytes codec, a blocking ``commit()`` after each ``put`` and after
   ``update()`` for ``put_many``; its own ``synchronous=OFF`` is raised to the others' setting);
+* with ``--mariadb``: ``kvstore (MariaDB)`` (PyMySQL) on tables of its own and ``pymysql
+  raw``: autocommit, PyMySQL's multi-row ``executemany`` in one transaction for ``put_many``,
+  ``IN`` lists of 1,000 keys for ``get_many``, ``ANALYZE TABLE`` after each bulk load;
 * with ``--postgres``: ``kvstore (PostgreSQL)`` on tables of its own (a per-run
   ``table_prefix``, dropped at the end) and ``psycopg raw``: psycopg 3, autocommit, prepared
   statements (``prepare=True``), binary results for values, ``= ANY(%s)`` for ``get_many``,
@@ -208,11 +212,13 @@ class KvstoreSys(System):
         dialect: str,
         sync: str,
         table_prefix: str,
-        maint: PgMaintenance | None = None,
+        maint: PgMaintenance | MariaMaintenance | None = None,
     ) -> None:
         self.dialect = dialect
         self.maint = maint
-        self.name = "kvstore (SQLite)" if dialect == "sqlite" else "kvstore (PostgreSQL)"
+        self.name = {"sqlite": "kvstore (SQLite)", "mariadb": "kvstore (MariaDB)"}.get(
+            dialect, "kvstore (PostgreSQL)"
+        )
         if dialect == "sqlite":
             self.root = kvstore.connect(url, sqlite_synchronous=sync)
         else:
@@ -447,6 +453,143 @@ class RawPgSys(System):
 
     def close(self) -> None:
         self.c.close()
+
+
+class RawMariaSys(System):
+    """PyMySQL on the same server: autocommit, a binary-collated key as kvstore's, multi-row
+    ``executemany`` (PyMySQL folds ``INSERT ... VALUES`` into statements of many rows) in one
+    transaction for ``put_many``, ``IN`` lists of 1,000 keys for ``get_many``."""
+
+    name = "pymysql raw"
+    dialect = "mariadb"
+    role = "raw"
+
+    def __init__(self, url: str, table: str) -> None:
+        import pymysql
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        self.t = table
+        self.c = pymysql.connect(
+            host=u.host or "127.0.0.1",
+            port=u.port or 3306,
+            user=u.username or "root",
+            password=u.password or "",
+            database=u.database,
+            autocommit=True,
+            charset="utf8mb4",
+        )
+        self.cur = self.c.cursor()
+        self.cur.execute(
+            f"""CREATE TABLE IF NOT EXISTS {table} (
+              namespace VARCHAR(255) NOT NULL,
+              `key` VARCHAR(250) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+              value LONGBLOB, version BIGINT NOT NULL, updated_at BIGINT NOT NULL,
+              expires_at BIGINT, PRIMARY KEY (namespace, `key`)) ENGINE=InnoDB"""
+        )
+        self.upsert = (
+            f"INSERT INTO {table} (namespace, `key`, value, version, updated_at) "
+            # (only %s in VALUES: PyMySQL folds nothing else into a multi-row statement)
+            "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE value = VALUES(value), "
+            "version = version + 1, updated_at = VALUES(updated_at), expires_at = NULL"
+        )
+
+    def _all(self, sql: str, args: Any) -> list[Any]:
+        self.cur.execute(sql, args)
+        return list(self.cur.fetchall())
+
+    def clear(self, ds: str) -> None:
+        self.cur.execute(f"DELETE FROM {self.t} WHERE namespace = %s", (ds,))
+
+    def put(self, ds: str, pairs: Pairs) -> None:
+        ex, sql = self.cur.execute, self.upsert
+        for k, v in pairs:
+            ex(sql, (ds, k, v, 1, now_us()))
+
+    def get(self, ds: str, keys: Sequence[str]) -> int:
+        ex, sql = (
+            self.cur.execute,
+            f"SELECT value FROM {self.t} WHERE namespace = %s AND `key` = %s",
+        )
+        one = self.cur.fetchone
+        for k in keys:
+            ex(sql, (ds, k))
+            one()
+        return len(keys)
+
+    def put_many(self, ds: str, pairs: Pairs) -> None:
+        now = now_us()
+        self.c.begin()
+        try:
+            self.cur.executemany(self.upsert, [(ds, k, v, 1, now) for k, v in pairs])
+        except BaseException:
+            self.c.rollback()
+            raise
+        self.c.commit()
+
+    def get_many(self, ds: str, keys: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for i in range(0, len(keys), 1000):
+            part = list(keys[i : i + 1000])
+            marks = ", ".join(["%s"] * len(part))
+            sql = f"SELECT `key`, value FROM {self.t} WHERE namespace = %s AND `key` IN ({marks})"
+            out.update(self._all(sql, (ds, *part)))
+        return out
+
+    def keys_prefix(self, ds: str, prefix: str) -> list[str]:
+        sql = (
+            f"SELECT `key` FROM {self.t} WHERE namespace = %s AND `key` >= %s AND `key` < %s "
+            "ORDER BY `key`"
+        )
+        return [r[0] for r in self._all(sql, (ds, prefix, prefix_upper(prefix)))]
+
+    def length(self, ds: str) -> int:
+        rows = self._all(f"SELECT COUNT(*) FROM {self.t} WHERE namespace = %s", (ds,))
+        return int(rows[0][0])
+
+    def iterate(self, ds: str) -> int:
+        sql = f"SELECT `key` FROM {self.t} WHERE namespace = %s ORDER BY `key`"
+        return len(self._all(sql, (ds,)))
+
+    def iter_prefixes(self, ds: str, delimiter: str) -> list[str]:
+        ge = (
+            f"SELECT `key` FROM {self.t} WHERE namespace = %s AND `key` >= %s "
+            "ORDER BY `key` LIMIT 1"
+        )
+        gt = ge.replace(">=", ">")
+
+        def first(sql: str, lo: str) -> Any:
+            self.cur.execute(sql, (ds, lo))
+            return self.cur.fetchone()
+
+        return skip_scan(first, ge, gt, delimiter)
+
+    def close(self) -> None:
+        self.c.close()
+
+
+class MariaMaintenance:
+    """Untimed housekeeping on the MariaDB tables: ANALYZE TABLE, and the final DROP."""
+
+    def __init__(self, url: str, table_prefix: str, raw_table: str) -> None:
+        self.prefix = table_prefix
+        self.raw = RawMariaSys(url, raw_table)  # its own connection, for after the others close
+
+    def vacuum(self) -> None:
+        for t in (f"{self.prefix}entries", f"{self.prefix}raw"):
+            self.raw._all(f"ANALYZE TABLE {t}", ())
+
+    def drop(self) -> None:
+        rows = self.raw._all(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name LIKE %s",
+            (self.prefix.replace("_", r"\_") + "%",),
+        )
+        self.raw.cur.execute("SET FOREIGN_KEY_CHECKS = 0")
+        for (t,) in rows:
+            self.raw.cur.execute(f"DROP TABLE IF EXISTS `{t}`")
+        self.raw.cur.execute("SET FOREIGN_KEY_CHECKS = 1")
+        self.raw.close()
 
 
 class DiskcacheSys(System):
@@ -1116,8 +1259,8 @@ def fmt_call(sec: float) -> str:
 
 # -- setup -----------------------------------------------------------------------------------
 def build_systems(
-    tmp: Path, sync: str, pg_url: str | None, peers: bool, tag: str
-) -> tuple[list[System], PgMaintenance | None]:
+    tmp: Path, sync: str, pg_url: str | None, peers: bool, tag: str, maria_url: str | None = None
+) -> tuple[list[System], list[PgMaintenance | MariaMaintenance]]:
     systems: list[System] = [
         KvstoreSys(f"sqlite:///{tmp / 'kvstore.db'}", "sqlite", sync, ""),
         RawSqliteSys(tmp / "raw.db", sync),
@@ -1132,18 +1275,27 @@ def build_systems(
             systems.append(SqlitedictSys(tmp, sync))
         except ImportError:
             print("(sqlitedict not installed: pip install -e '.[bench]')", file=sys.stderr)
-    maint = None
+    maints: list[PgMaintenance | MariaMaintenance] = []
     if pg_url:
         from sqlalchemy.engine import make_url
 
         prefix, raw_table = f"kvb{tag}_", f"kvb{tag}_raw"
         dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
         maint = PgMaintenance(dsn, prefix, raw_table)
+        maints.append(maint)
         systems += [
             KvstoreSys(pg_url, "postgresql", sync, prefix, maint),
             RawPgSys(dsn, raw_table),
         ]
-    return systems, maint
+    if maria_url:
+        prefix = f"kvm{tag}_"
+        mmaint = MariaMaintenance(maria_url, prefix, f"{prefix}raw")
+        maints.append(mmaint)
+        systems += [
+            KvstoreSys(maria_url, "mariadb", sync, prefix, mmaint),
+            RawMariaSys(maria_url, f"{prefix}raw"),
+        ]
+    return systems, maints
 
 
 def environment(pg_url: str | None) -> dict[str, Any]:
@@ -1200,6 +1352,11 @@ def main(argv: Iterable[str] | None = None) -> None:
         help="PostgreSQL URL (default $KVSTORE_TEST_POSTGRES_URL; none: SQLite only)",
     )
     ap.add_argument(
+        "--mariadb",
+        default=None,
+        help="MariaDB URL (mariadb+pymysql://...; none: no MariaDB columns)",
+    )
+    ap.add_argument(
         "--synchronous", default="FULL", choices=["FULL", "NORMAL"], help="SQLite durability"
     )
     ap.add_argument("--no-peers", action="store_true", help="skip diskcache and sqlitedict")
@@ -1224,8 +1381,8 @@ def main(argv: Iterable[str] | None = None) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="kvbench-", dir=args.dir))
     env = environment(args.postgres)
-    systems, maint = build_systems(
-        tmp, args.synchronous, args.postgres, not args.no_peers, str(os.getpid())
+    systems, maints = build_systems(
+        tmp, args.synchronous, args.postgres, not args.no_peers, str(os.getpid()), args.mariadb
     )
     bench = Bench(systems, rounds)
     print(
@@ -1243,8 +1400,9 @@ def main(argv: Iterable[str] | None = None) -> None:
         for s in systems:
             with contextlib.suppress(Exception):
                 s.close()
-        if maint is not None:
-            maint.drop()
+        for maint in maints:
+            with contextlib.suppress(Exception):
+                maint.drop()
         shutil.rmtree(tmp, ignore_errors=True)
     env["loadavg_end"] = os.getloadavg()
     env["seconds"] = time.perf_counter() - bench.t0
