@@ -123,7 +123,7 @@ _TEMPLATES: dict[str, str] = {
     "VALUES (:ns, :index_id, :ivalue, :uvalue, :key)",
     "clear": "DELETE FROM {e} WHERE namespace = :ns",
     "delete_any": "DELETE FROM {e} WHERE namespace = :ns AND key = ANY(:keys)",
-    "get_many_any": f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {LIVE} "
+    "get_many_any": f"SELECT key, value FROM {{e}} WHERE namespace = :ns AND {LIVE} "
     "AND key = ANY(:keys)",
     "entry_row": f"SELECT {ENTRY_COLUMNS}, value, blob_id FROM {{e}} "
     f"WHERE namespace = :ns AND key = :key AND {LIVE}",
@@ -1099,25 +1099,27 @@ def get_many(scope: Scope, keys: list[str]) -> dict[str, bytes]:
 
 
 def _get_many_on(scope: Scope, conn: Conn, keys: list[str]) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
+    # Two columns a row: a chunked value's row (value NULL) is read again, with its chunks,
+    # by get_value. PyMySQL parses every column of every row in Python: key, value, blob_id
+    # and size were 40% of MariaDB's get_many.
     if scope.backend.dialect.supports_any_array and keys:
         params = {"ns": scope.namespace, "now": now_us(), "keys": keys}
-        rows = conn.execute(scope.sql(SQL, "get_many_any"), params).fetchall()
-        for key, value, blob_id, size in rows:
-            out[key] = (
-                bytes(value) if blob_id is None else read_blob(scope, conn, key, blob_id, size)
-            )
-        return out
-    template = (
-        f"SELECT key, value, blob_id, size FROM {{e}} WHERE namespace = :ns AND {LIVE} "
-        "AND key IN ({marks})"
-    )
-    for sql, params in _in_batches(scope, keys, template, "get_many"):
-        for key, value, blob_id, size in conn.execute(sql, params).fetchall():
-            if blob_id is None:
-                out[key] = bytes(value)
-            else:
-                out[key] = read_blob(scope, conn, key, blob_id, size)
+        rows = conn.execute_bytes(scope.sql(SQL, "get_many_any"), params).fetchall()
+    else:
+        template = (
+            f"SELECT key, value FROM {{e}} WHERE namespace = :ns AND {LIVE} AND key IN ({{marks}})"
+        )
+        rows = []
+        for sql, params in _in_batches(scope, keys, template, "get_many"):
+            rows += conn.execute(sql, params).fetchall()
+    out: dict[str, bytes] = {}
+    for key, value in rows:
+        if value is not None:
+            out[key] = value if type(value) is bytes else bytes(value)
+        else:
+            chunked = get_value(scope, conn, key)
+            if chunked is not None:  # (None: deleted since the first statement)
+                out[key] = chunked
     return out
 
 

@@ -332,9 +332,21 @@ class Store(KeyValueStore):
         for info, data in scan_entries(self._scope, prefix, values=True):
             yield info, data or b""
 
+    def _keys(self, keys: Iterable[Any]) -> list[str]:
+        """Each key checked by this store's rule: check_key's tests inline for a plain str
+        key, a call only for the others (a third of get_many's time in Python was the
+        call per key)."""
+        rule = self._key
+        if rule is not check_key:
+            return [rule(k) for k in keys]
+        fast = VALID_KEY_RE.fullmatch
+        return [
+            k if type(k) is str and len(k) <= MAX_KEY_LENGTH and fast(k) else rule(k) for k in keys
+        ]
+
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         """Values of the given keys that exist, in one query per batch of keys."""
-        wanted = list(dict.fromkeys(self._key(k) for k in check_iterable(keys, "keys")))
+        wanted = list(dict.fromkeys(self._keys(check_iterable(keys, "keys"))))
         out = get_many(self._scope, wanted)
         return {k: out[k] for k in wanted if k in out}
 
