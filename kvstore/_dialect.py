@@ -18,7 +18,7 @@ import operator
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -1421,10 +1421,8 @@ class MySQLDialect(Dialect):
         parts = _one_guard(select, mark, flat)
         cur = dbapi_conn.cursor()
         try:
-            count, size = 0, 0
-            args: list[Any] = []
 
-            def send() -> None:
+            def send(count: int, args: list[Any]) -> None:
                 if parts is None:
                     text = " UNION ALL ".join([select] * count)
                     cur.execute(f"{head} {text}{tail}", args)
@@ -1445,18 +1443,8 @@ class MySQLDialect(Dialect):
                 )
 
             width = len(flat[0]) if parts is None else len(flat[0]) - len(parts[3])
-            for values in flat:
-                for v in values[:width]:
-                    args.append(v)
-                    if isinstance(v, bytes | str):
-                        size += len(v)
-                count += 1
-                # well under max_allowed_packet (16 MiB by default), with escaping's growth
-                if count == _MYSQL_BATCH_ROWS or size >= _MYSQL_BATCH_BYTES:
-                    send()
-                    count, size, args = 0, 0, []
-            if count:
-                send()
+            for count, args in _mysql_batches(values[:width] for values in flat):
+                send(count, args)
         finally:
             cur.close()
         return True
@@ -1519,21 +1507,26 @@ _INSERT_SELECT = re.compile(
 _PYFORMAT = re.compile(r"%\(([A-Za-z_]\w*)\)s")
 
 
-def _one_guard(
-    select: str, mark: str, rows: list[list[Any]]
-) -> tuple[str, str, str, list[Any]] | None:
-    """For "SELECT a, b, ... WHERE guard" with the guard's parameters equal in every row: the
-    first SELECT of a derived table (columns named, as a UNION takes its names from its
-    first SELECT), the others, the guard, and the guard's parameters; None otherwise."""
-    depth, where = 0, -1
+def _top_level_where(select: str) -> int:
+    """Where a SELECT's own " WHERE " starts (not a subquery's), or -1."""
+    depth = 0
     for i, ch in enumerate(select):
         if ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
         elif depth == 0 and select.startswith(" WHERE ", i):
-            where = i
-            break
+            return i
+    return -1
+
+
+def _one_guard(
+    select: str, mark: str, rows: list[list[Any]]
+) -> tuple[str, str, str, list[Any]] | None:
+    """For "SELECT a, b, ... WHERE guard" with the guard's parameters equal in every row: the
+    first SELECT of a derived table (columns named, as a UNION takes its names from its
+    first SELECT), the others, the guard, and the guard's parameters; None otherwise."""
+    where = _top_level_where(select)
     if where < 0 or "'" in select:
         return None
     exprs, guard = select[len("SELECT ") : where], select[where + 1 :]
@@ -1550,6 +1543,25 @@ def _one_guard(
 
 _MYSQL_BATCH_ROWS = 500
 _MYSQL_BATCH_BYTES = 4 << 20
+
+
+def _mysql_batches(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
+    """The rows' values flattened, a batch at a time: ``(rows, values)`` of at most
+    _MYSQL_BATCH_ROWS rows or about _MYSQL_BATCH_BYTES of strings and bytes, well under
+    max_allowed_packet (16 MiB by default) with escaping's growth."""
+    count, size = 0, 0
+    args: list[Any] = []
+    for values in rows:
+        args += values
+        for v in values:
+            if type(v) is bytes or type(v) is str:
+                size += len(v)
+        count += 1
+        if count == _MYSQL_BATCH_ROWS or size >= _MYSQL_BATCH_BYTES:
+            yield count, args
+            count, size, args = 0, 0, []
+    if count:
+        yield count, args
 
 
 @dataclass(frozen=True, slots=True)
@@ -1577,10 +1589,8 @@ class _MySQLHoistPlan:
         one = len(self.row_names) == 1
         cur = dbapi_conn.cursor()
         try:
-            count, size = 0, 0
-            args: list[Any] = []
 
-            def send() -> None:
+            def send(count: int, args: list[Any]) -> None:
                 if tvc:
                     more = f" UNION ALL VALUES {', '.join([f'({self.row_exprs})'] * (count - 1))}"
                 else:
@@ -1588,18 +1598,9 @@ class _MySQLHoistPlan:
                 body = self.first + (more if count > 1 else "")
                 cur.execute(f"{self.head}{body}{self.tail}", lead + args + last)
 
-            for row in rows:
-                values = (take(row),) if one else take(row)
-                args += values
-                for v in values:
-                    if type(v) is bytes or type(v) is str:
-                        size += len(v)
-                count += 1
-                if count == _MYSQL_BATCH_ROWS or size >= _MYSQL_BATCH_BYTES:
-                    send()
-                    count, size, args = 0, 0, []
-            if count:
-                send()
+            own = ((take(row),) for row in rows) if one else map(take, rows)
+            for count, args in _mysql_batches(own):
+                send(count, args)
         finally:
             cur.close()
 
@@ -1613,15 +1614,7 @@ def _mysql_hoist_plan(sql: str, common: frozenset[str]) -> _MySQLHoistPlan | Non
     if m is None or "'" in sql:
         return None
     head, select, tail = m.group(1), m.group(2), m.group(3) or ""
-    depth, where = 0, -1
-    for i, ch in enumerate(select):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif depth == 0 and select.startswith(" WHERE ", i):
-            where = i
-            break
+    where = _top_level_where(select)
     if where < 0 or _PYFORMAT.search(tail):
         return None
     exprs, guard = select[len("SELECT ") : where], select[where + len(" WHERE ") :]

@@ -92,9 +92,51 @@ _KEY_BATCH = 500
 _PUT_BATCH = 1000
 
 
-class AsyncStore:
+class _AsyncIndexes:
+    """The index methods of an async store or dict (docs/indexes.md): each runs its sync
+    object's own in the greenlet bridge."""
+
+    _sync: Any
+
+    async def create_index(
+        self,
+        name: str,
+        extractor: Any,
+        unique: bool = False,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> IndexInfo:
+        return await spawn(self._sync.create_index, name, extractor, unique, progress=progress)
+
+    async def drop_index(self, name: str) -> None:
+        await spawn(self._sync.drop_index, name)
+
+    async def rebuild_index(
+        self, name: str, *, progress: Callable[[int, int], None] | None = None
+    ) -> IndexInfo:
+        return await spawn(self._sync.rebuild_index, name, progress=progress)
+
+    async def indexes(self) -> list[IndexInfo]:
+        return await spawn(self._sync.indexes)
+
+    async def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[Any]:
+        """The keys whose indexed value matches (a store's keys are str)."""
+        return await spawn(self._sync.find, index, value, **query)
+
+    async def find_items(
+        self, index: str, value: Any = NOT_SET, **query: Any
+    ) -> list[tuple[Any, Any]]:
+        return await spawn(self._sync.find_items, index, value, **query)
+
+    async def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
+        return await spawn(self._sync.count, index, value, **query)
+
+
+class AsyncStore(_AsyncIndexes):
     """A key-value store with ``async`` methods, over the sync :class:`kvstore.Store` (each
     call runs it in SQLAlchemy's greenlet bridge). Open it with :func:`connect_async`."""
+
+    _sync: Store
 
     def __init__(self, sync: Store, *, root: bool = False) -> None:
         self._sync = sync
@@ -332,39 +374,6 @@ class AsyncStore:
 
         return await spawn(self._sync.run_in_transaction, run, retries, isolation, backoff)
 
-    # -- indexes -------------------------------------------------------------------------------
-    async def create_index(
-        self,
-        name: str,
-        extractor: Any,
-        unique: bool = False,
-        *,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> IndexInfo:
-        return await spawn(self._sync.create_index, name, extractor, unique, progress=progress)
-
-    async def drop_index(self, name: str) -> None:
-        await spawn(self._sync.drop_index, name)
-
-    async def rebuild_index(
-        self, name: str, *, progress: Callable[[int, int], None] | None = None
-    ) -> IndexInfo:
-        return await spawn(self._sync.rebuild_index, name, progress=progress)
-
-    async def indexes(self) -> list[IndexInfo]:
-        return await spawn(self._sync.indexes)
-
-    async def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[str]:
-        return await spawn(self._sync.find, index, value, **query)
-
-    async def find_items(
-        self, index: str, value: Any = NOT_SET, **query: Any
-    ) -> list[tuple[str, bytes]]:
-        return await spawn(self._sync.find_items, index, value, **query)
-
-    async def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
-        return await spawn(self._sync.count, index, value, **query)
-
     # -- collections -----------------------------------------------------------------------------
     def dict(self, name: str, serializer: Any = "json") -> AsyncPersistentDict:
         """The persistent dict ``name`` of this namespace (``store.dict(name)`` of the sync
@@ -409,9 +418,11 @@ class AsyncReader:
         await self.close()
 
 
-class AsyncPersistentDict:
+class AsyncPersistentDict(_AsyncIndexes):
     """A :class:`kvstore.PersistentDict` with async methods (``store.dict(name)``): each runs
     the sync collection's in the greenlet bridge."""
+
+    _sync: PersistentDict[Any, Any]
 
     def __init__(self, sync: PersistentDict[Any, Any]) -> None:
         self._sync = sync
@@ -486,39 +497,6 @@ class AsyncPersistentDict:
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return _iterate(self._sync)
-
-    # -- indexes on the values (the sync dict's, docs/indexes.md) -------------------------------
-    async def create_index(
-        self,
-        name: str,
-        extractor: Any,
-        unique: bool = False,
-        *,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> IndexInfo:
-        return await spawn(self._sync.create_index, name, extractor, unique, progress=progress)
-
-    async def drop_index(self, name: str) -> None:
-        await spawn(self._sync.drop_index, name)
-
-    async def rebuild_index(
-        self, name: str, *, progress: Callable[[int, int], None] | None = None
-    ) -> IndexInfo:
-        return await spawn(self._sync.rebuild_index, name, progress=progress)
-
-    async def indexes(self) -> list[IndexInfo]:
-        return await spawn(self._sync.indexes)
-
-    async def find(self, index: str, value: Any = NOT_SET, **query: Any) -> list[Any]:
-        return await spawn(self._sync.find, index, value, **query)
-
-    async def find_items(
-        self, index: str, value: Any = NOT_SET, **query: Any
-    ) -> list[tuple[Any, Any]]:
-        return await spawn(self._sync.find_items, index, value, **query)
-
-    async def count(self, index: str, value: Any = NOT_SET, **query: Any) -> int:
-        return await spawn(self._sync.count, index, value, **query)
 
     def __repr__(self) -> str:
         return f"<kvstore.AsyncPersistentDict {self.name!r}>"
