@@ -773,6 +773,28 @@ _SQLITE_INSERT = re.compile(
 
 #: how many "?" one SQLite statement may hold (SQLITE_MAX_VARIABLE_NUMBER: 32,766 since
 #: 3.32, 999 before)
+def _row_batches(
+    rows: Iterable[Sequence[Any]], max_rows: int, max_bytes: int
+) -> Iterator[tuple[int, list[Any]]]:
+    """The rows' values flattened, a multi-row statement's worth at a time: ``(rows,
+    values)`` of at most ``max_rows`` rows, or of strings and bytes just past ``max_bytes``
+    (MySQL: well under max_allowed_packet, 16 MiB by default, with escaping's growth;
+    SQLite copies every bound value: 500 values of 256 KiB would be 128 MiB at once)."""
+    count, size = 0, 0
+    args: list[Any] = []
+    for values in rows:
+        args += values
+        for v in values:
+            if type(v) is bytes or type(v) is str:
+                size += len(v)
+        count += 1
+        if count == max_rows or size >= max_bytes:
+            yield count, args
+            count, size, args = 0, 0, []
+    if count:
+        yield count, args
+
+
 @dataclass(frozen=True, slots=True)
 class _HoistPlan:
     """An INSERT of many rows whose shared parameters are bound once per statement:
@@ -795,17 +817,10 @@ class _HoistPlan:
         take = operator.itemgetter(*names)
         width = len(names)
         per = max(1, min(_SQLITE_BATCH_ROWS, (_SQLITE_MAX_VARS - len(first) - len(last)) // width))
-        for start in range(0, len(rows), per):
-            part = rows[start : start + per]
-            args = list(first)
-            if width == 1:
-                args += map(take, part)
-            else:
-                for row in part:
-                    args += take(row)
-            args += last
-            body = ", ".join([self.row] * len(part))
-            yield f"{self.head}{body}{self.tail}", args, False
+        own = ((take(row),) for row in rows) if width == 1 else map(take, rows)
+        for count, args in _row_batches(own, per, _SQLITE_BATCH_BYTES):
+            body = ", ".join([self.row] * count)
+            yield f"{self.head}{body}{self.tail}", first + args + last, False
 
 
 def _split_top(exprs: str) -> list[str]:
@@ -959,6 +974,7 @@ _NOT_ONE_ROW = re.compile(r"\b(FROM|UNION|WHERE)\b")
 _NOT_ONE_GUARD = re.compile(r"\b(ORDER BY|LIMIT|GROUP BY|HAVING|UNION)\b")
 _SQLITE_MAX_VARS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _SQLITE_BATCH_ROWS = 500
+_SQLITE_BATCH_BYTES = 4 << 20
 
 
 def _sqlite_many(
@@ -1009,13 +1025,9 @@ def _sqlite_many(
         guard_args, guard_sql = (), ""
     per = max(1, min(_SQLITE_BATCH_ROWS, (_SQLITE_MAX_VARS - n_guard) // max(width, 1)))
     row_sql = f"({values})"
-    for start in range(0, len(rows), per):
-        part = rows[start : start + per]
-        args: list[Any] = []
-        for row in part:
-            args += row[:width]
+    for count, args in _row_batches((row[:width] for row in rows), per, _SQLITE_BATCH_BYTES):
         args += guard_args
-        body = ", ".join([row_sql] * len(part))
+        body = ", ".join([row_sql] * count)
         if guard_sql:
             yield f"{head} SELECT * FROM (VALUES {body}){guard_sql}{tail}", args, False
         else:
@@ -1443,7 +1455,9 @@ class MySQLDialect(Dialect):
                 )
 
             width = len(flat[0]) if parts is None else len(flat[0]) - len(parts[3])
-            for count, args in _mysql_batches(values[:width] for values in flat):
+            for count, args in _row_batches(
+                (v[:width] for v in flat), _MYSQL_BATCH_ROWS, _MYSQL_BATCH_BYTES
+            ):
                 send(count, args)
         finally:
             cur.close()
@@ -1545,25 +1559,6 @@ _MYSQL_BATCH_ROWS = 500
 _MYSQL_BATCH_BYTES = 4 << 20
 
 
-def _mysql_batches(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
-    """The rows' values flattened, a batch at a time: ``(rows, values)`` of at most
-    _MYSQL_BATCH_ROWS rows or about _MYSQL_BATCH_BYTES of strings and bytes, well under
-    max_allowed_packet (16 MiB by default) with escaping's growth."""
-    count, size = 0, 0
-    args: list[Any] = []
-    for values in rows:
-        args += values
-        for v in values:
-            if type(v) is bytes or type(v) is str:
-                size += len(v)
-        count += 1
-        if count == _MYSQL_BATCH_ROWS or size >= _MYSQL_BATCH_BYTES:
-            yield count, args
-            count, size, args = 0, 0, []
-    if count:
-        yield count, args
-
-
 @dataclass(frozen=True, slots=True)
 class _MySQLHoistPlan:
     """PyMySQL: an ``INSERT ... SELECT`` of many rows with the shared parameters bound once
@@ -1599,7 +1594,7 @@ class _MySQLHoistPlan:
                 cur.execute(f"{self.head}{body}{self.tail}", lead + args + last)
 
             own = ((take(row),) for row in rows) if one else map(take, rows)
-            for count, args in _mysql_batches(own):
+            for count, args in _row_batches(own, _MYSQL_BATCH_ROWS, _MYSQL_BATCH_BYTES):
                 send(count, args)
         finally:
             cur.close()

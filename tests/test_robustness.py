@@ -158,3 +158,47 @@ def test_put_many_holds_little_per_key_beyond_its_input(tmp_path: Any) -> None:
     assert len(store) == 100_000
     assert peak / len(items) < 200, f"{peak / len(items):.0f} bytes a key"
     store.close()
+
+
+_BIG_INLINE = """
+import sys, kvstore
+import kvstore._dialect as d
+if len(sys.argv) > 2:
+    d._SQLITE_BATCH_BYTES = 1 << 40  # (the check that this test can fail: no byte cap)
+def status(field):
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field)).split()[1]) // 1024
+store = kvstore.connect(f"sqlite:///{sys.argv[1]}")
+value = bytes(range(256)) * 800  # 200 KiB: inline, under the default chunk size
+items = {f"k{i:03d}": value[:-1] + bytes([i]) for i in range(128)}  # 25 MiB in all
+store.put_many(dict(list(items.items())[:8]))  # warmed up: statements, connection, cache
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM := VmRSS
+base = status("VmRSS:")
+store.put_many(items)
+grown = status("VmHWM:") - base
+assert store.get_many(list(items)) == items
+print(grown)
+"""
+
+
+def test_put_many_of_large_inline_values_binds_a_few_mib_at_a_time(tmp_path: Any) -> None:
+    """SQLite copies every value bound to a statement: 128 values of 200 KiB in one put_many
+    go as statements of about 4 MiB, not one of 25 MiB (the process's peak grows by a few
+    MiB; without the byte cap, by more than the 25)."""
+    import subprocess
+    import sys
+
+    def growth(*extra: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _BIG_INLINE, str(tmp_path / f"big{len(extra)}.db"), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return int(out.stdout.split()[-1])
+
+    # calibration: the same call with the cap lifted shows what the measurement sees
+    assert growth("no cap") > 20
+    assert growth() < 12
